@@ -1,0 +1,21 @@
+//! The event contract between order-service and payment-service (SPEC §3).
+//!
+//! This crate owns the event types, their payloads, and their encoding to and from the
+//! flat field list of a Redis Stream entry. It does no I/O: the stream runtime moves
+//! entries, the services decide what events mean, and both agree on the shape here.
+//!
+//! Decoding is a tolerant reader: an `event_type` this version does not know is reported
+//! as [`DecodeError::UnknownEventType`] so consumers can skip it (producers may add types
+//! first), while a known type that does not decode is poison (every other error).
+
+mod envelope;
+mod money;
+mod payloads;
+pub mod streams;
+
+pub use envelope::{DecodeError, Envelope, EventType, Producer, SCHEMA_VERSION, fields};
+pub use money::{Currency, InvalidCurrency};
+pub use payloads::{
+    Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCompleted, PaymentFailed,
+    PaymentRefunded,
+};

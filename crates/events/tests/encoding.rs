@@ -1,0 +1,278 @@
+//! Round trips of every event type through stream fields, and typed errors (never panics)
+//! for unknown types and malformed fields.
+
+use events::{
+    Currency, DecodeError, Envelope, Event, EventType, FailureReason, OrderCancelled, OrderCreated,
+    OrderItem, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer, fields,
+};
+use uuid::Uuid;
+
+fn eur() -> Currency {
+    Currency::parse("EUR").expect("valid")
+}
+
+fn one_of_each() -> Vec<Event> {
+    let order_id = Uuid::now_v7();
+    let customer_id = "alice".to_owned();
+    vec![
+        Event::OrderCreated(OrderCreated {
+            order_id,
+            customer_id: customer_id.clone(),
+            items: vec![
+                OrderItem {
+                    sku: "book".into(),
+                    quantity: 2,
+                    unit_price_cents: 1250,
+                },
+                OrderItem {
+                    sku: "pen".into(),
+                    quantity: 1,
+                    unit_price_cents: 0,
+                },
+            ],
+            total_cents: 2500,
+            currency: eur(),
+        }),
+        Event::OrderCancelled(OrderCancelled {
+            order_id,
+            customer_id: customer_id.clone(),
+            reason: "changed my mind".into(),
+        }),
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id: Uuid::now_v7(),
+            order_id,
+            customer_id: customer_id.clone(),
+            amount_cents: 2500,
+            currency: eur(),
+        }),
+        Event::PaymentFailed(PaymentFailed {
+            order_id,
+            customer_id: customer_id.clone(),
+            amount_cents: 2500,
+            currency: eur(),
+            reason: FailureReason::InsufficientFunds,
+        }),
+        Event::PaymentRefunded(PaymentRefunded {
+            payment_id: Uuid::now_v7(),
+            order_id,
+            customer_id,
+            amount_cents: 2500,
+            currency: eur(),
+        }),
+    ]
+}
+
+/// Fields as Redis hands them back: owned names, byte values.
+fn as_redis_returns(fields: &[(&'static str, String)]) -> Vec<(String, Vec<u8>)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
+        .collect()
+}
+
+fn decode(fields: &[(&'static str, String)]) -> Result<Envelope, DecodeError> {
+    Envelope::from_fields(as_redis_returns(fields))
+}
+
+fn valid_fields() -> Vec<(&'static str, String)> {
+    Envelope::new(Producer::OrderService, one_of_each().remove(0)).to_fields()
+}
+
+fn with(
+    mut fields: Vec<(&'static str, String)>,
+    name: &str,
+    value: &str,
+) -> Vec<(&'static str, String)> {
+    for (k, v) in &mut fields {
+        if *k == name {
+            *v = value.to_owned();
+        }
+    }
+    fields
+}
+
+fn without(fields: Vec<(&'static str, String)>, name: &str) -> Vec<(&'static str, String)> {
+    fields.into_iter().filter(|(k, _)| *k != name).collect()
+}
+
+#[test]
+fn every_event_type_round_trips_with_and_without_traceparent() {
+    let events = one_of_each();
+    assert_eq!(
+        events.iter().map(Event::event_type).collect::<Vec<_>>(),
+        EventType::ALL,
+        "the fixture covers every type"
+    );
+    for event in events {
+        let mut envelope = Envelope::new(Producer::PaymentService, event);
+        assert_eq!(decode(&envelope.to_fields()).expect("decodes"), envelope);
+        envelope.traceparent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        assert_eq!(decode(&envelope.to_fields()).expect("decodes"), envelope);
+    }
+}
+
+#[test]
+fn entries_carry_every_field_of_the_spec() {
+    let mut envelope = Envelope::new(Producer::OrderService, one_of_each().remove(0));
+    envelope.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let names: Vec<&str> = envelope.to_fields().iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        names,
+        [
+            fields::EVENT_ID,
+            fields::EVENT_TYPE,
+            fields::SCHEMA_VERSION,
+            fields::ORDER_ID,
+            fields::OCCURRED_AT,
+            fields::PRODUCER,
+            fields::TRACEPARENT,
+            fields::PAYLOAD
+        ]
+    );
+    let fields = envelope.to_fields();
+    let value = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("schema_version"), Some("1"));
+    assert_eq!(value("producer"), Some("order-service"));
+    assert_eq!(
+        Uuid::parse_str(value("event_id").unwrap_or_default()).map(|u| u.get_version_num()),
+        Ok(7)
+    );
+    assert!(
+        value("occurred_at").is_some_and(|t| t.ends_with('Z')),
+        "RFC 3339 UTC"
+    );
+}
+
+#[test]
+fn unknown_event_type_is_reported_as_such_even_when_the_rest_is_garbage() {
+    let fields = with(valid_fields(), "event_type", "OrderShipped");
+    let fields = with(fields, "payload", "not json");
+    let err = decode(&fields).expect_err("unknown type");
+    assert!(err.is_unknown_event_type(), "{err}");
+    assert!(matches!(err, DecodeError::UnknownEventType(ref t) if t == "OrderShipped"));
+}
+
+#[test]
+fn missing_fields_are_named() {
+    for name in [
+        "event_id",
+        "event_type",
+        "schema_version",
+        "order_id",
+        "occurred_at",
+        "producer",
+        "payload",
+    ] {
+        let err = decode(&without(valid_fields(), name)).expect_err(name);
+        assert!(
+            matches!(err, DecodeError::MissingField(n) if n == name),
+            "{name}: {err}"
+        );
+        assert!(!err.is_unknown_event_type());
+    }
+}
+
+#[test]
+fn malformed_fields_are_typed_errors() {
+    let cases: [(&str, &str); 7] = [
+        ("event_id", "not-a-uuid"),
+        ("order_id", "42"),
+        ("occurred_at", "yesterday"),
+        ("producer", "inventory-service"),
+        ("schema_version", "one"),
+        ("schema_version", "-1"),
+        ("order_id", "0190b4b4-0000-7000-8000-000000000000"),
+    ];
+    for (name, value) in cases {
+        let err = decode(&with(valid_fields(), name, value)).expect_err(value);
+        assert!(
+            matches!(err, DecodeError::InvalidField { field, .. } if field == name),
+            "{name}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn other_schema_versions_are_refused() {
+    let err = decode(&with(valid_fields(), "schema_version", "2")).expect_err("v2");
+    assert!(
+        matches!(err, DecodeError::UnsupportedSchemaVersion(2)),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_payloads_are_typed_errors() {
+    for payload in [
+        "",
+        "not json",
+        "[]",
+        "{}",
+        r#"{"order_id":"x"}"#,
+        r#"{"order_id":"0190b4b4-0000-7000-8000-000000000000","customer_id":"a","items":[],"total_cents":1,"currency":"eur"}"#,
+        r#"{"order_id":"0190b4b4-0000-7000-8000-000000000000","customer_id":"a","items":[{"sku":"x","quantity":-1,"unit_price_cents":1}],"total_cents":1,"currency":"EUR"}"#,
+    ] {
+        let err = decode(&with(valid_fields(), "payload", payload)).expect_err(payload);
+        assert!(
+            matches!(
+                err,
+                DecodeError::InvalidPayload {
+                    event_type: EventType::OrderCreated,
+                    ..
+                }
+            ),
+            "{payload}: {err}"
+        );
+    }
+}
+
+#[test]
+fn values_that_are_not_utf8_are_typed_errors() {
+    let mut fields = as_redis_returns(&valid_fields());
+    for (k, v) in &mut fields {
+        if k == "event_id" {
+            *v = vec![0xff, 0xfe];
+        }
+    }
+    let err = Envelope::from_fields(fields).expect_err("bytes");
+    assert!(
+        matches!(
+            err,
+            DecodeError::InvalidField {
+                field: "event_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn payloads_ignore_fields_they_do_not_know() {
+    let fields = valid_fields();
+    let payload = &fields
+        .iter()
+        .find(|(k, _)| *k == "payload")
+        .expect("payload")
+        .1;
+    let extended = payload.replacen('{', r#"{"gift_wrap":true,"#, 1);
+    assert!(decode(&with(fields.clone(), "payload", &extended)).is_ok());
+}
+
+#[test]
+fn failure_reasons_keep_unknown_text() {
+    let reason: FailureReason = serde_json::from_str("\"fraud_suspected\"").expect("any text");
+    assert_eq!(reason, FailureReason::Other("fraud_suspected".into()));
+    assert_eq!(
+        serde_json::to_string(&FailureReason::CurrencyMismatch)
+            .ok()
+            .as_deref(),
+        Some("\"currency_mismatch\"")
+    );
+}
