@@ -1,1 +1,33 @@
+//! The shared plumbing of order-service and payment-service.
+//!
+//! Everything Redis-Streams-specific lives here, so each service supplies only its HTTP
+//! routes and one [`EventHandler`]:
+//!
+//! | pattern | file | guarantee |
+//! |---|---|---|
+//! | transactional outbox | [`outbox`] | a state change and its event commit together or not at all |
+//! | outbox relay | [`relay`] | every committed event reaches its stream at least once |
+//! | inbox | [`inbox`] | an event applied once has no second effect |
+//! | consumer loop | [`consumer`] | an entry is acked only after its effect committed |
+//! | key names | [`keys`] | every Redis key and field name in one place |
+//!
+//! and the service shell around them: [`settings`], [`telemetry`], [`health`],
+//! [`problem`] (HTTP errors), [`service`] (start, run, shut down).
 
+mod backoff;
+pub mod consumer;
+pub mod health;
+pub mod inbox;
+pub mod keys;
+pub mod outbox;
+pub mod problem;
+pub mod redis_conn;
+pub mod relay;
+pub mod service;
+pub mod settings;
+mod stream_reply;
+pub mod telemetry;
+
+pub use consumer::{Consumer, EventHandler, HandleError};
+pub use keys::StreamKeys;
+pub use relay::OutboxRelay;

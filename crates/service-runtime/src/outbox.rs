@@ -1,0 +1,43 @@
+//! Transactional outbox (SPEC §4.1): the only way a service emits an event.
+//!
+//! A service never writes its database and then `XADD`s separately: a crash between the
+//! two would lose the event or publish one for a change that never committed. Instead it
+//! calls [`enqueue`] inside the transaction of the state change; the row commits or rolls
+//! back with it, and the [relay](crate::relay) publishes it afterwards. A statement-level
+//! trigger (see the migrations) sends `NOTIFY outbox` so the relay wakes at once.
+//!
+//! The row stores the finished field list of the stream entry, so what the relay writes,
+//! and re-writes after a broker loss, is byte-for-byte the event that was committed.
+
+use events::Envelope;
+use sqlx::PgConnection;
+
+/// The `LISTEN`/`NOTIFY` channel the outbox trigger signals on each insert.
+pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
+/// Call it on the transaction that makes the change the event describes.
+#[tracing::instrument(skip_all, fields(event_id = %envelope.event_id, event_type = %envelope.event_type()))]
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    stream: &str,
+    envelope: &Envelope,
+) -> sqlx::Result<()> {
+    let fields: Vec<String> = envelope
+        .to_fields()
+        .into_iter()
+        .flat_map(|(name, value)| [name.to_owned(), value])
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(envelope.event_id)
+    .bind(stream)
+    .bind(envelope.event_type().as_str())
+    .bind(envelope.order_id)
+    .bind(fields)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The service shell: connect, migrate, then run the HTTP server, the outbox relay and
+//! the consumer side by side until shutdown (SPEC §4.7, §9).
+//!
+//! Shutdown is a [`CancellationToken`] passed in, never a global, so tests run several
+//! services in one process. On shutdown the HTTP server stops accepting and finishes its
+//! requests, the consumer finishes and acks its batch, the relay flushes; all within
+//! `SHUTDOWN_TIMEOUT_MS`, after which what is left is abandoned (nothing is lost: it is
+//! still pending in Redis or unpublished in the outbox).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
+use crate::health::{self, Readiness};
+use crate::keys::StreamKeys;
+use crate::problem::{self, BODY_LIMIT_BYTES};
+use crate::redis_conn::RedisConnections;
+use crate::relay::OutboxRelay;
+use crate::settings::CommonSettings;
+
+/// How often the relay polls when no notification arrives (the safety net only).
+const RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Outbox rows per relay pass.
+const RELAY_BATCH_SIZE: usize = 500;
+
+/// The connections a service runs on, made and migrated.
+#[derive(Clone)]
+pub struct Infrastructure {
+    pub pool: PgPool,
+    pub redis: RedisConnections,
+    pub keys: StreamKeys,
+}
+
+impl Infrastructure {
+    /// Connects to Postgres and Redis and applies `migrator`.
+    pub async fn connect(
+        settings: &CommonSettings,
+        migrator: &'static Migrator,
+    ) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.database_max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(settings.database_url.expose())
+            .await
+            .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
+        migrator
+            .run(&pool)
+            .await
+            .context("cannot apply database migrations")?;
+        let block = Duration::from_millis(settings.stream.read_block_ms);
+        let redis = RedisConnections::connect(settings.redis_url.expose(), block)
+            .await
+            .with_context(|| format!("cannot connect to Redis at {}", settings.redis_url))?;
+        Ok(Self {
+            pool,
+            redis,
+            keys: StreamKeys::new(settings.stream.stream_namespace.clone()),
+        })
+    }
+}
+
+/// What a service brings to the shell.
+pub struct ServiceParts<H> {
+    /// Where HTTP listens; port 0 picks a free one.
+    pub http_addr: SocketAddr,
+    /// The service's own routes, state applied.
+    pub routes: Router,
+    /// The migrations readiness checks for.
+    pub migrator: &'static Migrator,
+    /// Logical stream the service consumes, and its group there.
+    pub consumes: &'static str,
+    pub group: &'static str,
+    /// What it does with each event.
+    pub handler: H,
+}
+
+/// A started service.
+pub struct RunningService {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    tasks: JoinSet<&'static str>,
+}
+
+/// Binds the listener and starts the HTTP server, the relay and the consumer.
+pub async fn start<H: EventHandler>(
+    infra: Infrastructure,
+    settings: &CommonSettings,
+    parts: ServiceParts<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningService> {
+    let listener = TcpListener::bind(parts.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", parts.http_addr))?;
+    let addr = listener.local_addr()?;
+
+    let readiness = Readiness {
+        pool: infra.pool.clone(),
+        redis: infra.redis.commands.clone(),
+        migrator: parts.migrator,
+    };
+    let app = parts
+        .routes
+        .merge(health::router(readiness))
+        .fallback(problem::route_not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+
+    let relay = OutboxRelay::new(
+        infra.pool.clone(),
+        infra.redis.commands.clone(),
+        infra.keys.clone(),
+        RELAY_BATCH_SIZE,
+        RELAY_POLL_INTERVAL,
+    );
+    let consumer_name = settings.stream.consumer_name();
+    let consumer = Consumer::new(
+        infra.pool.clone(),
+        infra.redis.clone(),
+        &infra.keys,
+        ConsumerConfig {
+            stream: parts.consumes,
+            group: parts.group,
+            consumer: consumer_name.clone(),
+            read_count: settings.stream.read_count as usize,
+            block: Duration::from_millis(settings.stream.read_block_ms),
+            max_deliveries: settings.stream.max_deliveries,
+        },
+        parts.handler,
+    );
+
+    let mut tasks = JoinSet::new();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            error!(error = %e, "HTTP server failed");
+        }
+        "http server"
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        relay.run(stop).await;
+        "outbox relay"
+    });
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        consumer.run(stop).await;
+        "consumer"
+    });
+    info!(%addr, consumer = %consumer_name, stream = %infra.keys.stream(parts.consumes), "service started");
+    Ok(RunningService {
+        addr,
+        shutdown,
+        shutdown_timeout: settings.shutdown_timeout(),
+        tasks,
+    })
+}
+
+impl RunningService {
+    /// The address HTTP listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the service has stopped: after `shutdown` fires, or after one of its
+    /// tasks ended on its own (then the others are told to stop too, and the result is an
+    /// error so the process exits non-zero and gets restarted). Tasks still running
+    /// `SHUTDOWN_TIMEOUT_MS` after shutdown began are abandoned.
+    pub async fn stopped(mut self) -> anyhow::Result<()> {
+        let mut failed = None;
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            ended = self.tasks.join_next() => {
+                let task = ended.map(|r| r.unwrap_or("a task (panicked)"));
+                error!(task, "stopped unexpectedly; shutting the service down");
+                failed = task;
+                self.shutdown.cancel();
+            }
+        }
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while let Some(ended) = self.tasks.join_next().await {
+                info!(task = ended.unwrap_or("a task (panicked)"), "stopped");
+            }
+        })
+        .await;
+        if drained.is_err() {
+            error!(timeout = ?self.shutdown_timeout, "shutdown timed out; abandoning unfinished work (it is retried elsewhere)");
+            self.tasks.abort_all();
+        }
+        match failed {
+            Some(task) => anyhow::bail!("{task} stopped unexpectedly"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The whole `main` of a service: parse settings (exit 2 on bad ones), set up logging,
+/// start, run until SIGINT/SIGTERM, shut down. Exit code 1 when it cannot start or a
+/// part of it stopped on its own.
+pub async fn run_main<S, F, Fut>(
+    service: &str,
+    log_format: impl Fn(&S) -> crate::settings::LogFormat,
+    start: F,
+) -> ExitCode
+where
+    S: clap::Parser + std::fmt::Debug,
+    F: FnOnce(S, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<RunningService>>,
+{
+    let settings: S = crate::settings::parse_or_exit(service);
+    crate::telemetry::init(log_format(&settings));
+    info!(?settings, "{service} starting");
+    let shutdown = CancellationToken::new();
+    let running = match start(settings, shutdown.clone()).await {
+        Ok(running) => running,
+        Err(e) => {
+            error!("{service} cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        stop.cancel();
+    });
+    match running.stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{service} failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Settings both services share (SPEC §7): env vars, each also a CLI flag, validated once
+//! at start-up. A bad value is one readable line on stderr and exit code 2.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+
+/// A connection URL whose password never reaches a log: `Debug` and `Display` show
+/// `postgres://user:***@host/db`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "***".to_owned();
+        };
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or_default();
+                let password = if rest[..at].contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{password}@{}", &rest[at + 1..])
+            }
+            None => self.0.clone(),
+        }
+    }
+
+    fn parse_with_schemes(url: &str, schemes: &[&str]) -> Result<Self, String> {
+        match url.split_once("://") {
+            Some((scheme, rest)) if schemes.contains(&scheme) && !rest.is_empty() => {
+                Ok(Self(url.to_owned()))
+            }
+            _ => Err(format!(
+                "expected a URL starting with {}://",
+                schemes.join("://, ")
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Parses a Postgres URL.
+pub fn database_url(url: &str) -> Result<SecretUrl, String> {
+    SecretUrl::parse_with_schemes(url, &["postgres", "postgresql"])
+}
+
+/// Parses a Redis URL.
+pub fn redis_url(url: &str) -> Result<SecretUrl, String> {
+    SecretUrl::parse_with_schemes(url, &["redis", "rediss", "redis+unix", "unix"])
+}
+
+/// Log output: `pretty` for people, `json` for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Settings of the stream runtime (consumer side).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamSettings {
+    /// Prefix of every stream key (`ns` gives `ns:order-events`); empty for none.
+    #[arg(long, env = "STREAM_NAMESPACE", default_value = "", value_parser = namespace)]
+    pub stream_namespace: String,
+    /// This process's name in its consumer group; default `hostname-pid`.
+    #[arg(long, env = "CONSUMER_NAME", value_parser = consumer_name)]
+    pub consumer_name: Option<String>,
+    /// Entries per `XREADGROUP` (`COUNT`).
+    #[arg(long, env = "READ_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub read_count: u32,
+    /// How long a read waits for new entries (`BLOCK`), in ms.
+    #[arg(long, env = "READ_BLOCK_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub read_block_ms: u64,
+    /// Deliveries after which an entry is dead-lettered instead of retried.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_deliveries: u64,
+}
+
+impl StreamSettings {
+    /// The configured consumer name, or `hostname-pid` (unique per process, so replicas
+    /// never share a pending list).
+    pub fn consumer_name(&self) -> String {
+        self.consumer_name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                gethostname::gethostname().to_string_lossy(),
+                std::process::id()
+            )
+        })
+    }
+}
+
+/// Settings every service has.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonSettings {
+    /// Postgres URL of this service's own database.
+    #[arg(long, env = "DATABASE_URL", value_parser = database_url)]
+    pub database_url: SecretUrl,
+    /// Largest number of Postgres connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
+    pub redis_url: SecretUrl,
+    #[command(flatten)]
+    pub stream: StreamSettings,
+    /// How long shutdown may take before in-flight work is abandoned, in ms.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub shutdown_timeout_ms: u64,
+    /// `pretty` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl CommonSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+fn namespace(value: &str) -> Result<String, String> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn consumer_name(value: &str) -> Result<String, String> {
+    match namespace(value)? {
+        name if name.is_empty() => Err("must not be empty".into()),
+        name => Ok(name),
+    }
+}
+
+/// Parses the process's settings, or prints one line and exits with code 2. `--help`
+/// and `--version` print as usual.
+pub fn parse_or_exit<S: clap::Parser>(service: &str) -> S {
+    match S::try_parse() {
+        Ok(settings) => settings,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("{service}: configuration error: {}", one_line(&e));
+            std::process::exit(2)
+        }
+    }
+}
+
+/// clap's message without usage and hints, on one line.
+fn one_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    message.join(" ").trim_start_matches("error: ").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Probe {
+        #[command(flatten)]
+        common: CommonSettings,
+    }
+
+    fn parse(args: &[&str]) -> Result<Probe, clap::Error> {
+        let base = [
+            "probe",
+            "--database-url",
+            "postgres://u:pw@db/x",
+            "--redis-url",
+            "redis://r",
+        ];
+        Probe::try_parse_from(base.iter().chain(args))
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let url =
+            database_url("postgres://user:s3cret@db:5432/orders?sslmode=disable").expect("valid");
+        assert_eq!(
+            url.to_string(),
+            "postgres://user:***@db:5432/orders?sslmode=disable"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            redis_url("redis://:pw@r:6379/0")
+                .expect("valid")
+                .to_string(),
+            "redis://:***@r:6379/0"
+        );
+        assert_eq!(
+            redis_url("redis://r:6379").expect("valid").to_string(),
+            "redis://r:6379"
+        );
+    }
+
+    #[test]
+    fn defaults_suffice() {
+        let probe = parse(&[]).expect("only the URLs are required");
+        assert_eq!(probe.common.stream.read_count, 100);
+        assert_eq!(probe.common.stream.stream_namespace, "");
+        assert!(probe.common.stream.consumer_name().contains('-'));
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        for args in [
+            &["--read-count", "0"][..],
+            &["--read-block-ms", "soon"],
+            &["--log-format", "xml"],
+            &["--database-url", "mysql://x"],
+            &["--consumer-name", ""],
+        ] {
+            let e = parse(args).expect_err("rejected");
+            let line = one_line(&e);
+            assert!(!line.contains('\n') && !line.is_empty(), "{line}");
+            assert!(line.contains(args[0]), "{line} names {}", args[0]);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Parsing of `XREADGROUP` replies from raw Redis values.
+//!
+//! redis-rs' typed stream reply turns field names into `String` and fields into a map:
+//! one entry with a non-UTF-8 field name would make the whole reply fail to parse and
+//! stall the consumer, and duplicate names would vanish. Parsing the raw value keeps
+//! every entry, so a malformed one can be dead-lettered instead.
+
+use redis::Value;
+
+/// One stream entry as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawEntry {
+    pub id: String,
+    /// `None` when the entry was deleted from the stream while pending.
+    pub fields: Option<Vec<(String, Vec<u8>)>>,
+}
+
+/// Parses an `XREADGROUP` reply: nil (timeout) or, per stream, `[key, [entry...]]`.
+pub(crate) fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => Ok(pair.remove(1)),
+                other => Err(format!("unexpected stream in reply: {other:?}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => return Err(format!("unexpected XREADGROUP reply: {other:?}")),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        out.extend(parse_entries(entries)?);
+    }
+    Ok(out)
+}
+
+/// Parses a list of `[id, [field, value, ...] | nil]`.
+pub(crate) fn parse_entries(entries: Value) -> Result<Vec<RawEntry>, String> {
+    let Value::Array(entries) = entries else {
+        return Err(format!("expected a list of entries, got {entries:?}"));
+    };
+    entries.into_iter().map(parse_entry).collect()
+}
+
+fn parse_entry(entry: Value) -> Result<RawEntry, String> {
+    let Value::Array(parts) = entry else {
+        return Err(format!("expected an entry, got {entry:?}"));
+    };
+    let mut parts = parts.into_iter();
+    let id = match parts.next() {
+        Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+        Some(Value::SimpleString(id)) => id,
+        other => return Err(format!("expected an entry id, got {other:?}")),
+    };
+    let fields = match parts.next() {
+        None | Some(Value::Nil) => None,
+        Some(Value::Array(flat)) => Some(
+            flat.chunks(2)
+                .map(|pair| {
+                    (
+                        String::from_utf8_lossy(&bytes(&pair[0])).into_owned(),
+                        bytes(pair.get(1).unwrap_or(&Value::Nil)),
+                    )
+                })
+                .collect(),
+        ),
+        Some(other) => return Err(format!("expected the fields of {id}, got {other:?}")),
+    };
+    Ok(RawEntry { id, fields })
+}
+
+fn bytes(value: &Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn timeout_is_no_entries() {
+        assert_eq!(parse_read_reply(Value::Nil), Ok(vec![]));
+    }
+
+    #[test]
+    fn keeps_binary_names_duplicates_and_deleted_entries() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"s"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![
+                        bulk(b"a"),
+                        bulk(b"1"),
+                        bulk(b"a"),
+                        bulk(b"2"),
+                        bulk(&[0xff]),
+                        bulk(b"x"),
+                    ]),
+                ]),
+                Value::Array(vec![bulk(b"2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_read_reply(reply).expect("parses");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        let fields = entries[0].fields.as_ref().expect("fields");
+        assert_eq!(fields.len(), 3);
+        assert_eq!(fields[1], ("a".to_owned(), b"2".to_vec()));
+        assert_eq!(
+            entries[1],
+            RawEntry {
+                id: "2-0".into(),
+                fields: None
+            }
+        );
+    }
+
+    #[test]
+    fn odd_field_count_does_not_panic() {
+        let entries = parse_entries(Value::Array(vec![Value::Array(vec![
+            bulk(b"1-0"),
+            Value::Array(vec![bulk(b"lonely")]),
+        ])]))
+        .expect("parses");
+        assert_eq!(
+            entries[0].fields.as_deref(),
+            Some(&[("lonely".to_owned(), Vec::new())][..])
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse_read_reply(Value::Int(3)).is_err());
+        assert!(parse_read_reply(Value::Array(vec![Value::Int(3)])).is_err());
+        assert!(parse_entries(Value::Array(vec![Value::Array(vec![])])).is_err());
+    }
+}
