@@ -1,1 +1,23 @@
+//! order-service: takes orders over HTTP, owns the order database, publishes
+//! `OrderCreated` through its outbox, and follows payment outcomes from `payment-events`.
+//!
+//! - [`domain`]: orders and their validation, pure.
+//! - [`db`]: every query, one function each.
+//! - [`orders`]: placing an order (the outbox write).
+//! - [`http`]: routes and the service's HTTP errors.
+//! - [`payment_events`]: what a payment event does to an order.
+//! - [`app`]: wiring, started by `main` and by tests alike.
 
+pub mod app;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod orders;
+pub mod payment_events;
+pub mod settings;
+
+pub use app::start;
+pub use settings::Settings;
+
+/// The order database's migrations, embedded in the binary and run at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");

@@ -1,1 +1,21 @@
+//! payment-service: charges customers' accounts for orders, owns the payment database,
+//! consumes `order-events` and publishes outcomes to `payment-events` through its outbox.
+//!
+//! - [`domain`]: the payment decision and the per-order saga state, pure.
+//! - [`db`]: every query, one function each.
+//! - [`order_events`]: what `OrderCreated` and `OrderCancelled` do.
+//! - [`http`]: payments and accounts.
+//! - [`app`]: wiring, started by `main` and by tests alike.
 
+pub mod app;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod order_events;
+pub mod settings;
+
+pub use app::start;
+pub use settings::Settings;
+
+/// The payment database's migrations, embedded in the binary and run at start-up.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payment");

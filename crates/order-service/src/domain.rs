@@ -1,0 +1,269 @@
+//! Orders: what a valid order is (SPEC §6.1 limits) and the states it moves through
+//! (SPEC §5.1). Pure: no I/O, every rule unit-tested.
+
+use std::collections::BTreeMap;
+
+use events::{Currency, OrderItem};
+use serde::{Deserialize, Serialize};
+
+/// Field limits of `POST /orders` (SPEC §6.1).
+pub mod limits {
+    pub const CUSTOMER_ID_MAX_CHARS: usize = 64;
+    pub const SKU_MAX_CHARS: usize = 64;
+    pub const MAX_ITEMS: usize = 100;
+    pub const MAX_QUANTITY: i64 = 10_000;
+    pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
+    pub const MAX_TOTAL_CENTS: i64 = 100_000_000_000;
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    PaymentFailed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The text stored in the database and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Paid => "PAID",
+            Self::PaymentFailed => "PAYMENT_FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Paid,
+            Self::PaymentFailed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl TryFrom<String> for OrderStatus {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).ok_or_else(|| format!("unknown order status {text:?}"))
+    }
+}
+
+/// The body of `POST /orders` as sent: loosely typed, so that every field can be checked
+/// and reported at once rather than failing on the first.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderRequest {
+    pub customer_id: String,
+    pub currency: String,
+    pub items: Vec<OrderRequestItem>,
+}
+
+/// One line of [`OrderRequest`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderRequestItem {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_cents: i64,
+}
+
+/// A validated order, total computed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub currency: Currency,
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+}
+
+/// Messages per invalid field, keyed by a JSON path such as `items[2].quantity`.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+impl TryFrom<OrderRequest> for NewOrder {
+    type Error = FieldErrors;
+
+    fn try_from(request: OrderRequest) -> Result<Self, FieldErrors> {
+        use limits::*;
+        let mut errors = FieldErrors::new();
+        let mut fail =
+            |field: String, message: String| errors.entry(field).or_default().push(message);
+
+        let customer_chars = request.customer_id.chars().count();
+        if customer_chars == 0
+            || customer_chars > CUSTOMER_ID_MAX_CHARS
+            || request.customer_id.trim().is_empty()
+        {
+            fail(
+                "customer_id".into(),
+                format!("must be 1 to {CUSTOMER_ID_MAX_CHARS} characters, not blank"),
+            );
+        }
+        let currency = Currency::parse(&request.currency)
+            .map_err(|e| fail("currency".into(), e.to_string()))
+            .ok();
+        if request.items.is_empty() || request.items.len() > MAX_ITEMS {
+            fail("items".into(), format!("must hold 1 to {MAX_ITEMS} items"));
+        }
+
+        let mut items = Vec::with_capacity(request.items.len());
+        let mut total: Option<i64> = Some(0);
+        for (i, item) in request.items.into_iter().enumerate() {
+            let sku_chars = item.sku.chars().count();
+            if sku_chars == 0 || sku_chars > SKU_MAX_CHARS || item.sku.trim().is_empty() {
+                fail(
+                    format!("items[{i}].sku"),
+                    format!("must be 1 to {SKU_MAX_CHARS} characters, not blank"),
+                );
+            }
+            if !(1..=MAX_QUANTITY).contains(&item.quantity) {
+                fail(
+                    format!("items[{i}].quantity"),
+                    format!("must be 1 to {MAX_QUANTITY}"),
+                );
+            }
+            if !(0..=MAX_UNIT_PRICE_CENTS).contains(&item.unit_price_cents) {
+                fail(
+                    format!("items[{i}].unit_price_cents"),
+                    format!("must be 0 to {MAX_UNIT_PRICE_CENTS}"),
+                );
+            }
+            total = total.and_then(|t| {
+                item.quantity
+                    .checked_mul(item.unit_price_cents)
+                    .and_then(|line| t.checked_add(line))
+            });
+            items.push(OrderItem {
+                sku: item.sku,
+                quantity: u32::try_from(item.quantity).unwrap_or(0),
+                unit_price_cents: item.unit_price_cents,
+            });
+        }
+        let total_cents = total.filter(|t| (0..=MAX_TOTAL_CENTS).contains(t));
+        if total_cents.is_none() {
+            fail(
+                "total_cents".into(),
+                format!("the order's total must be at most {MAX_TOTAL_CENTS}"),
+            );
+        }
+
+        match (currency, total_cents) {
+            (Some(currency), Some(total_cents)) if errors.is_empty() => Ok(Self {
+                customer_id: request.customer_id,
+                currency,
+                items,
+                total_cents,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(sku: &str, quantity: i64, unit_price_cents: i64) -> OrderRequestItem {
+        OrderRequestItem {
+            sku: sku.into(),
+            quantity,
+            unit_price_cents,
+        }
+    }
+
+    fn request(items: Vec<OrderRequestItem>) -> OrderRequest {
+        OrderRequest {
+            customer_id: "alice".into(),
+            currency: "EUR".into(),
+            items,
+        }
+    }
+
+    #[test]
+    fn computes_the_total() {
+        let order = NewOrder::try_from(request(vec![item("a", 2, 150), item("b", 1, 1000)]))
+            .expect("valid");
+        assert_eq!(order.total_cents, 1300);
+        assert_eq!(order.items[0].quantity, 2);
+    }
+
+    #[test]
+    fn reports_every_invalid_field() {
+        let mut bad = request(vec![item("", 0, -1), item("ok", 10_001, 100_000_001)]);
+        bad.customer_id = "x".repeat(65);
+        bad.currency = "eur".into();
+        let errors = NewOrder::try_from(bad).expect_err("invalid");
+        let fields: Vec<&str> = errors.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "currency",
+                "customer_id",
+                "items[0].quantity",
+                "items[0].sku",
+                "items[0].unit_price_cents",
+                "items[1].quantity",
+                "items[1].unit_price_cents",
+            ]
+        );
+    }
+
+    #[test]
+    fn item_count_is_bounded() {
+        assert!(NewOrder::try_from(request(vec![])).is_err());
+        assert!(NewOrder::try_from(request((0..100).map(|_| item("a", 1, 1)).collect())).is_ok());
+        let errors = NewOrder::try_from(request((0..101).map(|_| item("a", 1, 1)).collect()))
+            .expect_err("101");
+        assert!(errors.contains_key("items"));
+    }
+
+    #[test]
+    fn total_is_capped_without_overflow() {
+        // 100 lines of 10,000 x 100,000,000 = 10^14: over the cap, and no overflow panic.
+        let errors = NewOrder::try_from(request(
+            (0..100).map(|_| item("a", 10_000, 100_000_000)).collect(),
+        ))
+        .expect_err("over the cap");
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["total_cents"]);
+        // Exactly at the cap is fine: 100 lines of 10,000 x 100,000 = 10^11.
+        let order = NewOrder::try_from(request(
+            (0..100).map(|_| item("a", 10_000, 100_000)).collect(),
+        ))
+        .expect("at the cap");
+        assert_eq!(order.total_cents, limits::MAX_TOTAL_CENTS);
+    }
+
+    #[test]
+    fn blank_customer_is_rejected() {
+        let mut bad = request(vec![item("a", 1, 1)]);
+        bad.customer_id = "   ".into();
+        assert!(
+            NewOrder::try_from(bad)
+                .expect_err("blank")
+                .contains_key("customer_id")
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Paid,
+            OrderStatus::PaymentFailed,
+            OrderStatus::Cancelled,
+        ] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::json!(status.as_str()))
+            );
+        }
+        assert_eq!(OrderStatus::parse("SHIPPED"), None);
+    }
+}

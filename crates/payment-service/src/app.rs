@@ -1,0 +1,34 @@
+//! Wiring: payment-service is its routes plus the order-events handler on top of the
+//! shared service shell. `main` and the tests both start it through [`start`].
+
+use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
+use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{self, AppState};
+use crate::order_events::OrderEvents;
+use crate::{MIGRATOR, Settings};
+
+/// Connects, migrates, and starts HTTP, the outbox relay and the `order-events`
+/// consumer; they run until `shutdown` fires.
+pub async fn start(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningService> {
+    let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
+    let routes = http::router(AppState {
+        pool: infra.pool.clone(),
+        initial_credit_cents: settings.initial_credit_cents,
+    });
+    let parts = ServiceParts {
+        http_addr: settings.http_addr,
+        routes,
+        migrator: &MIGRATOR,
+        consumes: ORDER_EVENTS,
+        group: PAYMENT_SERVICE_GROUP,
+        handler: OrderEvents {
+            initial_credit_cents: settings.initial_credit_cents,
+        },
+    };
+    service::start(infra, &settings.common, parts, shutdown).await
+}

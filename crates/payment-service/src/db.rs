@@ -1,0 +1,179 @@
+//! Every query of the payment database, one function each. Functions that take a
+//! `&mut PgConnection` run inside the caller's transaction.
+
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::OrderPaymentState;
+
+/// A customer's account, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Account {
+    pub customer_id: String,
+    pub balance_cents: i64,
+    pub currency: String,
+}
+
+/// A charge of one order, as stored and as `GET /payments/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Payment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub status: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub refunded_at: Option<OffsetDateTime>,
+}
+
+/// The saga state of one order on this side.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OrderPayment {
+    #[sqlx(try_from = "String")]
+    pub state: OrderPaymentState,
+    pub payment_id: Option<Uuid>,
+}
+
+/// Serialises every handler of `order_id` until the transaction ends.
+pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What was decided for `order_id`, if it was seen.
+pub async fn order_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<OrderPayment>> {
+    sqlx::query_as("SELECT state, payment_id FROM order_payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Records the saga state of `order_id`.
+pub async fn set_order_payment(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    customer_id: &str,
+    state: OrderPaymentState,
+    payment_id: Option<Uuid>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO order_payments (order_id, customer_id, state, payment_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (order_id) DO UPDATE
+         SET state = EXCLUDED.state, payment_id = COALESCE(EXCLUDED.payment_id, order_payments.payment_id),
+             updated_at = now()",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(state.as_str())
+    .bind(payment_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The customer's account, opened with `initial_credit_cents` in `currency` if it does
+/// not exist yet, and locked for the rest of the transaction.
+#[tracing::instrument(skip_all)]
+pub async fn open_and_lock_account(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    initial_credit_cents: i64,
+    currency: &str,
+) -> sqlx::Result<Account> {
+    // DO UPDATE (a no-op change) rather than DO NOTHING: it locks and returns the row
+    // in one round trip whether it was just created or not.
+    sqlx::query_as(
+        "INSERT INTO accounts (customer_id, balance_cents, currency) VALUES ($1, $2, $3)
+         ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id
+         RETURNING customer_id, balance_cents, currency",
+    )
+    .bind(customer_id)
+    .bind(initial_credit_cents)
+    .bind(currency)
+    .fetch_one(conn)
+    .await
+}
+
+/// Adds `delta_cents` (negative to debit) to the balance.
+pub async fn adjust_balance(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    delta_cents: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE accounts SET balance_cents = balance_cents + $2, updated_at = now() WHERE customer_id = $1")
+        .bind(customer_id)
+        .bind(delta_cents)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a completed payment.
+pub async fn insert_payment(
+    conn: &mut PgConnection,
+    id: Uuid,
+    order_id: Uuid,
+    customer_id: &str,
+    amount_cents: i64,
+    currency: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO payments (id, order_id, customer_id, amount_cents, currency) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(order_id)
+    .bind(customer_id)
+    .bind(amount_cents)
+    .bind(currency)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks a completed payment refunded and returns it.
+pub async fn refund_payment(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Payment> {
+    sqlx::query_as(
+        "UPDATE payments SET status = 'REFUNDED', refunded_at = now() WHERE id = $1 AND status = 'COMPLETED'
+         RETURNING *",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// The payment with id `id`, if any.
+pub async fn find_payment(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Payment>> {
+    sqlx::query_as("SELECT * FROM payments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The payments of an order (at most one, by constraint).
+pub async fn payments_of_order(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Vec<Payment>> {
+    sqlx::query_as("SELECT * FROM payments WHERE order_id = $1 ORDER BY created_at")
+        .bind(order_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// The customer's account, if it was opened.
+pub async fn find_account(pool: &PgPool, customer_id: &str) -> sqlx::Result<Option<Account>> {
+    sqlx::query_as(
+        "SELECT customer_id, balance_cents, currency FROM accounts WHERE customer_id = $1",
+    )
+    .bind(customer_id)
+    .fetch_optional(pool)
+    .await
+}

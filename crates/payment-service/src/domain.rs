@@ -1,0 +1,174 @@
+//! The payment side of the saga (SPEC §5.2), as pure functions: what an order event does
+//! given what was already decided for that order, and whether an account can pay.
+//! Handlers lock the order, read its state, ask these functions, and carry out the answer.
+
+use events::FailureReason;
+
+/// What payment-service has decided for an order so far (`None`: never seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderPaymentState {
+    /// Charged; the payment stands.
+    Paid,
+    /// Not charged, and never will be.
+    Declined,
+    /// Cancelled before any `OrderCreated` was seen: a later one must not be charged.
+    Cancelled,
+    /// Charged, then credited back after a cancellation.
+    Refunded,
+}
+
+impl OrderPaymentState {
+    /// The text stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paid => "PAID",
+            Self::Declined => "DECLINED",
+            Self::Cancelled => "CANCELLED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+}
+
+impl TryFrom<String> for OrderPaymentState {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        [Self::Paid, Self::Declined, Self::Cancelled, Self::Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| format!("unknown order payment state {text:?}"))
+    }
+}
+
+/// What to do with an `OrderCreated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOrderCreated {
+    /// First sight of the order: try to charge it ([`decide_charge`]).
+    TryCharge,
+    /// Cancelled first: publish `PaymentFailed(order_cancelled)`, charge nothing.
+    DeclineAsCancelled,
+    /// Already decided: no second effect.
+    AlreadyDecided,
+}
+
+/// What to do with an `OrderCreated`, given the order's state.
+pub fn on_order_created(state: Option<OrderPaymentState>) -> OnOrderCreated {
+    match state {
+        None => OnOrderCreated::TryCharge,
+        Some(OrderPaymentState::Cancelled) => OnOrderCreated::DeclineAsCancelled,
+        Some(
+            OrderPaymentState::Paid | OrderPaymentState::Declined | OrderPaymentState::Refunded,
+        ) => OnOrderCreated::AlreadyDecided,
+    }
+}
+
+/// What to do with an `OrderCancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOrderCancelled {
+    /// Not seen yet: remember, so a later `OrderCreated` is not charged.
+    Remember,
+    /// Paid: credit the payment back and publish `PaymentRefunded`.
+    Refund,
+    /// Nothing was charged, or it was refunded already.
+    Nothing,
+}
+
+/// What to do with an `OrderCancelled`, given the order's state.
+pub fn on_order_cancelled(state: Option<OrderPaymentState>) -> OnOrderCancelled {
+    match state {
+        None => OnOrderCancelled::Remember,
+        Some(OrderPaymentState::Paid) => OnOrderCancelled::Refund,
+        Some(
+            OrderPaymentState::Declined
+            | OrderPaymentState::Cancelled
+            | OrderPaymentState::Refunded,
+        ) => OnOrderCancelled::Nothing,
+    }
+}
+
+/// The outcome of trying to charge an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charge {
+    Approve,
+    Decline(FailureReason),
+}
+
+/// Whether an account holding `balance_cents` in `account_currency` can pay
+/// `amount_cents` in `currency`.
+pub fn decide_charge(
+    balance_cents: i64,
+    account_currency: &str,
+    amount_cents: i64,
+    currency: &str,
+) -> Charge {
+    if account_currency != currency {
+        Charge::Decline(FailureReason::CurrencyMismatch)
+    } else if balance_cents >= amount_cents {
+        Charge::Approve
+    } else {
+        Charge::Decline(FailureReason::InsufficientFunds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderPaymentState::*;
+
+    #[test]
+    fn order_created_in_every_state() {
+        assert_eq!(on_order_created(None), OnOrderCreated::TryCharge);
+        assert_eq!(
+            on_order_created(Some(Cancelled)),
+            OnOrderCreated::DeclineAsCancelled
+        );
+        for state in [Paid, Declined, Refunded] {
+            assert_eq!(
+                on_order_created(Some(state)),
+                OnOrderCreated::AlreadyDecided,
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn order_cancelled_in_every_state() {
+        assert_eq!(on_order_cancelled(None), OnOrderCancelled::Remember);
+        assert_eq!(on_order_cancelled(Some(Paid)), OnOrderCancelled::Refund);
+        for state in [Declined, Cancelled, Refunded] {
+            assert_eq!(
+                on_order_cancelled(Some(state)),
+                OnOrderCancelled::Nothing,
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn charges_when_the_balance_covers_the_amount() {
+        assert_eq!(decide_charge(1000, "EUR", 1000, "EUR"), Charge::Approve);
+        assert_eq!(decide_charge(1000, "EUR", 0, "EUR"), Charge::Approve);
+        assert_eq!(
+            decide_charge(999, "EUR", 1000, "EUR"),
+            Charge::Decline(FailureReason::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn another_currency_is_declined_whatever_the_balance() {
+        assert_eq!(
+            decide_charge(1_000_000, "EUR", 1, "USD"),
+            Charge::Decline(FailureReason::CurrencyMismatch)
+        );
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in [Paid, Declined, Cancelled, Refunded] {
+            assert_eq!(
+                OrderPaymentState::try_from(state.as_str().to_owned()),
+                Ok(state)
+            );
+        }
+        assert!(OrderPaymentState::try_from("NEW".to_owned()).is_err());
+    }
+}

@@ -1,0 +1,35 @@
+-- Accounts and payments (SPEC §5.2).
+
+-- One account per customer, opened on first use with INITIAL_CREDIT_CENTS in the
+-- currency of that first order. The balance can never go negative.
+CREATE TABLE accounts (
+    customer_id   TEXT        PRIMARY KEY,
+    balance_cents BIGINT      NOT NULL CHECK (balance_cents >= 0),
+    currency      TEXT        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- At most one payment per order, enforced by the database.
+CREATE TABLE payments (
+    id           UUID        PRIMARY KEY,
+    order_id     UUID        NOT NULL UNIQUE,
+    customer_id  TEXT        NOT NULL REFERENCES accounts (customer_id),
+    amount_cents BIGINT      NOT NULL CHECK (amount_cents >= 0),
+    currency     TEXT        NOT NULL,
+    status       TEXT        NOT NULL DEFAULT 'COMPLETED' CHECK (status IN ('COMPLETED', 'REFUNDED')),
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    refunded_at  TIMESTAMPTZ
+);
+CREATE INDEX payments_customer ON payments (customer_id);
+
+-- What payment-service decided for each order it has seen: the saga's state on this
+-- side. Handlers of one order take a transaction-scoped advisory lock on its id before
+-- reading it, so OrderCreated and OrderCancelled are serialised in any arrival order.
+CREATE TABLE order_payments (
+    order_id    UUID        PRIMARY KEY,
+    customer_id TEXT        NOT NULL,
+    state       TEXT        NOT NULL CHECK (state IN ('PAID', 'DECLINED', 'CANCELLED', 'REFUNDED')),
+    payment_id  UUID        REFERENCES payments (id),
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
