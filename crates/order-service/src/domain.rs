@@ -94,6 +94,7 @@ impl TryFrom<OrderRequest> for NewOrder {
         let mut errors = FieldErrors::new();
         let mut fail =
             |field: String, message: String| errors.entry(field).or_default().push(message);
+        let mut lines_valid = true;
 
         let customer_chars = request.customer_id.chars().count();
         if customer_chars == 0
@@ -108,6 +109,7 @@ impl TryFrom<OrderRequest> for NewOrder {
         let currency = Currency::parse(&request.currency)
             .map_err(|e| fail("currency".into(), e.to_string()))
             .ok();
+        let request_items_empty = request.items.is_empty();
         if request.items.is_empty() || request.items.len() > MAX_ITEMS {
             fail("items".into(), format!("must hold 1 to {MAX_ITEMS} items"));
         }
@@ -122,6 +124,12 @@ impl TryFrom<OrderRequest> for NewOrder {
                     format!("must be 1 to {SKU_MAX_CHARS} characters, not blank"),
                 );
             }
+            let line_valid = sku_chars > 0
+                && sku_chars <= SKU_MAX_CHARS
+                && !item.sku.trim().is_empty()
+                && (1..=MAX_QUANTITY).contains(&item.quantity)
+                && (0..=MAX_UNIT_PRICE_CENTS).contains(&item.unit_price_cents);
+            lines_valid &= line_valid;
             if !(1..=MAX_QUANTITY).contains(&item.quantity) {
                 fail(
                     format!("items[{i}].quantity"),
@@ -146,7 +154,8 @@ impl TryFrom<OrderRequest> for NewOrder {
             });
         }
         let total_cents = total.filter(|t| (0..=MAX_TOTAL_CENTS).contains(t));
-        if total_cents.is_none() {
+        // The total is only worth reporting when every line is valid on its own.
+        if total_cents.is_none() && lines_valid && !request_items_empty {
             fail(
                 "total_cents".into(),
                 format!("the order's total must be at most {MAX_TOTAL_CENTS}"),

@@ -1,0 +1,457 @@
+//! order-service against real Postgres and Redis: placing orders (outbox), bad input,
+//! payment outcomes from the stream, poison entries, health and configuration.
+
+use std::time::Duration;
+
+use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
+use events::{Currency, Envelope, Event, FailureReason, PaymentCompleted, PaymentFailed, Producer};
+use serde_json::{Value, json};
+use testkit::{Spawned, TestContext, eventually};
+use uuid::Uuid;
+
+async fn spawn(ctx: &TestContext) -> Spawned {
+    ctx.spawn("order-service", &[], order_service::start).await
+}
+
+fn alice_order() -> Value {
+    json!({"customer_id": "alice", "currency": "EUR",
+           "items": [{"sku": "book", "quantity": 2, "unit_price_cents": 1250},
+                     {"sku": "pen", "quantity": 3, "unit_price_cents": 100}]})
+}
+
+async fn place(app: &Spawned, body: &Value) -> Value {
+    let response = app
+        .http
+        .post(app.url("/orders"))
+        .json(body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 201);
+    response.json().await.expect("JSON")
+}
+
+async fn count(app: &Spawned, table: &str) -> i64 {
+    let sql = match table {
+        "orders" => "SELECT count(*) FROM orders",
+        "outbox" => "SELECT count(*) FROM outbox",
+        _ => unreachable!("known tables only"),
+    };
+    sqlx::query_scalar(sql)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn placing_an_order_commits_it_with_its_event_and_the_relay_publishes_it() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+
+    let response = app
+        .http
+        .post(app.url("/orders"))
+        .json(&alice_order())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let order: Value = response.json().await.expect("JSON");
+    let id = order["id"].as_str().expect("id");
+    assert_eq!(location, format!("/orders/{id}"));
+    assert_eq!(order["status"], "PENDING");
+    assert_eq!(order["total_cents"], 2800, "computed by the server");
+
+    let (status, fetched) = app.get_json(&location).await;
+    assert_eq!((status, &fetched["customer_id"]), (200, &json!("alice")));
+
+    let (stored_type, stored_order): (String, Uuid) =
+        sqlx::query_as("SELECT event_type, order_id FROM outbox")
+            .fetch_one(&app.pool)
+            .await
+            .expect("one outbox row");
+    assert_eq!(
+        (stored_type.as_str(), stored_order.to_string().as_str()),
+        ("OrderCreated", id)
+    );
+
+    let entries = eventually(
+        "the relay to publish OrderCreated",
+        Duration::from_secs(5),
+        || async {
+            let entries = ctx.entries(ORDER_EVENTS).await;
+            if entries.is_empty() {
+                Err("no entry".to_owned())
+            } else {
+                Ok(entries)
+            }
+        },
+    )
+    .await;
+    assert_eq!(entries.len(), 1);
+    let fields = &entries[0].1;
+    for name in [
+        "event_id",
+        "event_type",
+        "schema_version",
+        "order_id",
+        "occurred_at",
+        "producer",
+        "payload",
+    ] {
+        assert!(
+            field(fields, name).is_some(),
+            "entry lacks {name}: {fields:?}"
+        );
+    }
+    let envelope = Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+        .expect("decodes");
+    let Event::OrderCreated(created) = envelope.event else {
+        panic!("not OrderCreated: {envelope:?}")
+    };
+    assert_eq!(created.order_id.to_string(), id);
+    assert_eq!((created.total_cents, created.items.len()), (2800, 2));
+    assert_eq!(envelope.producer, Producer::OrderService);
+
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(unpublished, 0, "the relay marks what it published");
+}
+
+#[tokio::test]
+async fn bad_requests_get_problems_and_write_nothing() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let post = |body: String, content_type: Option<&'static str>| {
+        let mut request = app.http.post(app.url("/orders")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    let json = Some("application/json");
+    let too_many_items = json!({"customer_id": "a", "currency": "EUR",
+        "items": (0..101).map(|_| json!({"sku": "x", "quantity": 1, "unit_price_cents": 1})).collect::<Vec<_>>()});
+    let over_total = json!({"customer_id": "a", "currency": "EUR",
+        "items": (0..100).map(|_| json!({"sku": "x", "quantity": 10000, "unit_price_cents": 100_000_000})).collect::<Vec<_>>()});
+    let cases: Vec<(String, Option<&'static str>, u16, &str)> = vec![
+        ("{not json".into(), json, 400, "malformed JSON"),
+        (alice_order().to_string(), None, 415, "no content type"),
+        (alice_order().to_string(), Some("text/plain"), 415, "wrong content type"),
+        (format!(r#"{{"customer_id":"{}","currency":"EUR","items":[]}}"#, "a".repeat(70 * 1024)), json, 413, "body over 64 KiB"),
+        (json!({"customer_id": "a", "currency": "EUR"}).to_string(), json, 422, "missing items"),
+        (json!({"customer_id": "a", "currency": "EUR", "items": [{"sku": "x", "quantity": "two", "unit_price_cents": 1}]}).to_string(), json, 422, "wrong type"),
+        (json!({"customer_id": "", "currency": "eur", "items": []}).to_string(), json, 422, "invalid fields"),
+        (json!({"customer_id": "a", "currency": "EUR", "items": [{"sku": "x", "quantity": 0, "unit_price_cents": -1}]}).to_string(), json, 422, "out of range"),
+        (too_many_items.to_string(), json, 422, "101 items"),
+        (over_total.to_string(), json, 422, "total over the maximum"),
+    ];
+    for (body, content_type, expected, what) in cases {
+        let response = post(body, content_type).await.expect("answers");
+        assert_eq!(response.status().as_u16(), expected, "{what}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{what}"
+        );
+        let problem: Value = response.json().await.expect("problem JSON");
+        assert_eq!(problem["status"], expected, "{what}: {problem}");
+        for member in ["type", "title", "detail"] {
+            assert!(
+                problem[member].is_string(),
+                "{what}: no {member} in {problem}"
+            );
+        }
+    }
+    let response = post(
+        json!({"customer_id": "", "currency": "eur", "items": []}).to_string(),
+        json,
+    )
+    .await
+    .expect("answers");
+    let problem: Value = response.json().await.expect("JSON");
+    assert!(
+        problem["errors"]["currency"].is_array() && problem["errors"]["customer_id"].is_array(),
+        "{problem}"
+    );
+
+    assert_eq!(
+        (count(&app, "orders").await, count(&app, "outbox").await),
+        (0, 0),
+        "nothing written"
+    );
+    assert!(
+        ctx.entries(ORDER_EVENTS).await.is_empty(),
+        "nothing published"
+    );
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_ids_are_404_and_400() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let (status, problem) = app.get_json(&format!("/orders/{}", Uuid::now_v7())).await;
+    assert_eq!((status, &problem["status"]), (404, &json!(404)));
+    let (status, problem) = app.get_json("/orders/not-a-uuid").await;
+    assert_eq!((status, &problem["status"]), (400, &json!(400)));
+    let (status, _) = app.get_json("/no/such/route").await;
+    assert_eq!(status, 404);
+}
+
+fn eur() -> Currency {
+    Currency::parse("EUR").expect("valid")
+}
+
+#[tokio::test]
+async fn payment_outcomes_move_orders_to_paid_and_payment_failed() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let paid = place(&app, &alice_order()).await;
+    let declined = place(&app, &alice_order()).await;
+    let paid_id: Uuid = paid["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("uuid");
+    let declined_id: Uuid = declined["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("uuid");
+    let payment_id = Uuid::now_v7();
+
+    let completed = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id,
+            order_id: paid_id,
+            customer_id: "alice".into(),
+            amount_cents: 2800,
+            currency: eur(),
+        }),
+    );
+    let failed = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentFailed(PaymentFailed {
+            order_id: declined_id,
+            customer_id: "alice".into(),
+            amount_cents: 2800,
+            currency: eur(),
+            reason: FailureReason::InsufficientFunds,
+        }),
+    );
+    ctx.xadd(PAYMENT_EVENTS, &completed.to_fields()).await;
+    ctx.xadd(PAYMENT_EVENTS, &failed.to_fields()).await;
+
+    let paid_path = format!("/orders/{paid_id}");
+    let order = eventually("the order to be PAID", Duration::from_secs(5), || async {
+        let (_, order) = app.get_json(&paid_path).await;
+        if order["status"] == "PAID" {
+            Ok(order)
+        } else {
+            Err(order.to_string())
+        }
+    })
+    .await;
+    assert_eq!(order["payment_id"], json!(payment_id.to_string()));
+
+    let declined_path = format!("/orders/{declined_id}");
+    let order = eventually(
+        "the order to be PAYMENT_FAILED",
+        Duration::from_secs(5),
+        || async {
+            let (_, order) = app.get_json(&declined_path).await;
+            if order["status"] == "PAYMENT_FAILED" {
+                Ok(order)
+            } else {
+                Err(order.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(order["failure_reason"], "insufficient_funds");
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+}
+
+#[tokio::test]
+async fn poison_entries_are_dead_lettered_unknown_types_skipped_and_the_flow_goes_on() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let order = place(&app, &alice_order()).await;
+    let order_id: Uuid = order["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("uuid");
+
+    let garbage = ctx.xadd(PAYMENT_EVENTS, &[("hello", "world")]).await;
+    let binary = ctx
+        .xadd(PAYMENT_EVENTS, &[("event_type", &b"\xff\xfe"[..])])
+        .await;
+    let mut unknown = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id: Uuid::now_v7(),
+            order_id,
+            customer_id: "alice".into(),
+            amount_cents: 1,
+            currency: eur(),
+        }),
+    )
+    .to_fields();
+    unknown[1].1 = "PaymentDisputed".into();
+    ctx.xadd(PAYMENT_EVENTS, &unknown).await;
+    let misplaced = Envelope::new(
+        Producer::OrderService,
+        Event::OrderCancelled(events::OrderCancelled {
+            order_id,
+            customer_id: "alice".into(),
+            reason: "test".into(),
+        }),
+    );
+    let misplaced_id = ctx.xadd(PAYMENT_EVENTS, &misplaced.to_fields()).await;
+    let payment_id = Uuid::now_v7();
+    let good = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id,
+            order_id,
+            customer_id: "alice".into(),
+            amount_cents: 2800,
+            currency: eur(),
+        }),
+    );
+    ctx.xadd(PAYMENT_EVENTS, &good.to_fields()).await;
+
+    let path = format!("/orders/{order_id}");
+    eventually(
+        "the good entry behind the poison to be applied",
+        Duration::from_secs(5),
+        || async {
+            let (_, order) = app.get_json(&path).await;
+            if order["status"] == "PAID" {
+                Ok(())
+            } else {
+                Err(order.to_string())
+            }
+        },
+    )
+    .await;
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+
+    let dead = ctx.entries(&format!("{PAYMENT_EVENTS}:dlq")).await;
+    let originals: Vec<&str> = dead
+        .iter()
+        .filter_map(|(_, f)| field(f, "dlq:original_id"))
+        .collect();
+    assert_eq!(
+        originals,
+        [garbage.as_str(), binary.as_str(), misplaced_id.as_str()],
+        "unknown types are not dead-lettered"
+    );
+    for (_, fields) in &dead {
+        assert_eq!(field(fields, "dlq:group"), Some(ORDER_SERVICE_GROUP));
+        assert_eq!(field(fields, "dlq:delivery_count"), Some("1"));
+        assert_eq!(
+            field(fields, "dlq:stream"),
+            Some(ctx.stream(PAYMENT_EVENTS).as_str())
+        );
+        assert!(field(fields, "dlq:error").is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(
+        field(&dead[0].1, "hello"),
+        Some("world"),
+        "the original fields travel along"
+    );
+    assert!(field(&dead[2].1, "dlq:error").is_some_and(|e| e.contains("does not belong")));
+}
+
+#[tokio::test]
+async fn health_reports_each_dependency() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let (status, live) = app.get_json("/health/live").await;
+    assert_eq!((status, &live["status"]), (200, &json!("live")));
+    let (status, ready) = app.get_json("/health/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        ready["checks"],
+        json!({"postgres": "ok", "redis": "ok", "migrations": "ok"})
+    );
+
+    sqlx::query(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("delete");
+    let (status, ready) = app.get_json("/health/ready").await;
+    assert_eq!(
+        (status, &ready["checks"]["migrations"]),
+        (503, &json!("pending")),
+        "{ready}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_is_clean_and_prompt() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    place(&app, &alice_order()).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(5), app.stop()).await;
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+}
+
+fn run_binary(env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_code_2() {
+    let urls = [
+        ("DATABASE_URL", "postgres://localhost/x"),
+        ("REDIS_URL", "redis://localhost"),
+    ];
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![("REDIS_URL", "redis://localhost")],
+        urls.iter().copied().chain([("READ_COUNT", "0")]).collect(),
+        urls.iter()
+            .copied()
+            .chain([("HTTP_ADDR", "everywhere")])
+            .collect(),
+        urls.iter()
+            .copied()
+            .chain([("LOG_FORMAT", "xml")])
+            .collect(),
+        vec![
+            ("DATABASE_URL", "mysql://localhost/x"),
+            ("REDIS_URL", "redis://localhost"),
+        ],
+    ];
+    for env in cases {
+        let output = run_binary(&env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(
+            stderr.starts_with("order-service: configuration error:"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
