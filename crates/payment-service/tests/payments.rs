@@ -1,0 +1,267 @@
+//! payment-service against real Postgres and Redis: charging, declining, redelivery,
+//! entries left pending by a crashed consumer, cancellations in either order, accounts.
+
+use std::time::Duration;
+
+use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
+use events::{Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer};
+use serde_json::{Value, json};
+use testkit::{Spawned, TestContext, eventually};
+use uuid::Uuid;
+
+async fn spawn(ctx: &TestContext, extra: &[&str]) -> Spawned {
+    ctx.spawn("payment-service", extra, payment_service::start)
+        .await
+}
+
+fn created(customer: &str, total_cents: i64) -> Envelope {
+    let order_id = Uuid::now_v7();
+    Envelope::new(
+        Producer::OrderService,
+        Event::OrderCreated(OrderCreated {
+            order_id,
+            customer_id: customer.into(),
+            items: vec![OrderItem {
+                sku: "sku".into(),
+                quantity: 1,
+                unit_price_cents: total_cents,
+            }],
+            total_cents,
+            currency: Currency::parse("EUR").expect("valid"),
+        }),
+    )
+}
+
+fn cancelled(order: &Envelope, customer: &str) -> Envelope {
+    Envelope::new(
+        Producer::OrderService,
+        Event::OrderCancelled(OrderCancelled {
+            order_id: order.order_id,
+            customer_id: customer.into(),
+            reason: "customer request".into(),
+        }),
+    )
+}
+
+/// The decoded events on `payment-events`.
+async fn outcomes(ctx: &TestContext) -> Vec<Envelope> {
+    ctx.entries(PAYMENT_EVENTS)
+        .await
+        .into_iter()
+        .map(|(_, fields)| {
+            Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+                .expect("decodes")
+        })
+        .collect()
+}
+
+async fn wait_for_outcomes(ctx: &TestContext, n: usize) -> Vec<Envelope> {
+    eventually(
+        &format!("{n} outcomes on payment-events"),
+        Duration::from_secs(5),
+        || async {
+            let found = outcomes(ctx).await;
+            if found.len() >= n {
+                Ok(found)
+            } else {
+                Err(format!("{} outcomes", found.len()))
+            }
+        },
+    )
+    .await
+}
+
+async fn balance(app: &Spawned, customer: &str) -> i64 {
+    let (status, account) = app.get_json(&format!("/accounts/{customer}")).await;
+    assert_eq!(status, 200, "{account}");
+    account["balance_cents"].as_i64().expect("balance")
+}
+
+async fn payments(app: &Spawned, order: &Envelope) -> Vec<Value> {
+    let (status, list) = app
+        .get_json(&format!("/payments?order_id={}", order.order_id))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list.as_array().cloned().expect("a list")
+}
+
+#[tokio::test]
+async fn an_order_is_charged_and_answered_with_payment_completed() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("bob", 2500);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+
+    let outcome = wait_for_outcomes(&ctx, 1).await.remove(0);
+    let Event::PaymentCompleted(paid) = &outcome.event else {
+        panic!("not PaymentCompleted: {outcome:?}")
+    };
+    assert_eq!(
+        (paid.order_id, paid.amount_cents, paid.customer_id.as_str()),
+        (order.order_id, 2500, "bob")
+    );
+    assert_eq!(outcome.producer, Producer::PaymentService);
+    assert_eq!(balance(&app, "bob").await, 100_000 - 2500);
+
+    let listed = payments(&app, &order).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], json!(paid.payment_id.to_string()));
+    let (status, payment) = app
+        .get_json(&format!("/payments/{}", paid.payment_id))
+        .await;
+    assert_eq!((status, &payment["status"]), (200, &json!("COMPLETED")));
+    let (status, _) = app.get_json(&format!("/payments/{}", Uuid::now_v7())).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_redelivered_event_has_no_second_effect() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("carol", 1000);
+    // The same event twice (as after a relay crash between XADD and commit, or a
+    // re-publish after broker loss): two entries, one event_id.
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+
+    assert_eq!(payments(&app, &order).await.len(), 1);
+    assert_eq!(balance(&app, "carol").await, 100_000 - 1000, "debited once");
+    let published = wait_for_outcomes(&ctx, 1).await;
+    assert_eq!(published.len(), 1, "one PaymentCompleted: {published:?}");
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = $1")
+        .bind(order.event_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(inbox, 1);
+}
+
+#[tokio::test]
+async fn entries_a_crashed_consumer_left_pending_are_finished_on_restart() {
+    let ctx = TestContext::new();
+    let first = spawn(&ctx, &["--consumer-name", "payments-0"]).await;
+    let database_url = first.database_url.clone();
+    first.stop().await.expect("clean stop");
+
+    // A consumer named payments-0 reads an entry and dies before acking it.
+    let order = created("dave", 700);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(PAYMENT_SERVICE_GROUP)
+        .arg("payments-0")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(ctx.stream(ORDER_EVENTS))
+        .arg(">")
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("read");
+    assert_eq!(
+        ctx.group_backlog(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await,
+        Some((1, 0)),
+        "delivered, not acked"
+    );
+
+    let restarted = ctx
+        .spawn_on(
+            "payment-service",
+            &database_url,
+            &["--consumer-name", "payments-0"],
+            payment_service::start,
+        )
+        .await;
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    assert_eq!(payments(&restarted, &order).await.len(), 1);
+    assert_eq!(balance(&restarted, "dave").await, 100_000 - 700);
+}
+
+#[tokio::test]
+async fn an_order_over_the_balance_is_declined_and_charges_nothing() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &["--initial-credit-cents", "1000"]).await;
+    let order = created("erin", 1001);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+
+    let outcome = wait_for_outcomes(&ctx, 1).await.remove(0);
+    let Event::PaymentFailed(failed) = &outcome.event else {
+        panic!("not PaymentFailed: {outcome:?}")
+    };
+    assert_eq!(
+        (failed.order_id, failed.reason.as_str()),
+        (order.order_id, "insufficient_funds")
+    );
+    assert_eq!(balance(&app, "erin").await, 1000);
+    assert!(payments(&app, &order).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_cancellation_seen_first_means_the_order_is_never_charged() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("fay", 500);
+    ctx.xadd(ORDER_EVENTS, &cancelled(&order, "fay").to_fields())
+        .await;
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+
+    let outcome = wait_for_outcomes(&ctx, 1).await.remove(0);
+    let Event::PaymentFailed(failed) = &outcome.event else {
+        panic!("not PaymentFailed: {outcome:?}")
+    };
+    assert_eq!(failed.reason.as_str(), "order_cancelled");
+    assert!(payments(&app, &order).await.is_empty());
+    assert_eq!(balance(&app, "fay").await, 100_000);
+}
+
+#[tokio::test]
+async fn a_cancellation_after_payment_is_refunded() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("gus", 4200);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    wait_for_outcomes(&ctx, 1).await;
+    assert_eq!(balance(&app, "gus").await, 100_000 - 4200);
+
+    ctx.xadd(ORDER_EVENTS, &cancelled(&order, "gus").to_fields())
+        .await;
+    let outcome = wait_for_outcomes(&ctx, 2).await.remove(1);
+    let Event::PaymentRefunded(refund) = &outcome.event else {
+        panic!("not PaymentRefunded: {outcome:?}")
+    };
+    assert_eq!(
+        (refund.order_id, refund.amount_cents),
+        (order.order_id, 4200)
+    );
+    assert_eq!(balance(&app, "gus").await, 100_000);
+    assert_eq!(payments(&app, &order).await[0]["status"], "REFUNDED");
+}
+
+#[tokio::test]
+async fn events_published_before_the_group_existed_are_processed() {
+    let ctx = TestContext::new();
+    let order = created("hal", 300);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    assert_eq!(
+        ctx.group_backlog(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await,
+        None,
+        "no group yet"
+    );
+
+    let app = spawn(&ctx, &[]).await;
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    assert_eq!(payments(&app, &order).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unused_account_shows_the_initial_credit() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &["--initial-credit-cents", "5000"]).await;
+    let (status, account) = app.get_json("/accounts/nobody-yet").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        account,
+        json!({"customer_id": "nobody-yet", "balance_cents": 5000, "currency": null})
+    );
+}

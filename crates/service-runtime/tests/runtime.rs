@@ -1,0 +1,323 @@
+//! The stream runtime against real Postgres and Redis, through its deterministic hooks
+//! (`consume_once`, `relay_once`): inbox dedupe, ack only after commit, retry of
+//! transient failures, relay wake-up by NOTIFY, two relays, and a vanished group.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use events::{Currency, Envelope, Event, OrderCreated, Producer};
+use service_runtime::consumer::ConsumerConfig;
+use service_runtime::redis_conn::RedisConnections;
+use service_runtime::{Consumer, EventHandler, HandleError, OutboxRelay, StreamKeys, outbox};
+use sqlx::{PgConnection, PgPool};
+use testkit::{TestContext, eventually};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The outbox and inbox tables come with either service's migrations.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");
+
+const STREAM: &str = "order-events";
+const GROUP: &str = "test-group";
+
+/// Counts how often each event's effect committed; fails while `failing` is set.
+#[derive(Clone, Default)]
+struct CountingHandler {
+    failing: Arc<AtomicBool>,
+}
+
+impl EventHandler for CountingHandler {
+    async fn handle(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandleError> {
+        if self.failing.load(Ordering::SeqCst) {
+            sqlx::query("SELECT * FROM no_such_table")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO effects (event_id, n) VALUES ($1, 1)
+             ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1",
+        )
+        .bind(envelope.event_id)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn database(ctx: &TestContext) -> PgPool {
+    let pool = PgPool::connect(&ctx.database().await)
+        .await
+        .expect("connects");
+    MIGRATOR.run(&pool).await.expect("migrates");
+    sqlx::query("CREATE TABLE effects (event_id UUID PRIMARY KEY, n INT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("creates");
+    pool
+}
+
+async fn consumer(
+    ctx: &TestContext,
+    pool: &PgPool,
+    handler: CountingHandler,
+) -> Consumer<CountingHandler> {
+    let redis = RedisConnections::connect(ctx.redis_url(), Duration::from_millis(100))
+        .await
+        .expect("redis");
+    let config = ConsumerConfig {
+        stream: STREAM,
+        group: GROUP,
+        consumer: "c1".into(),
+        read_count: 10,
+        block: Duration::from_millis(100),
+        max_deliveries: 5,
+    };
+    let consumer = Consumer::new(
+        pool.clone(),
+        redis,
+        &StreamKeys::new(ctx.namespace()),
+        config,
+        handler,
+    );
+    consumer.ensure_group().await.expect("group");
+    consumer
+}
+
+fn event() -> Envelope {
+    Envelope::new(
+        Producer::OrderService,
+        Event::OrderCreated(OrderCreated {
+            order_id: Uuid::now_v7(),
+            customer_id: "c".into(),
+            items: vec![],
+            total_cents: 0,
+            currency: Currency::parse("EUR").expect("valid"),
+        }),
+    )
+}
+
+async fn effects(pool: &PgPool) -> Vec<(Uuid, i32)> {
+    sqlx::query_as("SELECT event_id, n FROM effects ORDER BY event_id")
+        .fetch_all(pool)
+        .await
+        .expect("effects")
+}
+
+#[tokio::test]
+async fn the_inbox_gives_a_redelivered_event_no_second_effect() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let consumer = consumer(&ctx, &pool, CountingHandler::default()).await;
+    let (once, twice) = (event(), event());
+    ctx.xadd(STREAM, &twice.to_fields()).await;
+    ctx.xadd(STREAM, &once.to_fields()).await;
+    ctx.xadd(STREAM, &twice.to_fields()).await;
+
+    let report = consumer.consume_once().await.expect("consumes");
+    assert_eq!(
+        (report.delivered, report.applied, report.duplicates),
+        (3, 2, 1),
+        "{report:?}"
+    );
+    let mut expected = vec![(once.event_id, 1), (twice.event_id, 1)];
+    expected.sort();
+    assert_eq!(effects(&pool).await, expected);
+    assert_eq!(
+        ctx.group_backlog(STREAM, GROUP).await,
+        Some((0, 0)),
+        "all acked"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_effect_is_not_acked_and_is_retried_from_the_pending_list() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let handler = CountingHandler::default();
+    let consumer = consumer(&ctx, &pool, handler.clone()).await;
+    let e = event();
+    ctx.xadd(STREAM, &e.to_fields()).await;
+
+    handler.failing.store(true, Ordering::SeqCst);
+    let report = consumer.consume_once().await.expect("consumes");
+    assert_eq!(report.retry_later, 1, "{report:?}");
+    assert_eq!(
+        ctx.group_backlog(STREAM, GROUP).await,
+        Some((1, 0)),
+        "still pending"
+    );
+    assert!(
+        effects(&pool).await.is_empty(),
+        "the failed transaction left nothing"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(inbox, 0, "the inbox row rolled back with the effect");
+
+    handler.failing.store(false, Ordering::SeqCst);
+    let report = consumer.consume_own_pending_once().await.expect("consumes");
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(effects(&pool).await, vec![(e.event_id, 1)]);
+    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
+}
+
+#[tokio::test]
+async fn an_entry_failing_more_than_max_deliveries_is_dead_lettered() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let handler = CountingHandler::default();
+    let consumer = consumer(&ctx, &pool, handler.clone()).await;
+    ctx.xadd(STREAM, &event().to_fields()).await;
+    handler.failing.store(true, Ordering::SeqCst);
+
+    let mut report = consumer.consume_once().await.expect("consumes");
+    for _ in 0..5 {
+        report = consumer.consume_own_pending_once().await.expect("consumes");
+    }
+    assert_eq!(
+        report.dead_lettered, 1,
+        "the 6th delivery is past MAX_DELIVERIES=5: {report:?}"
+    );
+    let dead = ctx.entries(&format!("{STREAM}:dlq")).await;
+    let count = dead[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == "dlq:delivery_count")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(count, Some("6"));
+    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
+}
+
+async fn relay(ctx: &TestContext, pool: &PgPool, poll: Duration) -> OutboxRelay {
+    let redis = RedisConnections::connect(ctx.redis_url(), Duration::from_secs(1))
+        .await
+        .expect("redis");
+    OutboxRelay::new(
+        pool.clone(),
+        redis.commands,
+        StreamKeys::new(ctx.namespace()),
+        50,
+        poll,
+    )
+}
+
+async fn enqueue(pool: &PgPool, envelope: &Envelope) {
+    let mut tx = pool.begin().await.expect("begins");
+    outbox::enqueue(&mut tx, STREAM, envelope)
+        .await
+        .expect("enqueues");
+    tx.commit().await.expect("commits");
+}
+
+#[tokio::test]
+async fn the_relay_wakes_on_notify_not_on_its_poll() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let relay = relay(&ctx, &pool, Duration::from_secs(3600)).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // Let the relay reach its wait (LISTEN registered) with an empty outbox.
+    eventually("the relay to LISTEN", Duration::from_secs(5), || async {
+        let listening: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        if listening > 0 {
+            Ok(())
+        } else {
+            Err("not listening".into())
+        }
+    })
+    .await;
+
+    enqueue(&pool, &event()).await;
+    eventually(
+        "the event on the stream, an hour before the next poll",
+        Duration::from_secs(3),
+        || async {
+            let n = ctx.entries(STREAM).await.len();
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} entries"))
+            }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+}
+
+#[tokio::test]
+async fn two_relays_publish_every_row_exactly_once() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let sent: Vec<Envelope> = (0..300).map(|_| event()).collect();
+    for envelope in &sent {
+        enqueue(&pool, envelope).await;
+    }
+    let (a, b) = (
+        relay(&ctx, &pool, Duration::from_secs(1)).await,
+        relay(&ctx, &pool, Duration::from_secs(1)).await,
+    );
+    let drain = |relay: OutboxRelay| async move {
+        let mut total = 0;
+        loop {
+            match relay.relay_once().await.expect("relays") {
+                0 => return total,
+                n => total += n,
+            }
+        }
+    };
+    let (by_a, by_b) = tokio::join!(drain(a), drain(b));
+    assert_eq!(by_a + by_b, 300);
+
+    let mut published: Vec<String> = ctx
+        .entries(STREAM)
+        .await
+        .into_iter()
+        .filter_map(|(_, f)| f.into_iter().find(|(k, _)| k == "event_id").map(|(_, v)| v))
+        .collect();
+    published.sort();
+    let mut expected: Vec<String> = sent.iter().map(|e| e.event_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(published, expected, "each event exactly once");
+}
+
+#[tokio::test]
+async fn a_consumer_recreates_its_group_when_redis_loses_it() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let consumer = consumer(&ctx, &pool, CountingHandler::default()).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    ctx.xadd(STREAM, &event().to_fields()).await;
+    ctx.drained(STREAM, GROUP).await;
+
+    let _: () = redis::cmd("DEL")
+        .arg(ctx.stream(STREAM))
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("DEL");
+    let after = event();
+    ctx.xadd(STREAM, &after.to_fields()).await;
+    eventually(
+        "the event after the loss to be applied",
+        Duration::from_secs(10),
+        || async {
+            let seen = effects(&pool).await;
+            if seen.iter().any(|(id, _)| *id == after.event_id) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.expect("consumer stops");
+}
