@@ -184,12 +184,15 @@ impl RunningService {
     pub async fn stopped(mut self) -> anyhow::Result<()> {
         let mut failed = None;
         tokio::select! {
+            biased;
             () = self.shutdown.cancelled() => {}
             ended = self.tasks.join_next() => {
                 let task = ended.map(|r| r.unwrap_or("a task (panicked)"));
-                error!(task, "stopped unexpectedly; shutting the service down");
-                failed = task;
-                self.shutdown.cancel();
+                if !self.shutdown.is_cancelled() {
+                    error!(task, "stopped unexpectedly; shutting the service down");
+                    failed = task;
+                    self.shutdown.cancel();
+                }
             }
         }
         let drained = tokio::time::timeout(self.shutdown_timeout, async {

@@ -150,7 +150,8 @@ impl TestContext {
 
     /// Every entry of a logical stream: id and fields (values as lossy UTF-8).
     pub async fn entries(&self, logical: &str) -> Vec<(String, Vec<(String, String)>)> {
-        let raw: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+        let raw: Vec<RawEntry> = redis::cmd("XRANGE")
             .arg(self.stream(logical))
             .arg("-")
             .arg("+")
