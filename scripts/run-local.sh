@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs both services on this machine against a local Postgres and Redis, without Docker.
+# Creates the databases `orders` and `payments` if they are missing, starts
+# order-service on :8080 and payment-service on :8081, and stops both on Ctrl-C.
+#
+#   POSTGRES_URL  server to create the databases on  (default postgres://postgres@127.0.0.1:5432)
+#   REDIS_URL     Redis                              (default redis://127.0.0.1:6379)
+#   PROFILE       cargo profile: release or dev      (default release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+postgres_url=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+profile=${PROFILE:-release}
+
+for db in orders payments; do
+  exists=$(psql "$postgres_url/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")
+  [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
+done
+
+cargo build --profile "$profile" --bin order-service --bin payment-service
+bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+
+pids=()
+stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
+trap stop INT TERM EXIT
+
+DATABASE_URL="$postgres_url/orders" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8080} "$bin/order-service" &
+pids+=($!)
+DATABASE_URL="$postgres_url/payments" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
+pids+=($!)
+
+echo "order-service   -> http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}"
+echo "payment-service -> http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}"
+echo "Ctrl-C stops both."
+wait -n "${pids[@]}"
