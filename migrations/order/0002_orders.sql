@@ -14,3 +14,6 @@ CREATE TABLE orders (
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- The reconciler's scan: orders still waiting for payment.
+CREATE INDEX orders_pending ON orders (created_at) WHERE status = 'PENDING';

@@ -2,15 +2,18 @@
 //! shared service shell. `main` and the tests both start it through [`start`].
 
 use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
-use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
+use std::time::Duration;
+
+use axum::Router;
+use service_runtime::service::{self, Infrastructure, PeriodicJob, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
 use crate::payment_events::PaymentEvents;
-use crate::{MIGRATOR, Settings};
+use crate::{MIGRATOR, Settings, orders};
 
-/// Connects, migrates, and starts HTTP, the outbox relay and the `payment-events`
-/// consumer; they run until `shutdown` fires.
+/// Connects, migrates, and starts HTTP, the outbox relay, the `payment-events`
+/// consumer and the reconciler; they run until `shutdown` fires.
 pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
@@ -19,9 +22,17 @@ pub async fn start(
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
     });
+    let after = Duration::from_millis(settings.pending_republish_after_ms);
+    let pool = infra.pool.clone();
+    let reconciler = PeriodicJob::new("pending order reconciler", after / 2, move || {
+        let pool = pool.clone();
+        async move { Ok(orders::republish_stale_pending(&pool, after).await?) }
+    });
     let parts = ServiceParts {
         http_addr: settings.http_addr,
         routes,
+        admin_routes: Router::new(),
+        jobs: vec![reconciler],
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,

@@ -4,6 +4,8 @@
 use events::OrderItem;
 use serde::Serialize;
 use sqlx::types::Json;
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -108,4 +110,25 @@ pub async fn mark_refunded(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Res
     .execute(conn)
     .await?;
     Ok(updated.rows_affected() == 1)
+}
+
+/// Marks for re-publishing the `OrderCreated` of every order still `PENDING` whose event
+/// was last published more than `after` ago. Returns how many.
+#[tracing::instrument(skip_all)]
+pub async fn rearm_stale_order_created(
+    conn: &mut PgConnection,
+    after: Duration,
+) -> sqlx::Result<u64> {
+    let rearmed = sqlx::query(
+        "UPDATE outbox SET published_at = NULL
+         FROM orders
+         WHERE orders.id = outbox.order_id
+           AND orders.status = 'PENDING'
+           AND outbox.event_type = 'OrderCreated'
+           AND outbox.published_at < now() - make_interval(secs => $1)",
+    )
+    .bind(after.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(rearmed.rows_affected())
 }

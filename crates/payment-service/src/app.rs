@@ -1,6 +1,7 @@
 //! Wiring: payment-service is its routes plus the order-events handler on top of the
 //! shared service shell. `main` and the tests both start it through [`start`].
 
+use axum::Router;
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ pub async fn start(
     let parts = ServiceParts {
         http_addr: settings.http_addr,
         routes,
+        admin_routes: Router::new(),
+        jobs: Vec::new(),
         migrator: &MIGRATOR,
         consumes: ORDER_EVENTS,
         group: PAYMENT_SERVICE_GROUP,

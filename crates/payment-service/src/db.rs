@@ -177,3 +177,15 @@ pub async fn find_account(pool: &PgPool, customer_id: &str) -> sqlx::Result<Opti
     .fetch_optional(pool)
     .await
 }
+
+/// Marks the published outcomes of `order_id` for re-publishing (same `event_id`s).
+/// Returns how many.
+pub async fn rearm_outcomes(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<u64> {
+    let rearmed = sqlx::query(
+        "UPDATE outbox SET published_at = NULL WHERE order_id = $1 AND published_at IS NOT NULL",
+    )
+    .bind(order_id)
+    .execute(conn)
+    .await?;
+    Ok(rearmed.rows_affected())
+}

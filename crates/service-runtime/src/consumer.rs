@@ -8,8 +8,13 @@
 //! - an entry that cannot be decoded, or that its handler rejects, is copied to the
 //!   dead-letter stream and acked: one bad entry never blocks the ones behind it;
 //! - an unknown `event_type` is acked and skipped (tolerant reader);
-//! - a transient failure (database down) acks nothing: the entry stays in this consumer's
-//!   pending list and is read again from there, with backoff;
+//! - while the database is unreachable nothing is acked: the entry in hand is retried in
+//!   place with backoff (not redelivered, so an outage does not use up its deliveries);
+//! - an entry whose transaction fails otherwise stays pending and is read again from this
+//!   consumer's pending list; failing on its `MAX_DELIVERIES`th delivery (or arriving
+//!   past it, after crash loops) sends it to the dead-letter stream;
+//! - entries left pending by a consumer that died are reclaimed (`XAUTOCLAIM`) by any live
+//!   one once idle longer than `CLAIM_MIN_IDLE_MS`, and processed like its own;
 //! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
 
 use std::collections::HashMap;
@@ -26,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::inbox;
 use crate::keys::{StreamKeys, dead_letter_fields};
 use crate::redis_conn::RedisConnections;
-use crate::stream_reply::{RawEntry, parse_read_reply};
+use crate::stream_reply::{RawEntry, parse_autoclaim_reply, parse_read_reply};
 
 /// What a service does with one event. Called inside the transaction that also records
 /// the event in the inbox; whatever it writes on `tx` commits together with that record.
@@ -37,6 +42,18 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &mut PgConnection,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
+    /// applied before (a redelivery or a re-publish), in a transaction of its own. The
+    /// default does nothing; a service may re-publish what it answered back then, for a
+    /// producer that lost the answer (SPEC §4.6).
+    fn on_duplicate(
+        &self,
+        _tx: &mut PgConnection,
+        _envelope: &Envelope,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Why a handler did not apply an event.
@@ -91,6 +108,8 @@ pub struct ConsumerConfig {
     pub block: Duration,
     /// An entry delivered more often than this is dead-lettered instead of retried.
     pub max_deliveries: u64,
+    /// Entries idle this long in another consumer's pending list are reclaimed.
+    pub claim_min_idle: Duration,
 }
 
 /// Counts of what one batch did.
@@ -102,7 +121,7 @@ pub struct BatchReport {
     pub applied: usize,
     /// Events already in the inbox: acked without a second effect.
     pub duplicates: usize,
-    /// Unknown event types and deleted entries: acked and skipped.
+    /// Unknown event types and entries deleted while pending: acked and skipped.
     pub skipped: usize,
     /// Copied to the dead-letter stream and acked.
     pub dead_lettered: usize,
@@ -115,7 +134,23 @@ enum Outcome {
     Duplicate,
     Skipped,
     DeadLettered,
+    /// The transaction failed; redeliver later.
     RetryLater,
+    /// The database could not be reached; nothing is wrong with the entry.
+    DatabaseUnavailable,
+}
+
+/// Connection-level failures, as opposed to errors the server returned for a statement.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
 }
 
 /// A consumer of one stream in one group.
@@ -165,13 +200,46 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Reads the next batch of new entries (blocking up to `BLOCK`) and processes it.
     pub async fn consume_once(&self) -> Result<BatchReport, ConsumeError> {
-        self.consume(ReadFrom::New).await
+        self.consume(ReadFrom::New, None).await
     }
 
     /// Re-reads and processes this consumer's own pending entries: those a previous
     /// attempt could not finish, or that a process with the same consumer name left.
     pub async fn consume_own_pending_once(&self) -> Result<BatchReport, ConsumeError> {
-        self.consume(ReadFrom::OwnPending).await
+        self.consume(ReadFrom::OwnPending, None).await
+    }
+
+    /// Moves entries idle longer than `CLAIM_MIN_IDLE_MS` in any consumer of the group to
+    /// this one (`XAUTOCLAIM ... JUSTID`), to be processed from its own pending list.
+    /// Returns how many were claimed.
+    pub async fn reclaim_stuck_entries(&self) -> Result<usize, ConsumeError> {
+        /// Bounds one reclaim pass; the rest waits for the next.
+        const MAX_ROUNDS: usize = 10;
+        let mut cursor = "0-0".to_owned();
+        let mut claimed = 0;
+        for _ in 0..MAX_ROUNDS {
+            let reply: redis::Value = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream_key)
+                .arg(self.config.group)
+                .arg(&self.config.consumer)
+                .arg(self.config.claim_min_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.config.read_count)
+                .arg("JUSTID")
+                .query_async(&mut self.redis.commands.clone())
+                .await?;
+            let (next, ids) = parse_autoclaim_reply(reply).map_err(ConsumeError::Reply)?;
+            claimed += ids;
+            if next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        if claimed > 0 {
+            info!(stream = %self.stream_key, claimed, "reclaimed entries of a consumer that stopped answering");
+        }
+        Ok(claimed)
     }
 
     /// Runs until `shutdown`: first its own pending entries, then new ones. A read in
@@ -181,6 +249,9 @@ impl<H: EventHandler> Consumer<H> {
         let mut backoff = Backoff::new();
         let mut from = ReadFrom::OwnPending;
         let mut group_ready = false;
+        let reclaim_every = (self.config.claim_min_idle / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let mut next_reclaim = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             if !group_ready {
                 match self.ensure_group().await {
@@ -192,7 +263,18 @@ impl<H: EventHandler> Consumer<H> {
                     }
                 }
             }
-            match self.consume(from).await {
+            if tokio::time::Instant::now() >= next_reclaim {
+                next_reclaim = tokio::time::Instant::now() + reclaim_every;
+                match self.reclaim_stuck_entries().await {
+                    Ok(0) => {}
+                    Ok(_) => from = ReadFrom::OwnPending,
+                    Err(e) if e.is_missing_group() => group_ready = false,
+                    Err(e) => {
+                        warn!(stream = %self.stream_key, error = %e, "reclaiming stuck entries failed")
+                    }
+                }
+            }
+            match self.consume(from, Some(&shutdown)).await {
                 Ok(report) if report.retry_later > 0 => {
                     from = ReadFrom::OwnPending;
                     backoff.wait(&shutdown).await;
@@ -217,7 +299,14 @@ impl<H: EventHandler> Consumer<H> {
         info!(stream = %self.stream_key, consumer = %self.config.consumer, "consumer stopped");
     }
 
-    async fn consume(&self, from: ReadFrom) -> Result<BatchReport, ConsumeError> {
+    /// Reads a batch and processes it. With `retry_until`, an entry that meets an
+    /// unreachable database is retried in place with backoff until the database answers
+    /// or `retry_until` fires (then it and the rest of the batch stay pending).
+    async fn consume(
+        &self,
+        from: ReadFrom,
+        retry_until: Option<&CancellationToken>,
+    ) -> Result<BatchReport, ConsumeError> {
         let entries = self.read(from).await?;
         let mut report = BatchReport {
             delivered: entries.len(),
@@ -228,17 +317,25 @@ impl<H: EventHandler> Consumer<H> {
             ReadFrom::OwnPending => self.delivery_counts(&entries).await?,
         };
         let mut acks = Vec::with_capacity(entries.len());
+        let mut backoff = Backoff::new();
         for entry in &entries {
             let deliveries = delivery_counts.get(&entry.id).copied().unwrap_or(1);
-            let outcome = self.process(entry, deliveries).await;
+            let mut outcome = self.process(entry, deliveries).await;
+            if let Some(shutdown) = retry_until {
+                while matches!(outcome, Outcome::DatabaseUnavailable)
+                    && backoff.wait(shutdown).await
+                {
+                    outcome = self.process(entry, deliveries).await;
+                }
+            }
             match outcome {
                 Outcome::Applied => report.applied += 1,
                 Outcome::Duplicate => report.duplicates += 1,
                 Outcome::Skipped => report.skipped += 1,
                 Outcome::DeadLettered => report.dead_lettered += 1,
-                Outcome::RetryLater => report.retry_later += 1,
+                Outcome::RetryLater | Outcome::DatabaseUnavailable => report.retry_later += 1,
             }
-            if !matches!(outcome, Outcome::RetryLater) {
+            if !matches!(outcome, Outcome::RetryLater | Outcome::DatabaseUnavailable) {
                 acks.push(entry.id.as_str());
             }
         }
@@ -319,11 +416,10 @@ impl<H: EventHandler> Consumer<H> {
                             .await;
                     }
                 };
-            if deliveries > self.config.max_deliveries {
-                let error = format!(
-                    "delivered {deliveries} times, more than MAX_DELIVERIES={}",
-                    self.config.max_deliveries
-                );
+            let max = self.config.max_deliveries;
+            if deliveries > max {
+                // Only reached when a consumer died while handling it (a crash loop).
+                let error = format!("delivered {deliveries} times, more than MAX_DELIVERIES={max}");
                 return self.dead_letter(entry, fields, deliveries, &error).await;
             }
             let span = tracing::Span::current();
@@ -338,8 +434,16 @@ impl<H: EventHandler> Consumer<H> {
                 Err(HandleError::Rejected(reason)) => {
                     self.dead_letter(entry, fields, deliveries, &reason).await
                 }
-                Err(e @ HandleError::Database(_)) => {
-                    warn!(error = %e, "could not apply the event; it stays pending for a retry");
+                Err(HandleError::Database(e)) if is_unreachable(&e) => {
+                    warn!(error = %e, "the database is unreachable; the event waits");
+                    Outcome::DatabaseUnavailable
+                }
+                Err(e) if deliveries >= max => {
+                    let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
+                    self.dead_letter(entry, fields, deliveries, &error).await
+                }
+                Err(e) => {
+                    warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
                     Outcome::RetryLater
                 }
             }
@@ -348,16 +452,18 @@ impl<H: EventHandler> Consumer<H> {
         .await
     }
 
-    /// The transaction: inbox record, then the effect, then commit. `Ok(false)` when the
-    /// inbox already had the event.
+    /// The transaction: inbox record, then the effect (or the duplicate hook), then
+    /// commit. `Ok(false)` when the inbox already had the event.
     async fn apply(&self, envelope: &Envelope) -> Result<bool, HandleError> {
         let mut tx = self.pool.begin().await?;
-        if !inbox::record(&mut tx, envelope).await? {
-            return Ok(false);
+        let first_time = inbox::record(&mut tx, envelope).await?;
+        if first_time {
+            self.handler.handle(&mut tx, envelope).await?;
+        } else {
+            self.handler.on_duplicate(&mut tx, envelope).await?;
         }
-        self.handler.handle(&mut tx, envelope).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(first_time)
     }
 
     /// Copies an entry that can never be processed to the dead-letter stream, with why.

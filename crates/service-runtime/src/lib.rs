@@ -12,8 +12,10 @@
 //! | key names | [`keys`] | every Redis key and field name in one place |
 //!
 //! and the service shell around them: [`settings`], [`telemetry`], [`health`],
-//! [`problem`] (HTTP errors), [`service`] (start, run, shut down).
+//! [`problem`] (HTTP errors), [`admin`] (dead letters, admin token), [`service`]
+//! (start, run, shut down, periodic jobs).
 
+pub mod admin;
 mod backoff;
 pub mod consumer;
 pub mod health;

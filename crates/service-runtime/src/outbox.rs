@@ -41,3 +41,28 @@ pub async fn enqueue(
     .await?;
     Ok(())
 }
+
+/// Wakes the relay after rows were re-armed (`published_at = NULL`) rather than inserted:
+/// the insert trigger does not fire for those. Delivered at commit.
+pub async fn wake_relay(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes rows published more than `retention` ago; keeps every unpublished row.
+/// Published rows are kept that long so a broker loss can be repaired by re-publishing.
+#[tracing::instrument(skip_all)]
+pub async fn sweep_published(
+    pool: &sqlx::PgPool,
+    retention: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let deleted =
+        sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+            .bind(retention.as_secs_f64())
+            .execute(pool)
+            .await?;
+    Ok(deleted.rows_affected())
+}

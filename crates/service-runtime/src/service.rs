@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,11 +22,13 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::admin::{self, DeadLetters};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::health::{self, Readiness};
 use crate::keys::StreamKeys;
+use crate::outbox;
 use crate::problem::{self, BODY_LIMIT_BYTES};
 use crate::redis_conn::RedisConnections;
 use crate::relay::OutboxRelay;
@@ -52,7 +55,7 @@ impl Infrastructure {
     ) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(settings.database_max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(3))
             .connect(settings.database_url.expose())
             .await
             .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
@@ -72,12 +75,59 @@ impl Infrastructure {
     }
 }
 
+/// How often the outbox sweeper looks for rows past their retention.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
+
+/// A job run every `every` until shutdown (the outbox sweeper, the order reconciler).
+/// Each run returns how many things it did, logged when not zero.
+pub struct PeriodicJob {
+    name: &'static str,
+    every: Duration,
+    run: Box<dyn FnMut() -> JobFuture + Send>,
+}
+
+impl PeriodicJob {
+    /// A job named `name` that calls `run` every `every`, first right at start.
+    pub fn new<F, Fut>(name: &'static str, every: Duration, mut run: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+    {
+        Self {
+            name,
+            every,
+            run: Box::new(move || Box::pin(run())),
+        }
+    }
+
+    async fn run_until(mut self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => match (self.run)().await {
+                    Ok(0) => {}
+                    Ok(done) => info!(job = self.name, done, "periodic job did work"),
+                    Err(e) => warn!(job = self.name, error = format!("{e:#}"), "periodic job failed; next run retries"),
+                },
+            }
+        }
+    }
+}
+
 /// What a service brings to the shell.
 pub struct ServiceParts<H> {
     /// Where HTTP listens; port 0 picks a free one.
     pub http_addr: SocketAddr,
     /// The service's own routes, state applied.
     pub routes: Router,
+    /// Routes that need the admin token (besides the dead-letter ones every service has).
+    pub admin_routes: Router,
+    /// The service's own periodic jobs (the outbox sweeper is added by the shell).
+    pub jobs: Vec<PeriodicJob>,
     /// The migrations readiness checks for.
     pub migrator: &'static Migrator,
     /// Logical stream the service consumes, and its group there.
@@ -112,8 +162,14 @@ pub async fn start<H: EventHandler>(
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
     };
+    let dead_letters = DeadLetters::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
     let app = parts
         .routes
+        .merge(admin::router(
+            dead_letters,
+            parts.admin_routes,
+            settings.admin_token.clone(),
+        ))
         .merge(health::router(readiness))
         .fallback(problem::route_not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
@@ -137,6 +193,7 @@ pub async fn start<H: EventHandler>(
             read_count: settings.stream.read_count as usize,
             block: Duration::from_millis(settings.stream.read_block_ms),
             max_deliveries: settings.stream.max_deliveries,
+            claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
         },
         parts.handler,
     );
@@ -162,6 +219,18 @@ pub async fn start<H: EventHandler>(
         consumer.run(stop).await;
         "consumer"
     });
+    let (pool, retention) = (infra.pool.clone(), settings.outbox_retention());
+    let sweeper = PeriodicJob::new("outbox sweeper", SWEEP_INTERVAL, move || {
+        let pool = pool.clone();
+        async move { Ok(outbox::sweep_published(&pool, retention).await?) }
+    });
+    for job in parts.jobs.into_iter().chain([sweeper]) {
+        let (stop, name) = (shutdown.clone(), job.name);
+        tasks.spawn(async move {
+            job.run_until(stop).await;
+            name
+        });
+    }
     info!(%addr, consumer = %consumer_name, stream = %infra.keys.stream(parts.consumes), "service started");
     Ok(RunningService {
         addr,

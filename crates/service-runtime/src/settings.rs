@@ -92,6 +92,10 @@ pub struct StreamSettings {
     /// Deliveries after which an entry is dead-lettered instead of retried.
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_deliveries: u64,
+    /// Entries pending longer than this (ms) in any consumer are reclaimed (`XAUTOCLAIM`):
+    /// their consumer is taken for dead. Keep it well above the time a batch takes.
+    #[arg(long, env = "CLAIM_MIN_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub claim_min_idle_ms: u64,
 }
 
 impl StreamSettings {
@@ -122,6 +126,14 @@ pub struct CommonSettings {
     pub redis_url: SecretUrl,
     #[command(flatten)]
     pub stream: StreamSettings,
+    /// Published outbox rows are kept this long (hours), so they can be re-published
+    /// after a broker loss, then deleted.
+    #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub outbox_retention_hours: u64,
+    /// Bearer token of the admin API (dead letters, deposits); without it those routes
+    /// answer 404.
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
+    pub admin_token: Option<Secret>,
     /// How long shutdown may take before in-flight work is abandoned, in ms.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub shutdown_timeout_ms: u64,
@@ -134,6 +146,37 @@ impl CommonSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+
+    pub fn outbox_retention(&self) -> Duration {
+        Duration::from_secs(self.outbox_retention_hours * 3600)
+    }
+}
+
+/// A secret string (a token): `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+fn admin_token(value: &str) -> Result<Secret, String> {
+    if value.len() < 16 {
+        return Err("must be at least 16 characters".into());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(Secret(value.to_owned()))
 }
 
 fn namespace(value: &str) -> Result<String, String> {
@@ -217,6 +260,13 @@ mod tests {
             redis_url("redis://r:6379").expect("valid").to_string(),
             "redis://r:6379"
         );
+    }
+
+    #[test]
+    fn the_admin_token_is_never_shown() {
+        let probe = parse(&["--admin-token", "0123456789abcdef-secret"]).expect("valid");
+        assert!(!format!("{probe:?}").contains("secret"));
+        assert!(parse(&["--admin-token", "short"]).is_err());
     }
 
     #[test]

@@ -36,6 +36,21 @@ pub(crate) fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
     Ok(out)
 }
 
+/// Parses an `XAUTOCLAIM ... JUSTID` reply `[next-cursor, [id...], [deleted id...]]`
+/// into the cursor and how many ids were claimed.
+pub(crate) fn parse_autoclaim_reply(reply: Value) -> Result<(String, usize), String> {
+    match reply {
+        Value::Array(parts) if parts.len() >= 2 => {
+            let next = String::from_utf8_lossy(&bytes(&parts[0])).into_owned();
+            match &parts[1] {
+                Value::Array(ids) => Ok((next, ids.len())),
+                other => Err(format!("unexpected claimed ids: {other:?}")),
+            }
+        }
+        other => Err(format!("unexpected XAUTOCLAIM reply: {other:?}")),
+    }
+}
+
 /// Parses a list of `[id, [field, value, ...] | nil]`.
 pub(crate) fn parse_entries(entries: Value) -> Result<Vec<RawEntry>, String> {
     let Value::Array(entries) = entries else {
@@ -138,6 +153,17 @@ mod tests {
             entries[0].fields.as_deref(),
             Some(&[("lonely".to_owned(), Vec::new())][..])
         );
+    }
+
+    #[test]
+    fn autoclaim_reply_gives_cursor_and_count() {
+        let reply = Value::Array(vec![
+            bulk(b"5-0"),
+            Value::Array(vec![bulk(b"1-0"), bulk(b"2-0")]),
+            Value::Array(vec![]),
+        ]);
+        assert_eq!(parse_autoclaim_reply(reply), Ok(("5-0".to_owned(), 2)));
+        assert!(parse_autoclaim_reply(Value::Nil).is_err());
     }
 
     #[test]

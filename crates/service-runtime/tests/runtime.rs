@@ -72,6 +72,7 @@ async fn consumer(
         read_count: 10,
         block: Duration::from_millis(100),
         max_deliveries: 5,
+        claim_min_idle: Duration::from_millis(200),
     };
     let consumer = Consumer::new(
         pool.clone(),
@@ -165,7 +166,7 @@ async fn a_failed_effect_is_not_acked_and_is_retried_from_the_pending_list() {
 }
 
 #[tokio::test]
-async fn an_entry_failing_more_than_max_deliveries_is_dead_lettered() {
+async fn an_entry_failing_its_last_allowed_delivery_is_dead_lettered() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
     let handler = CountingHandler::default();
@@ -174,12 +175,18 @@ async fn an_entry_failing_more_than_max_deliveries_is_dead_lettered() {
     handler.failing.store(true, Ordering::SeqCst);
 
     let mut report = consumer.consume_once().await.expect("consumes");
-    for _ in 0..5 {
+    for _ in 2..=4 {
+        assert_eq!(report.retry_later, 1, "{report:?}");
         report = consumer.consume_own_pending_once().await.expect("consumes");
     }
     assert_eq!(
+        report.retry_later, 1,
+        "the 4th failure is retried: {report:?}"
+    );
+    let report = consumer.consume_own_pending_once().await.expect("consumes");
+    assert_eq!(
         report.dead_lettered, 1,
-        "the 6th delivery is past MAX_DELIVERIES=5: {report:?}"
+        "failing the 5th delivery (MAX_DELIVERIES=5) dead-letters: {report:?}"
     );
     let dead = ctx.entries(&format!("{STREAM}:dlq")).await;
     let count = dead[0]
@@ -187,7 +194,7 @@ async fn an_entry_failing_more_than_max_deliveries_is_dead_lettered() {
         .iter()
         .find(|(k, _)| k == "dlq:delivery_count")
         .map(|(_, v)| v.as_str());
-    assert_eq!(count, Some("6"));
+    assert_eq!(count, Some("5"));
     assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
 }
 
@@ -320,4 +327,47 @@ async fn a_consumer_recreates_its_group_when_redis_loses_it() {
     .await;
     shutdown.cancel();
     running.await.expect("consumer stops");
+}
+
+#[tokio::test]
+async fn entries_of_a_dead_consumer_are_reclaimed_once_idle_long_enough() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let consumer = consumer(&ctx, &pool, CountingHandler::default()).await;
+    let e = event();
+    ctx.xadd(STREAM, &e.to_fields()).await;
+    // Another consumer of the group reads the entry and dies before acking it.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("victim")
+        .arg("STREAMS")
+        .arg(ctx.stream(STREAM))
+        .arg(">")
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("read");
+
+    assert_eq!(
+        consumer.reclaim_stuck_entries().await.expect("claims"),
+        0,
+        "not idle long enough yet: not stolen"
+    );
+    let claimed = eventually(
+        "the entry to pass CLAIM_MIN_IDLE_MS",
+        Duration::from_secs(5),
+        || async {
+            match consumer.reclaim_stuck_entries().await {
+                Ok(0) => Err("nothing claimed".to_owned()),
+                Ok(n) => Ok(n),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(claimed, 1);
+    let report = consumer.consume_own_pending_once().await.expect("consumes");
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(effects(&pool).await, vec![(e.event_id, 1)]);
+    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
 }

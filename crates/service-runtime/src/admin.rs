@@ -1,0 +1,256 @@
+//! The admin API (SPEC §6.4): dead letters of the stream this service consumes, listed
+//! and replayed, plus whatever admin routes the service adds (deposits). Every route
+//! needs `Authorization: Bearer $ADMIN_TOKEN`, compared in constant time; with no
+//! `ADMIN_TOKEN` configured the routes do not exist (404), so nothing is open by default.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{StreamKeys, dead_letter_fields};
+use crate::problem::{Json, Path, Problem, route_not_found};
+use crate::settings::Secret;
+
+/// Where the dead letters of one consumed stream are.
+#[derive(Clone)]
+pub struct DeadLetters {
+    pub redis: ConnectionManager,
+    /// Key of the dead-letter stream, e.g. `ns:payment-events:dlq`.
+    pub dead_letter_key: String,
+}
+
+impl DeadLetters {
+    /// The dead letters of the logical stream `consumed`.
+    pub fn new(redis: ConnectionManager, keys: &StreamKeys, consumed: &str) -> Self {
+        Self {
+            redis,
+            dead_letter_key: keys.dead_letter(consumed),
+        }
+    }
+}
+
+/// Puts `admin_routes` and the dead-letter routes behind the admin token.
+pub fn router(dead_letters: DeadLetters, admin_routes: Router, token: Option<Secret>) -> Router {
+    Router::new()
+        .route("/admin/dlq", get(list_dead_letters))
+        .route("/admin/dlq/{entry_id}/replay", post(replay_dead_letter))
+        .with_state(dead_letters)
+        .merge(admin_routes)
+        .route_layer(middleware::from_fn_with_state(token, require_admin))
+}
+
+async fn require_admin(
+    State(token): State<Option<Secret>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return route_not_found().await.into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut response = Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin bearer token is required",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about where two
+/// tokens of equal length differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// One dead letter as the admin API shows it.
+#[derive(Debug, Serialize)]
+struct DeadLetter {
+    id: String,
+    original_id: Option<String>,
+    stream: Option<String>,
+    group: Option<String>,
+    consumer: Option<String>,
+    delivery_count: Option<u64>,
+    error: Option<String>,
+    /// The original entry's fields.
+    fields: BTreeMap<String, String>,
+}
+
+type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+
+impl DeadLetter {
+    fn from_entry(id: String, raw: RawFields) -> Self {
+        let mut letter = Self {
+            id,
+            original_id: None,
+            stream: None,
+            group: None,
+            consumer: None,
+            delivery_count: None,
+            error: None,
+            fields: BTreeMap::new(),
+        };
+        for (name, value) in raw {
+            let (name, value) = (
+                String::from_utf8_lossy(&name).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            );
+            match name.as_str() {
+                dead_letter_fields::ORIGINAL_ID => letter.original_id = Some(value),
+                dead_letter_fields::SOURCE_STREAM => letter.stream = Some(value),
+                dead_letter_fields::GROUP => letter.group = Some(value),
+                dead_letter_fields::CONSUMER => letter.consumer = Some(value),
+                dead_letter_fields::DELIVERY_COUNT => letter.delivery_count = value.parse().ok(),
+                dead_letter_fields::ERROR => letter.error = Some(value),
+                _ => {
+                    letter.fields.insert(name, value);
+                }
+            }
+        }
+        letter
+    }
+}
+
+fn redis_problem(error: redis::RedisError) -> Problem {
+    tracing::warn!(%error, "admin: Redis failed");
+    Problem::unavailable("Redis is unavailable")
+}
+
+/// `GET /admin/dlq?limit=`: oldest first, at most `limit` (default 100, at most 1000).
+async fn list_dead_letters(
+    State(dead): State<DeadLetters>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries: Vec<(String, RawFields)> = redis::cmd("XRANGE")
+        .arg(&dead.dead_letter_key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit)
+        .query_async(&mut dead.redis.clone())
+        .await
+        .map_err(redis_problem)?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|(id, raw)| DeadLetter::from_entry(id, raw))
+            .collect(),
+    ))
+}
+
+#[derive(Debug, Serialize)]
+struct Replayed {
+    id: String,
+    stream: String,
+    replayed_as: String,
+}
+
+/// `POST /admin/dlq/{entry_id}/replay`: writes the original fields back to the source
+/// stream as a new entry and removes the dead letter. The event keeps its `event_id`,
+/// so a replay of something already applied has no second effect.
+async fn replay_dead_letter(
+    State(dead): State<DeadLetters>,
+    Path(entry_id): Path<String>,
+) -> Result<Json<Replayed>, Problem> {
+    let valid_id = entry_id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().chain(seq.bytes()).all(|b| b.is_ascii_digit())
+    });
+    if !valid_id {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            "entry ids look like 1700000000000-0",
+        ));
+    }
+    let mut redis = dead.redis.clone();
+    let found: Vec<(String, RawFields)> = redis::cmd("XRANGE")
+        .arg(&dead.dead_letter_key)
+        .arg(&entry_id)
+        .arg(&entry_id)
+        .query_async(&mut redis)
+        .await
+        .map_err(redis_problem)?;
+    let Some((_, raw)) = found.into_iter().next() else {
+        return Err(Problem::not_found("dead letter"));
+    };
+    let mut source = None;
+    let mut replay = redis::cmd("XADD");
+    let mut original = Vec::new();
+    for (name, value) in raw {
+        if name == dead_letter_fields::SOURCE_STREAM.as_bytes() {
+            source = Some(String::from_utf8_lossy(&value).into_owned());
+        } else if !name.starts_with(b"dlq:") {
+            original.push((name, value));
+        }
+    }
+    let Some(stream) = source else {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-replayable",
+            "the dead letter does not name its stream",
+        ));
+    };
+    replay.arg(&stream).arg("*");
+    for (name, value) in &original {
+        replay.arg(name.as_slice()).arg(value.as_slice());
+    }
+    let replayed_as: String = replay
+        .query_async(&mut redis)
+        .await
+        .map_err(redis_problem)?;
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&dead.dead_letter_key)
+        .arg(&entry_id)
+        .query_async(&mut redis)
+        .await
+        .map_err(redis_problem)?;
+    tracing::info!(entry_id, %stream, replayed_as, "dead letter replayed");
+    Ok(Json(Replayed {
+        id: entry_id,
+        stream,
+        replayed_as,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
