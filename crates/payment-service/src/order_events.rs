@@ -42,6 +42,24 @@ impl EventHandler for OrderEvents {
             }
         }
     }
+
+    /// A repeated `OrderCreated` means order-service has not heard the outcome (its
+    /// reconciler re-published after a broker loss): publish the recorded outcome again,
+    /// same `event_id`, and never charge a second time (SPEC §4.6).
+    async fn on_duplicate(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<(), HandleError> {
+        if let Event::OrderCreated(order) = &envelope.event {
+            let rearmed = db::rearm_outcomes(tx, order.order_id).await?;
+            if rearmed > 0 {
+                outbox::wake_relay(tx).await?;
+                info!(order_id = %order.order_id, rearmed, "order-service asked again; re-publishing the recorded outcome");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl OrderEvents {

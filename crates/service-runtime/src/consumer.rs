@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::inbox;
 use crate::keys::{StreamKeys, dead_letter_fields};
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::{RawEntry, parse_autoclaim_reply, parse_read_reply};
+use crate::{database, inbox};
 
 /// What a service does with one event. Called inside the transaction that also records
 /// the event in the inbox; whatever it writes on `tx` commits together with that record.
@@ -138,19 +138,6 @@ enum Outcome {
     RetryLater,
     /// The database could not be reached; nothing is wrong with the entry.
     DatabaseUnavailable,
-}
-
-/// Connection-level failures, as opposed to errors the server returned for a statement.
-fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    )
 }
 
 /// A consumer of one stream in one group.
@@ -434,7 +421,7 @@ impl<H: EventHandler> Consumer<H> {
                 Err(HandleError::Rejected(reason)) => {
                     self.dead_letter(entry, fields, deliveries, &reason).await
                 }
-                Err(HandleError::Database(e)) if is_unreachable(&e) => {
+                Err(HandleError::Database(e)) if database::is_unavailable(&e) => {
                     warn!(error = %e, "the database is unreachable; the event waits");
                     Outcome::DatabaseUnavailable
                 }

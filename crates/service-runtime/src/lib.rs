@@ -18,6 +18,7 @@
 pub mod admin;
 mod backoff;
 pub mod consumer;
+pub mod database;
 pub mod health;
 pub mod inbox;
 pub mod keys;

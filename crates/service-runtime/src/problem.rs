@@ -99,15 +99,12 @@ impl From<sqlx::Error> for Problem {
     /// A database failure: 503 when Postgres is unreachable, an opaque 500 otherwise.
     /// The cause is logged here, once, and never sent.
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(%error, "database unavailable");
-                Self::unavailable("the database is unavailable")
-            }
-            error => {
-                tracing::error!(%error, "database error");
-                Self::internal()
-            }
+        if crate::database::is_unavailable(&error) {
+            tracing::warn!(%error, "database unavailable");
+            Self::unavailable("the database is unavailable")
+        } else {
+            tracing::error!(%error, "database error");
+            Self::internal()
         }
     }
 }

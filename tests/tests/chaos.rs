@@ -1,0 +1,593 @@
+//! Chaos: break things on purpose, then check the SPEC §4.8 invariants once the system is
+//! quiet (every order final, balances exact, at most one payment per order).
+//!
+//! Destructive Redis scenarios run against a private `redis-server` of their own, and
+//! database outages go through a proxy in front of one service only, so nothing here
+//! disturbs other tests running at the same time.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::{assert_invariants, place_orders};
+use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
+use serde_json::Value;
+use sqlx::PgPool;
+use testkit::{
+    FaultProxy, PrivateRedis, Spawned, TestContext, backends, eventually, free_port, host_port,
+};
+
+/// Fast failure detection for tests: reclaim after 1 s idle, re-publish after 1.5 s.
+const ORDER_ARGS: &[&str] = &[
+    "--claim-min-idle-ms",
+    "1000",
+    "--pending-republish-after-ms",
+    "1500",
+];
+const PAYMENT_ARGS: &[&str] = &["--claim-min-idle-ms", "1000"];
+const QUIET: Duration = Duration::from_secs(60);
+
+async fn order_service(ctx: &TestContext) -> Spawned {
+    ctx.spawn("order-service", ORDER_ARGS, order_service::start)
+        .await
+}
+
+async fn payment_service(ctx: &TestContext) -> Spawned {
+    ctx.spawn("payment-service", PAYMENT_ARGS, payment_service::start)
+        .await
+}
+
+async fn published(ctx: &TestContext, logical: &str, n: usize) {
+    eventually(
+        &format!("{n} entries on {logical}"),
+        Duration::from_secs(10),
+        || async {
+            let found = ctx.entries(logical).await.len();
+            if found >= n {
+                Ok(())
+            } else {
+                Err(format!("{found} entries"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn xpending_of(ctx: &TestContext, logical: &str, group: &str, consumer: &str) -> usize {
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(ctx.stream(logical))
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("XPENDING");
+    pending.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_consumer_killed_mid_batch_are_reclaimed_and_finished() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let placed = place_orders(&orders.url(""), 40, 4).await;
+    published(&ctx, ORDER_EVENTS, 40).await;
+
+    // A payment-service consumer takes a batch of 25 and dies before acking any of it.
+    let mut redis = ctx.redis().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(ctx.stream(ORDER_EVENTS))
+        .arg(PAYMENT_SERVICE_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .expect("group");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(PAYMENT_SERVICE_GROUP)
+        .arg("victim")
+        .arg("COUNT")
+        .arg(25)
+        .arg("STREAMS")
+        .arg(ctx.stream(ORDER_EVENTS))
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .expect("read");
+    assert_eq!(
+        xpending_of(&ctx, ORDER_EVENTS, PAYMENT_SERVICE_GROUP, "victim").await,
+        25
+    );
+
+    let payments = payment_service(&ctx).await;
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid, placed.accepted.len());
+    assert_eq!(
+        xpending_of(&ctx, ORDER_EVENTS, PAYMENT_SERVICE_GROUP, "victim").await,
+        0,
+        "all reclaimed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_the_work_and_finish_what_a_killed_one_left() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let first = ctx
+        .spawn(
+            "payment-service",
+            &[PAYMENT_ARGS, &["--consumer-name", "replica-1"]].concat(),
+            payment_service::start,
+        )
+        .await;
+    let database = first.database_url.clone();
+    let mut replicas = vec![first];
+    for name in ["replica-2", "replica-3"] {
+        let args = [PAYMENT_ARGS, &["--consumer-name", name]].concat();
+        replicas.push(
+            ctx.spawn_on("payment-service", &database, &args, payment_service::start)
+                .await,
+        );
+    }
+
+    let load = tokio::spawn({
+        let url = orders.url("");
+        async move { place_orders(&url, 300, 8).await }
+    });
+    // Kill one replica mid-load, without a chance to finish or ack anything.
+    eventually(
+        "the replicas to be busy",
+        Duration::from_secs(10),
+        || async {
+            let n = ctx.entries(PAYMENT_EVENTS).await.len();
+            if n >= 60 {
+                Ok(())
+            } else {
+                Err(format!("{n} outcomes"))
+            }
+        },
+    )
+    .await;
+    replicas.remove(1).kill();
+    let placed = load.await.expect("load ran");
+
+    let outcome = assert_invariants(&orders.pool, &replicas[0].pool, QUIET).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, placed.accepted.len());
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    assert_eq!(
+        xpending_of(&ctx, ORDER_EVENTS, PAYMENT_SERVICE_GROUP, "replica-2").await,
+        0
+    );
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(ctx.stream(ORDER_EVENTS))
+        .arg(PAYMENT_SERVICE_GROUP)
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("XINFO CONSUMERS");
+    assert_eq!(consumers.len(), 3, "three replicas read from the group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_wiped_before_payment_loses_no_order() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let orders = order_service(&ctx).await;
+    let placed = place_orders(&orders.url(""), 30, 4).await;
+    published(&ctx, ORDER_EVENTS, 30).await;
+
+    redis.flush_all().await; // every OrderCreated is gone before payment-service saw it
+    let payments = payment_service(&ctx).await;
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(
+        outcome.paid,
+        placed.accepted.len(),
+        "the reconciler re-published them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_wiped_after_payment_charges_no_order_twice() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let orders = order_service(&ctx).await;
+    let order_db = orders.database_url.clone();
+    let placed = place_orders(&orders.url(""), 30, 4).await;
+    published(&ctx, ORDER_EVENTS, 30).await;
+    orders.stop().await.expect("stops");
+
+    let payments = payment_service(&ctx).await;
+    published(&ctx, PAYMENT_EVENTS, 30).await; // every order charged and answered...
+    redis.flush_all().await; // ...and every answer lost before order-service read it
+
+    let orders = ctx
+        .spawn_on("order-service", &order_db, ORDER_ARGS, order_service::start)
+        .await;
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid, placed.accepted.len());
+    let charges: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&payments.pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        charges as usize,
+        placed.accepted.len(),
+        "the recorded outcomes were re-published, not re-charged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_wiped_twice_under_load_loses_and_duplicates_nothing() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let orders = order_service(&ctx).await;
+    let payments = payment_service(&ctx).await;
+    let load = tokio::spawn({
+        let url = orders.url("");
+        async move { place_orders(&url, 200, 4).await }
+    });
+    for after in [40, 120] {
+        eventually("the flow to get going", Duration::from_secs(20), || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&orders.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n >= after {
+                Ok(())
+            } else {
+                Err(format!("{n} orders"))
+            }
+        })
+        .await;
+        redis.flush_all().await;
+    }
+    let placed = load.await.expect("load ran");
+    assert_eq!(placed.failed, 0, "orders are accepted whatever Redis does");
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_orders_are_still_accepted_and_flow_when_it_returns() {
+    let mut redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let orders = order_service(&ctx).await;
+    let payments = payment_service(&ctx).await;
+    assert_eq!(
+        place_orders(&orders.url(""), 10, 2).await.accepted.len(),
+        10
+    );
+
+    redis.kill();
+    let during = place_orders(&orders.url(""), 20, 2).await;
+    assert_eq!(
+        (during.accepted.len(), during.failed),
+        (20, 0),
+        "accepted into the outbox while Redis is down"
+    );
+    redis.restart().await; // back, and empty
+
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_acks_nothing_and_processing_resumes_when_it_returns() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let proxy = FaultProxy::start(host_port(&backends().database_url, 5432)).await;
+    let payment_db = ctx.database().await;
+    let payments = ctx
+        .spawn_on(
+            "payment-service",
+            &proxy.url_through(&payment_db),
+            PAYMENT_ARGS,
+            payment_service::start,
+        )
+        .await;
+    let direct = PgPool::connect(&payment_db).await.expect("direct access");
+
+    proxy.cut();
+    let placed = place_orders(&orders.url(""), 20, 2).await;
+    published(&ctx, ORDER_EVENTS, 20).await;
+    let (status, ready) = payments.get_json("/health/ready").await;
+    assert_eq!(
+        (status, &ready["checks"]["postgres"]),
+        (503, &Value::from("unavailable")),
+        "{ready}"
+    );
+    // Delivered or not, nothing is acked while the database is away.
+    eventually(
+        "the consumer to hold entries it cannot apply",
+        Duration::from_secs(10),
+        || async {
+            match ctx.group_backlog(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await {
+                Some((pending, lag)) if pending > 0 && pending + lag == 20 => Ok(()),
+                other => Err(format!("(pending, lag) = {other:?}")),
+            }
+        },
+    )
+    .await;
+
+    proxy.restore();
+    let outcome = assert_invariants(&orders.pool, &direct, QUIET).await;
+    assert_eq!(outcome.paid, placed.accepted.len());
+    assert!(
+        ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await.is_empty(),
+        "an outage dead-letters nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_terminated_mid_flow_lose_nothing() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let payments = payment_service(&ctx).await;
+    let databases = [
+        db_name(&orders.database_url),
+        db_name(&payments.database_url),
+    ];
+    let admin = PgPool::connect(&backends().database_url)
+        .await
+        .expect("admin");
+
+    let load = tokio::spawn({
+        let url = orders.url("");
+        async move { place_orders(&url, 200, 4).await }
+    });
+    let mut terminated = 0;
+    while !load.is_finished() {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = ANY($1) AND pid <> pg_backend_pid()",
+        )
+        .bind(&databases[..])
+        .fetch_all(&admin)
+        .await
+        .expect("terminate");
+        terminated += killed.len();
+        tokio::time::sleep(Duration::from_millis(40)).await; // the pace of the fault, not a wait
+    }
+    let placed = load.await.expect("load ran");
+    assert!(terminated > 0, "connections were terminated");
+    assert!(
+        placed.accepted.len() > 100,
+        "most orders got through: {placed:?}"
+    );
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(
+        outcome.paid + outcome.payment_failed,
+        outcome_total(&orders.pool).await
+    );
+}
+
+fn db_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn outcome_total(pool: &PgPool) -> usize {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(pool)
+        .await
+        .expect("count");
+    n as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_and_reordered_deliveries_have_no_second_effect() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let payments = payment_service(&ctx).await;
+    let placed = place_orders(&orders.url(""), 40, 4).await;
+    let before = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+
+    // Every entry of both streams again, newest first.
+    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
+        let mut entries = ctx.entries(logical).await;
+        entries.reverse();
+        for (_, fields) in &entries {
+            let fields: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            ctx.xadd(logical, &fields).await;
+        }
+    }
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+    let after = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(after, before);
+    assert_eq!(after.paid, placed.accepted.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_of_every_shape_are_dead_lettered_and_the_flow_goes_on() {
+    let ctx = TestContext::new();
+    let orders = order_service(&ctx).await;
+    let payments = payment_service(&ctx).await;
+    let load = tokio::spawn({
+        let url = orders.url("");
+        async move { place_orders(&url, 60, 4).await }
+    });
+    let shapes: Vec<Vec<(&str, &[u8])>> = vec![
+        vec![("nothing", b"useful")],
+        vec![("event_type", b"OrderCreated"), ("schema_version", b"1")],
+        vec![
+            ("event_type", b"OrderCreated"),
+            ("schema_version", b"9"),
+            ("payload", b"{}"),
+        ],
+        vec![
+            ("event_type", b"OrderCreated"),
+            ("schema_version", b"1"),
+            ("event_id", b"x"),
+            ("payload", b"{"),
+        ],
+        vec![("event_type", b"\xff\xfe"), ("payload", b"\x00")],
+        vec![("", b"")],
+    ];
+    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
+        for shape in &shapes {
+            ctx.xadd(logical, shape).await;
+        }
+        ctx.xadd(logical, &[("event_type", &b"InvoiceIssued"[..])])
+            .await; // unknown: skipped
+    }
+    let placed = load.await.expect("load ran");
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, placed.accepted.len());
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
+        let dead = ctx.entries(&format!("{logical}:dlq")).await;
+        assert_eq!(
+            dead.len(),
+            shapes.len(),
+            "{logical}: each poison shape once, the unknown type not at all"
+        );
+    }
+}
+
+/// A service binary running as a process of its own.
+struct Process {
+    child: Child,
+    base_url: String,
+}
+
+fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
+    let port = free_port();
+    let child = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    Process {
+        child,
+        base_url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn ready(process: &Process) {
+    let url = format!("{}/health/ready", process.base_url);
+    eventually(
+        "the process to be ready",
+        Duration::from_secs(20),
+        || async {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+fn sigterm(process: &Process) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(process.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_binaries_killed_with_sigkill_under_load_lose_nothing() {
+    let ctx = TestContext::new();
+    let order_db = ctx.database().await;
+    let payment_db = ctx.database().await;
+    let common = |db: &str| {
+        vec![
+            ("DATABASE_URL", db.to_owned()),
+            ("REDIS_URL", ctx.redis_url().to_owned()),
+            ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
+            ("DATABASE_MAX_CONNECTIONS", "4".to_owned()),
+            ("READ_BLOCK_MS", "200".to_owned()),
+            ("CLAIM_MIN_IDLE_MS", "1000".to_owned()),
+            ("PENDING_REPUBLISH_AFTER_MS", "1500".to_owned()),
+            ("SHUTDOWN_TIMEOUT_MS", "5000".to_owned()),
+        ]
+    };
+    let start_orders = || {
+        start_process(
+            env!("CARGO_BIN_EXE_chaos-order-service"),
+            &common(&order_db),
+        )
+    };
+    let start_payments = || {
+        start_process(
+            env!("CARGO_BIN_EXE_chaos-payment-service"),
+            &common(&payment_db),
+        )
+    };
+    let mut orders = start_orders();
+    let mut payments = start_payments();
+    ready(&orders).await;
+    ready(&payments).await;
+
+    let mut accepted = 0;
+    for round in 0..4 {
+        let load = tokio::spawn({
+            let url = orders.base_url.clone();
+            async move { place_orders(&url, 60, 4).await }
+        });
+        // Kill mid-load: payment-service every round, order-service every other round.
+        tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await; // when to strike, not a wait
+        payments.child.kill().expect("SIGKILL");
+        payments.child.wait().expect("reaped");
+        if round % 2 == 1 {
+            orders.child.kill().expect("SIGKILL");
+            orders.child.wait().expect("reaped");
+        }
+        accepted += load.await.expect("load ran").accepted.len();
+        if round % 2 == 1 {
+            orders = start_orders();
+            ready(&orders).await;
+        }
+        payments = start_payments();
+        ready(&payments).await;
+    }
+    assert!(accepted > 0);
+
+    let (order_pool, payment_pool) = (
+        PgPool::connect(&order_db).await.expect("db"),
+        PgPool::connect(&payment_db).await.expect("db"),
+    );
+    let outcome = assert_invariants(&order_pool, &payment_pool, QUIET).await;
+    assert!(
+        outcome.paid + outcome.payment_failed >= accepted,
+        "{outcome:?} for {accepted} accepted"
+    );
+
+    // SIGTERM: both finish what they hold and exit 0 within SHUTDOWN_TIMEOUT_MS.
+    for mut process in [orders, payments] {
+        sigterm(&process);
+        let exited = eventually("the process to exit", Duration::from_secs(7), || {
+            let status = process.child.try_wait();
+            async move {
+                match status {
+                    Ok(Some(status)) => Ok(status),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        assert_eq!(exited.code(), Some(0), "graceful shutdown exits 0");
+    }
+    assert_eq!(
+        assert_invariants(&order_pool, &payment_pool, QUIET).await,
+        outcome
+    );
+}
