@@ -458,34 +458,6 @@ fn init_test_logging() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn finds_host_and_port() {
-        assert_eq!(super::host_port("postgres://u:p@h:5433/db", 5432), "h:5433");
-        assert_eq!(super::host_port("postgres://h/db", 5432), "h:5432");
-        assert_eq!(
-            super::host_port("redis://127.0.0.1:6379", 6379),
-            "127.0.0.1:6379"
-        );
-    }
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/postgres", "x"),
-            "postgres://u:p@h:5432/x"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-        assert_eq!(
-            with_database("postgres://h/db?sslmode=disable", "x"),
-            "postgres://h/x?sslmode=disable"
-        );
-    }
-}
-
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -665,5 +637,33 @@ pub fn host_port(url: &str, default_port: u16) -> String {
         host.to_owned()
     } else {
         format!("{host}:{default_port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn finds_host_and_port() {
+        assert_eq!(super::host_port("postgres://u:p@h:5433/db", 5432), "h:5433");
+        assert_eq!(super::host_port("postgres://h/db", 5432), "h:5432");
+        assert_eq!(
+            super::host_port("redis://127.0.0.1:6379", 6379),
+            "127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres", "x"),
+            "postgres://u:p@h:5432/x"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            with_database("postgres://h/db?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
     }
 }
