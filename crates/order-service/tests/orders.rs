@@ -455,3 +455,128 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
+    let ctx = TestContext::new();
+    let app = ctx
+        .spawn(
+            "order-service",
+            &["--admin-token", ADMIN_TOKEN],
+            order_service::start,
+        )
+        .await;
+    let order = place(&app, &alice_order()).await;
+    let order_id: Uuid = order["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("uuid");
+    // A PaymentCompleted that was given up on earlier (say, after MAX_DELIVERIES while a
+    // bug was live), waiting in the dead-letter stream for an operator.
+    let payment_id = Uuid::now_v7();
+    let event = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id,
+            order_id,
+            customer_id: "alice".into(),
+            amount_cents: 2800,
+            currency: eur(),
+        }),
+    );
+    let source = ctx.stream(PAYMENT_EVENTS);
+    let mut fields: Vec<(&str, String)> = vec![
+        ("dlq:original_id", "1-0".into()),
+        ("dlq:stream", source.clone()),
+        ("dlq:group", ORDER_SERVICE_GROUP.into()),
+        ("dlq:consumer", "gone".into()),
+        ("dlq:delivery_count", "5".into()),
+        ("dlq:error", "failed on delivery 5".into()),
+    ];
+    fields.extend(event.to_fields());
+    let dead_id = ctx.xadd(&format!("{PAYMENT_EVENTS}:dlq"), &fields).await;
+
+    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN_TOKEN).send();
+    let response = app
+        .http
+        .get(app.url("/admin/dlq"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 401, "no token");
+    assert!(response.headers().contains_key("www-authenticate"));
+    let response = app
+        .http
+        .get(app.url("/admin/dlq"))
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 401, "wrong token");
+
+    let listed: Value = admin(app.http.get(app.url("/admin/dlq")))
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed[0]["id"], json!(dead_id));
+    assert_eq!(
+        (&listed[0]["delivery_count"], &listed[0]["group"]),
+        (&json!(5), &json!(ORDER_SERVICE_GROUP))
+    );
+    assert_eq!(listed[0]["fields"]["event_type"], "PaymentCompleted");
+
+    let response = admin(app.http.post(app.url("/admin/dlq/not-an-id/replay")))
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 400);
+    let response = admin(app.http.post(app.url("/admin/dlq/1-1/replay")))
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 404);
+    let response = admin(
+        app.http
+            .post(app.url(&format!("/admin/dlq/{dead_id}/replay"))),
+    )
+    .await
+    .expect("answers");
+    assert_eq!(response.status(), 200);
+
+    let path = format!("/orders/{order_id}");
+    eventually(
+        "the replayed payment to be applied",
+        Duration::from_secs(5),
+        || async {
+            let (_, order) = app.get_json(&path).await;
+            if order["status"] == "PAID" {
+                Ok(())
+            } else {
+                Err(order.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(
+        ctx.entries(&format!("{PAYMENT_EVENTS}:dlq"))
+            .await
+            .is_empty(),
+        "the dead letter is gone"
+    );
+}
+
+#[tokio::test]
+async fn admin_routes_do_not_exist_without_a_token() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let response = app
+        .http
+        .get(app.url("/admin/dlq"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 404);
+}

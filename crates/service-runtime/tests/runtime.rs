@@ -371,3 +371,43 @@ async fn entries_of_a_dead_consumer_are_reclaimed_once_idle_long_enough() {
     assert_eq!(effects(&pool).await, vec![(e.event_id, 1)]);
     assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
 }
+
+#[tokio::test]
+async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let (published, waiting) = (event(), event());
+    enqueue(&pool, &published).await;
+    assert_eq!(
+        relay(&ctx, &pool, Duration::from_secs(1))
+            .await
+            .relay_once()
+            .await
+            .expect("relays"),
+        1
+    );
+    enqueue(&pool, &waiting).await;
+
+    assert_eq!(
+        outbox::sweep_published(&pool, Duration::from_secs(3600))
+            .await
+            .expect("sweeps"),
+        0,
+        "within retention"
+    );
+    assert_eq!(
+        outbox::sweep_published(&pool, Duration::ZERO)
+            .await
+            .expect("sweeps"),
+        1
+    );
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+    assert_eq!(
+        left,
+        vec![waiting.event_id],
+        "the unpublished row stays whatever its age"
+    );
+}
