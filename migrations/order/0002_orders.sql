@@ -17,3 +17,16 @@ CREATE TABLE orders (
 
 -- The reconciler's scan: orders still waiting for payment.
 CREATE INDEX orders_pending ON orders (created_at) WHERE status = 'PENDING';
+
+-- Keyset pagination of GET /orders, by customer or by status.
+CREATE INDEX orders_customer ON orders (customer_id, id);
+CREATE INDEX orders_status ON orders (status, id);
+
+-- Idempotency-Key of POST /orders: the first request's body and the order it created.
+-- A repeat with the same body gets that order back; another body is refused.
+CREATE TABLE idempotency_keys (
+    key        TEXT        PRIMARY KEY,
+    request    JSONB       NOT NULL,
+    order_id   UUID        NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);

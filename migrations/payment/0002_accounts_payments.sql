@@ -1,11 +1,13 @@
 -- Accounts and payments (SPEC §5.2).
 
--- One account per customer, opened on first use with INITIAL_CREDIT_CENTS in the
--- currency of that first order. The balance can never go negative.
+-- One account per customer, opened on first use (an order or a deposit) with
+-- INITIAL_CREDIT_CENTS; its currency is that of the first order. The balance can never
+-- go negative, nor past 10^15 (no overflow from deposits).
 CREATE TABLE accounts (
     customer_id   TEXT        PRIMARY KEY,
-    balance_cents BIGINT      NOT NULL CHECK (balance_cents >= 0),
-    currency      TEXT        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
+    balance_cents BIGINT      NOT NULL CONSTRAINT balance_in_range
+                              CHECK (balance_cents BETWEEN 0 AND 1000000000000000),
+    currency      TEXT        CHECK (currency ~ '^[A-Z]{3}$'),
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
@@ -32,4 +34,12 @@ CREATE TABLE order_payments (
     state       TEXT        NOT NULL CHECK (state IN ('PAID', 'DECLINED', 'CANCELLED', 'REFUNDED')),
     payment_id  UUID        REFERENCES payments (id),
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- Money added by an operator (POST /accounts/{customer_id}/deposits).
+CREATE TABLE deposits (
+    id           UUID        PRIMARY KEY,
+    customer_id  TEXT        NOT NULL REFERENCES accounts (customer_id),
+    amount_cents BIGINT      NOT NULL CHECK (amount_cents > 0),
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -84,47 +84,50 @@ pub struct Outcome {
     pub cancelled: usize,
 }
 
-/// Waits (up to `timeout`) until no order is `PENDING`, then checks SPEC §4.8 against
-/// the two databases: every order final; at most one payment per order, one exactly for
-/// each `PAID` order with its amount, none standing for any other; each balance equal to
-/// the initial credit less the totals of its `PAID` orders; no payment for an order
-/// order-service does not know.
+/// Waits (up to `timeout`) until the system is quiet and consistent, and fails with
+/// what was wrong last if it never is. The SPEC §4.8 invariants, checked against both
+/// databases: every order final; at most one payment per order, a standing one exactly
+/// for each `PAID` order and for its total; each balance equal to the initial credit plus
+/// deposits less the totals of its `PAID` orders; no payment for an unknown order.
 pub async fn assert_invariants(
     orders_db: &PgPool,
     payments_db: &PgPool,
     timeout: Duration,
 ) -> Outcome {
-    eventually("every order to reach a final state", timeout, || async {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PENDING'")
-                .fetch_one(orders_db)
-                .await
-                .map_err(|e| e.to_string())?;
-        if pending == 0 {
-            Ok(())
-        } else {
-            Err(format!("{pending} orders PENDING"))
-        }
+    eventually("the SPEC §4.8 invariants to hold", timeout, || {
+        check_invariants(orders_db, payments_db)
     })
-    .await;
+    .await
+}
 
+/// One check of the invariants; `Err` says what does not hold (yet).
+pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Result<Outcome, String> {
+    let db = |e: sqlx::Error| e.to_string();
     let orders: Vec<OrderRow> =
         sqlx::query_as("SELECT id, customer_id, total_cents, status, payment_id FROM orders")
             .fetch_all(orders_db)
             .await
-            .expect("orders");
+            .map_err(db)?;
     let payments: Vec<PaymentRow> =
         sqlx::query_as("SELECT id, order_id, customer_id, amount_cents, status FROM payments")
             .fetch_all(payments_db)
             .await
-            .expect("payments");
+            .map_err(db)?;
     let balances: HashMap<String, i64> =
         sqlx::query_as("SELECT customer_id, balance_cents FROM accounts")
             .fetch_all(payments_db)
             .await
-            .expect("accounts")
+            .map_err(db)?
             .into_iter()
             .collect();
+    let deposits: HashMap<String, i64> = sqlx::query_as(
+        "SELECT customer_id, sum(amount_cents)::bigint FROM deposits GROUP BY customer_id",
+    )
+    .fetch_all(payments_db)
+    .await
+    .map_err(db)?
+    .into_iter()
+    .collect();
 
     let mut payments_by_order: HashMap<Uuid, Vec<&PaymentRow>> = HashMap::new();
     for payment in &payments {
@@ -134,65 +137,49 @@ pub async fn assert_invariants(
             .push(payment);
     }
     let known: std::collections::HashSet<Uuid> = orders.iter().map(|o| o.0).collect();
-    for order_id in payments_by_order.keys() {
-        assert!(
-            known.contains(order_id),
-            "a payment for {order_id}, which order-service does not know"
-        );
+    if let Some(unknown) = payments_by_order.keys().find(|id| !known.contains(id)) {
+        return Err(format!(
+            "a payment for {unknown}, which order-service does not know"
+        ));
     }
 
     let mut outcome = Outcome::default();
     let mut spent: HashMap<&str, i64> = HashMap::new();
     for (id, customer, total, status, payment_id) in &orders {
         let charges = payments_by_order.get(id).map_or(&[][..], Vec::as_slice);
-        assert!(
-            charges.len() <= 1,
-            "order {id} has {} payments",
-            charges.len()
-        );
+        if charges.len() > 1 {
+            return Err(format!("order {id} has {} payments", charges.len()));
+        }
         let standing = charges.iter().find(|p| p.4 == "COMPLETED");
-        match status.as_str() {
-            "PAID" => {
+        match (status.as_str(), standing) {
+            ("PAID", Some(payment)) => {
+                if payment.3 != *total || Some(payment.0) != *payment_id {
+                    return Err(format!(
+                        "order {id} (total {total}, payment {payment_id:?}) has payment {payment:?}"
+                    ));
+                }
                 outcome.paid += 1;
-                let payment =
-                    standing.unwrap_or_else(|| panic!("PAID order {id} has no standing payment"));
-                assert_eq!(
-                    payment.3, *total,
-                    "order {id} charged {} for a total of {total}",
-                    payment.3
-                );
-                assert_eq!(
-                    Some(payment.0),
-                    *payment_id,
-                    "order {id} shows another payment"
-                );
                 *spent.entry(customer).or_default() += total;
             }
-            other => {
-                assert!(
-                    standing.is_none(),
-                    "{other} order {id} has a standing charge"
-                );
-                match other {
-                    "PAYMENT_FAILED" => outcome.payment_failed += 1,
-                    "CANCELLED" => outcome.cancelled += 1,
-                    _ => panic!("order {id} is {other}"),
-                }
-            }
+            ("PAID", None) => return Err(format!("PAID order {id} has no standing payment")),
+            ("PENDING", _) => return Err(format!("order {id} is still PENDING")),
+            (other, Some(_)) => return Err(format!("{other} order {id} has a standing charge")),
+            ("PAYMENT_FAILED", None) => outcome.payment_failed += 1,
+            ("CANCELLED", None) => outcome.cancelled += 1,
+            (other, None) => return Err(format!("order {id} is {other}")),
         }
     }
     for (customer, balance) in &balances {
-        let expected = INITIAL_CREDIT - spent.get(customer.as_str()).copied().unwrap_or(0);
-        assert_eq!(
-            *balance, expected,
-            "{customer}'s balance is not the initial credit less their paid orders"
-        );
+        let expected = INITIAL_CREDIT + deposits.get(customer).copied().unwrap_or(0)
+            - spent.get(customer.as_str()).copied().unwrap_or(0);
+        if *balance != expected {
+            return Err(format!(
+                "{customer} has {balance}, expected {expected} (initial + deposits - paid orders)"
+            ));
+        }
     }
-    for customer in spent.keys() {
-        assert!(
-            balances.contains_key(*customer),
-            "{customer} paid without an account"
-        );
+    if let Some(customer) = spent.keys().find(|c| !balances.contains_key(**c)) {
+        return Err(format!("{customer} paid without an account"));
     }
-    outcome
+    Ok(outcome)
 }

@@ -56,48 +56,127 @@ pub async fn insert_order(
 
 /// The order with id `id`, if any.
 #[tracing::instrument(skip_all, fields(order_id = %id))]
-pub async fn find_order(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Order>> {
+pub async fn find_order<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    id: Uuid,
+) -> sqlx::Result<Option<Order>> {
     sqlx::query_as("SELECT * FROM orders WHERE id = $1")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await
 }
 
-/// `PENDING` -> `PAID`. Returns false when the order is not pending (or unknown).
-#[tracing::instrument(skip_all, fields(order_id = %order_id))]
-pub async fn mark_paid(
+/// The order with id `id`, locked until the transaction ends: changes to one order are
+/// serialised by the database.
+#[tracing::instrument(skip_all, fields(order_id = %id))]
+pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order>> {
+    sqlx::query_as("SELECT * FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Moves the order to `status`, recording the payment id and failure reason if given.
+#[tracing::instrument(skip_all, fields(order_id = %id, status = status.as_str()))]
+pub async fn set_status(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    payment_id: Uuid,
-) -> sqlx::Result<bool> {
-    let updated = sqlx::query(
-        "UPDATE orders SET status = 'PAID', payment_id = $2, updated_at = now()
-         WHERE id = $1 AND status = 'PENDING'",
+    id: Uuid,
+    status: OrderStatus,
+    payment_id: Option<Uuid>,
+    failure_reason: Option<&str>,
+) -> sqlx::Result<Order> {
+    sqlx::query_as(
+        "UPDATE orders SET status = $2, payment_id = COALESCE($3, payment_id),
+                failure_reason = COALESCE($4, failure_reason), updated_at = now()
+         WHERE id = $1
+         RETURNING *",
     )
-    .bind(order_id)
+    .bind(id)
+    .bind(status.as_str())
+    .bind(payment_id)
+    .bind(failure_reason)
+    .fetch_one(conn)
+    .await
+}
+
+/// Records the payment of an order that was cancelled meanwhile (it is being refunded).
+#[tracing::instrument(skip_all, fields(order_id = %id))]
+pub async fn record_payment(
+    conn: &mut PgConnection,
+    id: Uuid,
+    payment_id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE orders SET payment_id = COALESCE(payment_id, $2), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
     .bind(payment_id)
     .execute(conn)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(())
 }
 
-/// `PENDING` -> `PAYMENT_FAILED` with `reason`. Returns false when the order is not
-/// pending (or unknown).
-#[tracing::instrument(skip_all, fields(order_id = %order_id))]
-pub async fn mark_payment_failed(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    reason: &str,
-) -> sqlx::Result<bool> {
-    let updated = sqlx::query(
-        "UPDATE orders SET status = 'PAYMENT_FAILED', failure_reason = $2, updated_at = now()
-         WHERE id = $1 AND status = 'PENDING'",
+/// A page of `GET /orders`.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub customer_id: Option<String>,
+    pub status: Option<OrderStatus>,
+    /// Only orders after this id (keyset pagination; ids are UUID v7, time-ordered).
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Orders matching `filter`, oldest first.
+#[tracing::instrument(skip_all)]
+pub async fn list_orders(pool: &PgPool, filter: &OrderFilter) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(
+        "SELECT * FROM orders
+         WHERE ($1::text IS NULL OR customer_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id
+         LIMIT $4",
     )
+    .bind(filter.customer_id.as_deref())
+    .bind(filter.status.map(OrderStatus::as_str))
+    .bind(filter.after)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Claims `key` for a new order. Returns false when the key was claimed before (then
+/// [`find_idempotency_key`] tells by whom); a concurrent claim waits for the first to
+/// commit or roll back.
+#[tracing::instrument(skip_all)]
+pub async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+    request: &serde_json::Value,
+    order_id: Uuid,
+) -> sqlx::Result<bool> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request, order_id) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(request)
     .bind(order_id)
-    .bind(reason)
     .execute(conn)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// The request and order an idempotency key was first used with.
+#[tracing::instrument(skip_all)]
+pub async fn find_idempotency_key(
+    conn: &mut PgConnection,
+    key: &str,
+) -> sqlx::Result<Option<(serde_json::Value, Uuid)>> {
+    sqlx::query_as("SELECT request, order_id FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
 }
 
 /// Records that the order's payment was refunded. Returns false for an unknown order.

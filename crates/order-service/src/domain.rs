@@ -50,6 +50,45 @@ impl OrderStatus {
     }
 }
 
+/// Something that can happen to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEvent {
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    /// `POST /orders/{id}/cancel`.
+    CancelRequested,
+}
+
+/// What an [`OrderEvent`] does to an order in a given status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The order moves to this status.
+    To(OrderStatus),
+    /// The status stays; a late or repeated event, not an error.
+    Keep,
+    /// Refused: the caller asked for something the status does not allow (409).
+    Conflict,
+}
+
+/// The order state machine (SPEC §5.1): `PENDING` -> `PAID` | `PAYMENT_FAILED`;
+/// `PENDING` or `PAID` -> `CANCELLED` by the user (a paid order is then refunded by
+/// payment-service). Payment outcomes for an order that moved on change nothing: a
+/// payment for a cancelled order is refunded because payment-service sees the
+/// cancellation too.
+pub fn transition(status: OrderStatus, event: OrderEvent) -> Transition {
+    use OrderEvent as E;
+    use OrderStatus as S;
+    match (status, event) {
+        (S::Pending, E::PaymentCompleted) => Transition::To(S::Paid),
+        (S::Pending, E::PaymentFailed) => Transition::To(S::PaymentFailed),
+        (S::Pending | S::Paid, E::CancelRequested) => Transition::To(S::Cancelled),
+        (S::PaymentFailed | S::Cancelled, E::CancelRequested) => Transition::Conflict,
+        (S::Paid | S::PaymentFailed | S::Cancelled, E::PaymentCompleted | E::PaymentFailed)
+        | (_, E::PaymentRefunded) => Transition::Keep,
+    }
+}
+
 impl TryFrom<String> for OrderStatus {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
@@ -81,6 +120,17 @@ pub struct NewOrder {
     pub currency: Currency,
     pub items: Vec<OrderItem>,
     pub total_cents: i64,
+}
+
+impl NewOrder {
+    /// The order as JSON, for comparing a repeated request with the first one.
+    pub fn canonical_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "customer_id": self.customer_id,
+            "currency": self.currency,
+            "items": self.items,
+        })
+    }
 }
 
 /// Messages per invalid field, keyed by a JSON path such as `items[2].quantity`.
@@ -257,6 +307,34 @@ mod tests {
                 .expect_err("blank")
                 .contains_key("customer_id")
         );
+    }
+
+    #[test]
+    fn every_status_and_event() {
+        use OrderEvent as E;
+        use OrderStatus as S;
+        use Transition::{Conflict, Keep, To};
+        let expected = [
+            (S::Pending, E::PaymentCompleted, To(S::Paid)),
+            (S::Pending, E::PaymentFailed, To(S::PaymentFailed)),
+            (S::Pending, E::PaymentRefunded, Keep),
+            (S::Pending, E::CancelRequested, To(S::Cancelled)),
+            (S::Paid, E::PaymentCompleted, Keep),
+            (S::Paid, E::PaymentFailed, Keep),
+            (S::Paid, E::PaymentRefunded, Keep),
+            (S::Paid, E::CancelRequested, To(S::Cancelled)),
+            (S::PaymentFailed, E::PaymentCompleted, Keep),
+            (S::PaymentFailed, E::PaymentFailed, Keep),
+            (S::PaymentFailed, E::PaymentRefunded, Keep),
+            (S::PaymentFailed, E::CancelRequested, Conflict),
+            (S::Cancelled, E::PaymentCompleted, Keep),
+            (S::Cancelled, E::PaymentFailed, Keep),
+            (S::Cancelled, E::PaymentRefunded, Keep),
+            (S::Cancelled, E::CancelRequested, Conflict),
+        ];
+        for (status, event, outcome) in expected {
+            assert_eq!(transition(status, event), outcome, "{status:?} + {event:?}");
+        }
     }
 
     #[test]

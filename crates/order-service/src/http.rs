@@ -1,18 +1,26 @@
 //! order-service HTTP API (SPEC §6.1). Handlers extract, validate into domain types, and
-//! call one function; every error is a problem+json document.
+//! call one use case; every error is a problem+json document.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db;
-use crate::domain::{NewOrder, OrderRequest};
-use crate::orders;
+use crate::db::{self, Order, OrderFilter};
+use crate::domain::{NewOrder, OrderRequest, OrderStatus};
+use crate::orders::{self, CancelError, PlaceError};
+
+/// The header that makes `POST /orders` safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Page size of `GET /orders` when none is asked for, and the most it gives.
+pub const DEFAULT_PAGE: i64 = 20;
+pub const MAX_PAGE: i64 = 100;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -23,34 +31,152 @@ pub struct AppState {
 /// The order routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/orders", post(create_order))
+        .route("/orders", post(create_order).get(list_orders))
         .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
         .with_state(state)
 }
 
-/// `POST /orders`: 201 with the order and its `Location`.
+impl From<PlaceError> for Problem {
+    fn from(error: PlaceError) -> Self {
+        match error {
+            PlaceError::KeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with a different request",
+            ),
+            PlaceError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for Problem {
+    fn from(error: CancelError) -> Self {
+        match error {
+            CancelError::NotFound => Problem::not_found("order"),
+            CancelError::Conflict(_) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            CancelError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key))
+        }
+        _ => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// `POST /orders`: 201 with the order and its `Location`. A repeat with the same
+/// `Idempotency-Key` and body gets the same order back (`Idempotent-Replayed: true`).
 async fn create_order(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(request): Json<OrderRequest>,
 ) -> Result<Response, Problem> {
+    let key = idempotency_key(&headers)?;
     let order = NewOrder::try_from(request).map_err(Problem::validation)?;
-    let placed = orders::place_order(&state.pool, &order).await?;
-    let location = format!("/orders/{}", placed.id);
-    Ok((
+    let placed = orders::place_order(&state.pool, &order, key).await?;
+    let location = format!("/orders/{}", placed.order.id);
+    let mut response = (
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(placed),
+        Json(placed.order),
     )
-        .into_response())
+        .into_response();
+    if placed.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// `GET /orders/{id}`.
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
-) -> Result<Json<db::Order>, Problem> {
+) -> Result<Json<Order>, Problem> {
     db::find_order(&state.pool, id)
         .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found("order"))
+}
+
+/// `POST /orders/{id}/cancel`: 200 with the cancelled order; 409 if it is already
+/// `PAYMENT_FAILED` or `CANCELLED`.
+async fn cancel_order(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Order>, Problem> {
+    Ok(Json(orders::cancel_order(&state.pool, id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<Uuid>,
+}
+
+/// A page of orders and the cursor of the next one.
+#[derive(Debug, Serialize)]
+struct OrderPage {
+    orders: Vec<Order>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    next_after: Option<Uuid>,
+}
+
+/// `GET /orders?customer_id=&status=&limit=&after=`: oldest first, keyset-paginated by
+/// id, so a page is stable while orders are added. `limit` is capped at 100.
+async fn list_orders(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ListQuery>, QueryRejection>,
+) -> Result<Json<OrderPage>, Problem> {
+    let axum::extract::Query(query) = query?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(OrderStatus::parse(text).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                format!("unknown status {text:?}"),
+            )
+        })?),
+    };
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(limit) if limit >= 1 => limit.min(MAX_PAGE),
+        Some(_) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "limit must be at least 1",
+            ));
+        }
+    };
+    let filter = OrderFilter {
+        customer_id: query.customer_id,
+        status,
+        after: query.after,
+        limit,
+    };
+    let orders = db::list_orders(&state.pool, &filter).await?;
+    let next_after = (orders.len() as i64 == limit)
+        .then(|| orders.last().map(|o| o.id))
+        .flatten();
+    Ok(Json(OrderPage { orders, next_after }))
 }

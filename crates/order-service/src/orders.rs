@@ -1,25 +1,72 @@
-//! Placing an order: the order row and its `OrderCreated` event commit in one
-//! transaction (transactional outbox, SPEC §4.1); the relay publishes the event.
+//! The order use cases, each owning its transaction.
 //!
-//! Reconciling: an order that stays `PENDING` may have lost its event to a broker wipe
-//! (SPEC §4.6). Its `OrderCreated` is published again, with the same `event_id`, until
-//! the order is decided; payment-service answers a repeat with the outcome it recorded.
+//! - Placing: the order row and its `OrderCreated` commit in one transaction
+//!   (transactional outbox, SPEC §4.1); the relay publishes the event. An
+//!   `Idempotency-Key` is claimed in the same transaction, so a retried request returns
+//!   the order of the first and publishes nothing new.
+//! - Cancelling: the order is locked, the state machine decides, and `OrderCancelled`
+//!   commits with the new status; payment-service refunds a paid order.
+//! - Reconciling: an order that stays `PENDING` may have lost its event to a broker wipe
+//!   (SPEC §4.6). Its `OrderCreated` is published again, with the same `event_id`, until
+//!   the order is decided; payment-service answers a repeat with the outcome it recorded.
 
-use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, OrderCreated, Producer};
-use service_runtime::outbox;
 use std::time::Duration;
 
+use events::streams::ORDER_EVENTS;
+use events::{Envelope, Event, OrderCancelled, OrderCreated, Producer};
+use service_runtime::outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db::{self, Order};
-use crate::domain::NewOrder;
+use crate::domain::{NewOrder, OrderEvent, OrderStatus, Transition, transition};
 
-/// Stores `order` as `PENDING` and enqueues its `OrderCreated`, atomically.
-pub async fn place_order(pool: &PgPool, order: &NewOrder) -> sqlx::Result<Order> {
+/// The reason `OrderCancelled` carries for a cancellation through the API.
+pub const CANCEL_REASON: &str = "customer_request";
+
+/// A placed order, and whether it was placed by an earlier request with the same key.
+#[derive(Debug)]
+pub struct Placed {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("the idempotency key was used with another request")]
+    KeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Stores `order` as `PENDING` and enqueues its `OrderCreated`, atomically. With
+/// `idempotency_key`, a repeat of the same request returns the first order.
+pub async fn place_order(
+    pool: &PgPool,
+    order: &NewOrder,
+    idempotency_key: Option<&str>,
+) -> Result<Placed, PlaceError> {
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
+    if let Some(key) = idempotency_key {
+        let request = order.canonical_json();
+        if !db::claim_idempotency_key(&mut tx, key, &request, id).await? {
+            let (first_request, first_order) = db::find_idempotency_key(&mut tx, key)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            if first_request != request {
+                return Err(PlaceError::KeyReused);
+            }
+            let order = db::find_order(&mut *tx, first_order)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Placed {
+                order,
+                replayed: true,
+            });
+        }
+    }
     let placed = db::insert_order(&mut tx, id, order).await?;
     let event = Envelope::new(
         Producer::OrderService,
@@ -33,7 +80,48 @@ pub async fn place_order(pool: &PgPool, order: &NewOrder) -> sqlx::Result<Order>
     );
     outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
     tx.commit().await?;
-    Ok(placed)
+    Ok(Placed {
+        order: placed,
+        replayed: false,
+    })
+}
+
+/// Why an order was not cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such order")]
+    NotFound,
+    #[error("an order that is {} cannot be cancelled", .0.as_str())]
+    Conflict(OrderStatus),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled`, atomically.
+/// Concurrent cancellations of one order are serialised by its row lock: one wins, the
+/// others see `CANCELLED` and conflict.
+pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError> {
+    let mut tx = pool.begin().await?;
+    let order = db::lock_order(&mut tx, id)
+        .await?
+        .ok_or(CancelError::NotFound)?;
+    match transition(order.status, OrderEvent::CancelRequested) {
+        Transition::To(status) => {
+            let cancelled = db::set_status(&mut tx, id, status, None, None).await?;
+            let event = Envelope::new(
+                Producer::OrderService,
+                Event::OrderCancelled(OrderCancelled {
+                    order_id: id,
+                    customer_id: order.customer_id,
+                    reason: CANCEL_REASON.to_owned(),
+                }),
+            );
+            outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
+            tx.commit().await?;
+            Ok(cancelled)
+        }
+        Transition::Keep | Transition::Conflict => Err(CancelError::Conflict(order.status)),
+    }
 }
 
 /// Re-publishes the `OrderCreated` of orders still `PENDING` whose event went out more

@@ -1,7 +1,6 @@
 //! Wiring: payment-service is its routes plus the order-events handler on top of the
 //! shared service shell. `main` and the tests both start it through [`start`].
 
-use axum::Router;
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
@@ -17,14 +16,14 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
     let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
-    let routes = http::router(AppState {
+    let state = AppState {
         pool: infra.pool.clone(),
         initial_credit_cents: settings.initial_credit_cents,
-    });
+    };
     let parts = ServiceParts {
         http_addr: settings.http_addr,
-        routes,
-        admin_routes: Router::new(),
+        routes: http::router(state.clone()),
+        admin_routes: http::admin_router(state),
         jobs: Vec::new(),
         migrator: &MIGRATOR,
         consumes: ORDER_EVENTS,

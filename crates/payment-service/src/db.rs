@@ -8,12 +8,13 @@ use uuid::Uuid;
 
 use crate::domain::OrderPaymentState;
 
-/// A customer's account, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// A customer's account, as stored and as `GET /accounts/{customer_id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Account {
     pub customer_id: String,
     pub balance_cents: i64,
-    pub currency: String,
+    /// `None` until the first order sets it.
+    pub currency: Option<String>,
 }
 
 /// A charge of one order, as stored and as `GET /payments/{id}` shows it.
@@ -82,8 +83,9 @@ pub async fn set_order_payment(
     Ok(())
 }
 
-/// The customer's account, opened with `initial_credit_cents` in `currency` if it does
-/// not exist yet, and locked for the rest of the transaction.
+/// The customer's account, opened with `initial_credit_cents` if it does not exist yet,
+/// its currency set to `currency` if it had none, and locked for the rest of the
+/// transaction.
 #[tracing::instrument(skip_all)]
 pub async fn open_and_lock_account(
     conn: &mut PgConnection,
@@ -91,11 +93,11 @@ pub async fn open_and_lock_account(
     initial_credit_cents: i64,
     currency: &str,
 ) -> sqlx::Result<Account> {
-    // DO UPDATE (a no-op change) rather than DO NOTHING: it locks and returns the row
-    // in one round trip whether it was just created or not.
+    // DO UPDATE rather than DO NOTHING: it locks and returns the row in one round trip
+    // whether it was just created or not.
     sqlx::query_as(
         "INSERT INTO accounts (customer_id, balance_cents, currency) VALUES ($1, $2, $3)
-         ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id
+         ON CONFLICT (customer_id) DO UPDATE SET currency = COALESCE(accounts.currency, EXCLUDED.currency)
          RETURNING customer_id, balance_cents, currency",
     )
     .bind(customer_id)
@@ -188,4 +190,32 @@ pub async fn rearm_outcomes(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Re
     .execute(conn)
     .await?;
     Ok(rearmed.rows_affected())
+}
+
+/// Adds a deposit to the customer's account (opened with `initial_credit_cents` if new)
+/// and returns the account.
+pub async fn deposit(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    amount_cents: i64,
+    initial_credit_cents: i64,
+) -> sqlx::Result<Account> {
+    let account = sqlx::query_as(
+        "INSERT INTO accounts (customer_id, balance_cents) VALUES ($1, $2 + $3)
+         ON CONFLICT (customer_id) DO UPDATE
+         SET balance_cents = accounts.balance_cents + $3, updated_at = now()
+         RETURNING customer_id, balance_cents, currency",
+    )
+    .bind(customer_id)
+    .bind(initial_credit_cents)
+    .bind(amount_cents)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO deposits (id, customer_id, amount_cents) VALUES ($1, $2, $3)")
+        .bind(Uuid::now_v7())
+        .bind(customer_id)
+        .bind(amount_cents)
+        .execute(conn)
+        .await?;
+    Ok(account)
 }

@@ -4,9 +4,11 @@
 //! - [`domain`]: the payment decision and the per-order saga state, pure.
 //! - [`db`]: every query, one function each.
 //! - [`order_events`]: what `OrderCreated` and `OrderCancelled` do.
-//! - [`http`]: payments and accounts.
+//! - [`accounts`]: deposits.
+//! - [`http`]: payments, accounts, deposits.
 //! - [`app`]: wiring, started by `main` and by tests alike.
 
+pub mod accounts;
 pub mod app;
 pub mod db;
 pub mod domain;

@@ -95,9 +95,11 @@ impl OrderEvents {
                     currency,
                 )
                 .await?;
+                // Opening the account set its currency if it had none.
+                let account_currency = account.currency.as_deref().unwrap_or(currency);
                 match decide_charge(
                     account.balance_cents,
-                    &account.currency,
+                    account_currency,
                     order.total_cents,
                     currency,
                 ) {
