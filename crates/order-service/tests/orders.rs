@@ -4,44 +4,14 @@
 use std::time::Duration;
 
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
-use events::{Currency, Envelope, Event, FailureReason, PaymentCompleted, PaymentFailed, Producer};
+use events::{Envelope, Event, FailureReason, PaymentCompleted, PaymentFailed, Producer};
 use serde_json::{Value, json};
-use testkit::{Spawned, TestContext, eventually};
+use testkit::{TestContext, eventually};
 use uuid::Uuid;
 
-async fn spawn(ctx: &TestContext) -> Spawned {
-    ctx.spawn("order-service", &[], order_service::start).await
-}
+mod support;
 
-fn alice_order() -> Value {
-    json!({"customer_id": "alice", "currency": "EUR",
-           "items": [{"sku": "book", "quantity": 2, "unit_price_cents": 1250},
-                     {"sku": "pen", "quantity": 3, "unit_price_cents": 100}]})
-}
-
-async fn place(app: &Spawned, body: &Value) -> Value {
-    let response = app
-        .http
-        .post(app.url("/orders"))
-        .json(body)
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(response.status(), 201);
-    response.json().await.expect("JSON")
-}
-
-async fn count(app: &Spawned, table: &str) -> i64 {
-    let sql = match table {
-        "orders" => "SELECT count(*) FROM orders",
-        "outbox" => "SELECT count(*) FROM outbox",
-        _ => unreachable!("known tables only"),
-    };
-    sqlx::query_scalar(sql)
-        .fetch_one(&app.pool)
-        .await
-        .expect("count")
-}
+use support::{alice_order, count, eur, place, spawn};
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -212,24 +182,12 @@ async fn unknown_and_malformed_ids_are_404_and_400() {
     assert_eq!(status, 404);
 }
 
-fn eur() -> Currency {
-    Currency::parse("EUR").expect("valid")
-}
-
 #[tokio::test]
 async fn payment_outcomes_move_orders_to_paid_and_payment_failed() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let paid = place(&app, &alice_order()).await;
-    let declined = place(&app, &alice_order()).await;
-    let paid_id: Uuid = paid["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("uuid");
-    let declined_id: Uuid = declined["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("uuid");
+    let (_, paid_id) = place(&app, &alice_order()).await;
+    let (_, declined_id) = place(&app, &alice_order()).await;
     let payment_id = Uuid::now_v7();
 
     let completed = Envelope::new(
@@ -289,11 +247,7 @@ async fn payment_outcomes_move_orders_to_paid_and_payment_failed() {
 async fn poison_entries_are_dead_lettered_unknown_types_skipped_and_the_flow_goes_on() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let order = place(&app, &alice_order()).await;
-    let order_id: Uuid = order["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("uuid");
+    let (_, order_id) = place(&app, &alice_order()).await;
 
     let garbage = ctx.xadd(PAYMENT_EVENTS, &[("hello", "world")]).await;
     let binary = ctx
@@ -468,11 +422,7 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
             order_service::start,
         )
         .await;
-    let order = place(&app, &alice_order()).await;
-    let order_id: Uuid = order["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("uuid");
+    let (_, order_id) = place(&app, &alice_order()).await;
     // A PaymentCompleted that was given up on earlier (say, after MAX_DELIVERIES while a
     // bug was live), waiting in the dead-letter stream for an operator.
     let payment_id = Uuid::now_v7();

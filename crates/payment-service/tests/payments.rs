@@ -131,7 +131,11 @@ async fn a_redelivered_event_has_no_second_effect() {
     // already): the same event, never a second one.
     let published = wait_for_outcomes(&ctx, 1).await;
     let distinct: std::collections::HashSet<_> = published.iter().map(|e| e.event_id).collect();
-    assert_eq!(distinct.len(), 1, "one PaymentCompleted, re-published: {published:?}");
+    assert_eq!(
+        distinct.len(),
+        1,
+        "one PaymentCompleted, re-published: {published:?}"
+    );
     let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = $1")
         .bind(order.event_id)
         .fetch_one(&app.pool)
