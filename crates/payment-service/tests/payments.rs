@@ -272,3 +272,89 @@ async fn an_unused_account_shows_the_initial_credit() {
         json!({"customer_id": "nobody-yet", "balance_cents": 5000, "currency": null})
     );
 }
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[tokio::test]
+async fn deposits_add_funds_behind_the_admin_token() {
+    let ctx = TestContext::new();
+    let app = spawn(
+        &ctx,
+        &[
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--initial-credit-cents",
+            "1000",
+        ],
+    )
+    .await;
+    let url = app.url("/accounts/ivy/deposits");
+    let response = app
+        .http
+        .post(&url)
+        .json(&json!({"amount_cents": 500}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 401);
+    let deposit = |body: Value| {
+        app.http
+            .post(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+
+    let response = deposit(json!({"amount_cents": 500}))
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 200);
+    let account: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        account,
+        json!({"customer_id": "ivy", "balance_cents": 1500, "currency": null})
+    );
+    assert_eq!(balance(&app, "ivy").await, 1500);
+
+    for bad in [
+        json!({"amount_cents": 0}),
+        json!({"amount_cents": -5}),
+        json!({"amount_cents": 1_000_000_000_001_i64}),
+    ] {
+        let response = deposit(bad.clone()).await.expect("answers");
+        assert_eq!(response.status(), 422, "{bad}");
+    }
+    for _ in 0..999 {
+        if deposit(json!({"amount_cents": 1_000_000_000_000_i64}))
+            .await
+            .expect("answers")
+            .status()
+            == 422
+        {
+            break;
+        }
+    }
+    let response = deposit(json!({"amount_cents": 1_000_000_000_000_i64}))
+        .await
+        .expect("answers");
+    assert_eq!(
+        response.status(),
+        422,
+        "the balance has a ceiling, and hitting it is no 500"
+    );
+}
+
+#[tokio::test]
+async fn deposits_do_not_exist_without_an_admin_token() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let response = app
+        .http
+        .post(app.url("/accounts/ivy/deposits"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"amount_cents": 500}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 404);
+}
