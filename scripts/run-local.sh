@@ -6,13 +6,13 @@
 #   POSTGRES_URL  server to create the databases on  (default postgres://postgres@127.0.0.1:5432)
 #   REDIS_URL     Redis                              (default redis://127.0.0.1:6379)
 #   PROFILE       cargo profile: release or dev      (default release)
-#   ADMIN_TOKEN   admin API token                    (default local-admin-token-0123)
+#   ADMIN_TOKEN   admin API token                    (default demo-admin-token-change-me)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 postgres_url=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-export ADMIN_TOKEN=${ADMIN_TOKEN:-local-admin-token-0123}
+export ADMIN_TOKEN=${ADMIN_TOKEN:-demo-admin-token-change-me}
 profile=${PROFILE:-release}
 
 for db in orders payments; do
