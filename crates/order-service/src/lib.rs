@@ -24,8 +24,7 @@ pub use settings::Settings;
 /// settings.
 #[tokio::main]
 pub async fn main() -> std::process::ExitCode {
-    service_runtime::service::run_main("order-service", |s: &Settings| s.common.log_format, start)
-        .await
+    service_runtime::service::run_main("order-service", |s: &Settings| &s.common, start).await
 }
 
 /// The order database's migrations, embedded in the binary and run at start-up.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, OrderCancelled, OrderCreated, Producer};
+use service_runtime::observability::ORDER_TIME_TO_FINAL;
 use service_runtime::outbox;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -108,6 +109,9 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
     match transition(order.status, OrderEvent::CancelRequested) {
         Transition::To(status) => {
             let cancelled = db::set_status(&mut tx, id, status, None, None).await?;
+            if order.status == OrderStatus::Pending {
+                record_time_to_final(&cancelled);
+            }
             let event = Envelope::new(
                 Producer::OrderService,
                 Event::OrderCancelled(OrderCancelled {
@@ -134,4 +138,13 @@ pub async fn republish_stale_pending(pool: &PgPool, after: Duration) -> sqlx::Re
     }
     tx.commit().await?;
     Ok(rearmed)
+}
+
+/// Records how long an order took from creation to its final state (first final state
+/// only: a paid order later cancelled was final when paid).
+pub fn record_time_to_final(order: &Order) {
+    let seconds = (order.updated_at - order.created_at)
+        .as_seconds_f64()
+        .max(0.0);
+    metrics::histogram!(ORDER_TIME_TO_FINAL, "status" => order.status.as_str()).record(seconds);
 }

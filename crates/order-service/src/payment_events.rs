@@ -11,8 +11,8 @@ use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
 
-use crate::db;
 use crate::domain::{OrderEvent, OrderStatus, Transition, transition};
+use crate::{db, orders};
 
 /// Applies `payment-events` to orders.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,7 +45,9 @@ impl EventHandler for PaymentEvents {
         };
         match (transition(order.status, event), event, payment_id) {
             (Transition::To(status), _, _) => {
-                db::set_status(tx, order.id, status, payment_id, failure_reason).await?;
+                let decided =
+                    db::set_status(tx, order.id, status, payment_id, failure_reason).await?;
+                orders::record_time_to_final(&decided);
             }
             (_, OrderEvent::PaymentRefunded, _) => {
                 db::mark_refunded(tx, order.id).await?;

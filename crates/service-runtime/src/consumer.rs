@@ -25,13 +25,16 @@ use events::Envelope;
 use redis::RedisError;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::{StreamKeys, dead_letter_fields};
+use crate::observability::{
+    ENTRIES_RECLAIMED, EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED, EVENTS_SKIPPED,
+};
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::{RawEntry, parse_autoclaim_reply, parse_read_reply};
-use crate::{database, inbox};
+use crate::{database, inbox, telemetry};
 
 /// What a service does with one event. Called inside the transaction that also records
 /// the event in the inbox; whatever it writes on `tx` commits together with that record.
@@ -224,6 +227,8 @@ impl<H: EventHandler> Consumer<H> {
             cursor = next;
         }
         if claimed > 0 {
+            metrics::counter!(ENTRIES_RECLAIMED, "stream" => self.stream_key.clone())
+                .increment(claimed as u64);
             info!(stream = %self.stream_key, claimed, "reclaimed entries of a consumer that stopped answering");
         }
         Ok(claimed)
@@ -380,46 +385,62 @@ impl<H: EventHandler> Consumer<H> {
             .collect())
     }
 
-    /// Everything that happens to one entry short of its ack.
+    /// Everything that happens to one entry short of its ack. The entry is decoded
+    /// first, so that its span can continue the producer's trace before it is entered.
     async fn process(&self, entry: &RawEntry, deliveries: u64) -> Outcome {
-        let span = info_span!("consume", stream = %self.stream_key, entry_id = %entry.id,
-            event_type = tracing::field::Empty, event_id = tracing::field::Empty);
+        let stream = self.stream_key.as_str();
+        let decoded = entry.fields.as_ref().map(|fields| {
+            Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        });
+        let span = info_span!("consume", stream, entry_id = %entry.id,
+            event_type = field::Empty, event_id = field::Empty, order_id = field::Empty);
+        if let Some(Ok(envelope)) = &decoded {
+            span.record("event_type", envelope.event_type().as_str());
+            span.record("event_id", field::display(envelope.event_id));
+            span.record("order_id", field::display(envelope.order_id));
+            if let Some(traceparent) = &envelope.traceparent {
+                telemetry::continue_trace(&span, traceparent);
+            }
+        }
         async {
-            let Some(fields) = &entry.fields else {
+            let (Some(fields), Some(decoded)) = (&entry.fields, decoded) else {
                 debug!("entry was deleted from the stream while pending; acking");
+                metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => "deleted").increment(1);
                 return Outcome::Skipped;
             };
-            let envelope =
-                match Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                {
-                    Ok(envelope) => envelope,
-                    Err(e) if e.is_unknown_event_type() => {
-                        info!(error = %e, "skipping an event type this version does not know");
-                        return Outcome::Skipped;
-                    }
-                    Err(e) => {
-                        return self
-                            .dead_letter(entry, fields, deliveries, &e.to_string())
-                            .await;
-                    }
-                };
+            let envelope = match decoded {
+                Ok(envelope) => envelope,
+                Err(e) if e.is_unknown_event_type() => {
+                    info!(error = %e, "skipping an event type this version does not know");
+                    metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => "unknown_type")
+                        .increment(1);
+                    return Outcome::Skipped;
+                }
+                Err(e) => return self.dead_letter(entry, fields, deliveries, &e.to_string()).await,
+            };
             let max = self.config.max_deliveries;
             if deliveries > max {
                 // Only reached when a consumer died while handling it (a crash loop).
                 let error = format!("delivered {deliveries} times, more than MAX_DELIVERIES={max}");
                 return self.dead_letter(entry, fields, deliveries, &error).await;
             }
-            let span = tracing::Span::current();
-            span.record("event_type", envelope.event_type().as_str());
-            span.record("event_id", tracing::field::display(envelope.event_id));
-            match self.apply(&envelope).await {
-                Ok(true) => Outcome::Applied,
+            let event_type = envelope.event_type().as_str();
+            let consumed = |result: &'static str| {
+                metrics::counter!(EVENTS_CONSUMED, "stream" => stream.to_owned(), "event_type" => event_type, "result" => result)
+                    .increment(1);
+            };
+            let outcome = match self.apply(&envelope).await {
+                Ok(true) => {
+                    consumed("applied");
+                    return Outcome::Applied;
+                }
                 Ok(false) => {
                     debug!("already applied; acking without a second effect");
-                    Outcome::Duplicate
+                    consumed("duplicate");
+                    return Outcome::Duplicate;
                 }
                 Err(HandleError::Rejected(reason)) => {
-                    self.dead_letter(entry, fields, deliveries, &reason).await
+                    return self.dead_letter(entry, fields, deliveries, &reason).await;
                 }
                 Err(HandleError::Database(e)) if database::is_unavailable(&e) => {
                     warn!(error = %e, "the database is unreachable; the event waits");
@@ -427,13 +448,15 @@ impl<H: EventHandler> Consumer<H> {
                 }
                 Err(e) if deliveries >= max => {
                     let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
-                    self.dead_letter(entry, fields, deliveries, &error).await
+                    return self.dead_letter(entry, fields, deliveries, &error).await;
                 }
                 Err(e) => {
                     warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
                     Outcome::RetryLater
                 }
-            }
+            };
+            metrics::counter!(EVENTS_FAILED, "stream" => stream.to_owned(), "event_type" => event_type).increment(1);
+            outcome
         }
         .instrument(span)
         .await
@@ -482,7 +505,11 @@ impl<H: EventHandler> Consumer<H> {
             cmd.arg(name).arg(value.as_slice());
         }
         match cmd.exec_async(&mut self.redis.commands.clone()).await {
-            Ok(()) => Outcome::DeadLettered,
+            Ok(()) => {
+                metrics::counter!(EVENTS_DEAD_LETTERED, "stream" => self.stream_key.clone())
+                    .increment(1);
+                Outcome::DeadLettered
+            }
             Err(e) => {
                 warn!(error = %e, "could not write the dead letter; the entry stays pending");
                 Outcome::RetryLater

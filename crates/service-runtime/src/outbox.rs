@@ -16,13 +16,18 @@ use sqlx::PgConnection;
 pub const NOTIFY_CHANNEL: &str = "outbox";
 
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
-/// Call it on the transaction that makes the change the event describes.
+/// Call it on the transaction that makes the change the event describes. An event
+/// without a `traceparent` gets the current span's, so its consumer continues the trace.
 #[tracing::instrument(skip_all, fields(event_id = %envelope.event_id, event_type = %envelope.event_type()))]
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
     envelope: &Envelope,
 ) -> sqlx::Result<()> {
+    let mut envelope = envelope.clone();
+    if envelope.traceparent.is_none() {
+        envelope.traceparent = crate::telemetry::current_traceparent();
+    }
     let fields: Vec<String> = envelope
         .to_fields()
         .into_iter()

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
+use crate::observability::EVENTS_PUBLISHED;
 use crate::outbox::NOTIFY_CHANNEL;
 use redis::aio::ConnectionManager;
 
@@ -64,7 +65,7 @@ impl OutboxRelay {
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "SELECT id, stream, fields FROM outbox
+            "SELECT id, stream, event_type, fields FROM outbox
              WHERE published_at IS NULL
              ORDER BY id
              LIMIT $1
@@ -78,8 +79,13 @@ impl OutboxRelay {
         }
         let mut pipe = redis::pipe();
         let mut ids = Vec::with_capacity(rows.len());
+        let mut published = Vec::with_capacity(rows.len());
         for row in &rows {
             let stream: &str = row.try_get("stream")?;
+            published.push((
+                self.keys.stream(stream),
+                row.try_get::<String, _>("event_type")?,
+            ));
             let fields: Vec<String> = row.try_get("fields")?;
             pipe.cmd("XADD")
                 .arg(self.keys.stream(stream))
@@ -94,6 +100,10 @@ impl OutboxRelay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        for (stream, event_type) in published {
+            metrics::counter!(EVENTS_PUBLISHED, "stream" => stream, "event_type" => event_type)
+                .increment(1);
+        }
         debug!(published = ids.len(), "outbox rows published");
         Ok(ids.len())
     }

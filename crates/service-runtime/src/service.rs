@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -28,10 +29,12 @@ use crate::admin::{self, DeadLetters};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::health::{self, Readiness};
 use crate::keys::StreamKeys;
+use crate::observability::{self, GAUGE_REFRESH};
 use crate::outbox;
 use crate::problem::{self, BODY_LIMIT_BYTES};
 use crate::redis_conn::RedisConnections;
 use crate::relay::OutboxRelay;
+use crate::request;
 use crate::settings::CommonSettings;
 
 /// How often the relay polls when no notification arrives (the safety net only).
@@ -152,6 +155,7 @@ pub async fn start<H: EventHandler>(
     parts: ServiceParts<H>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
+    observability::recorder();
     let listener = TcpListener::bind(parts.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", parts.http_addr))?;
@@ -171,8 +175,13 @@ pub async fn start<H: EventHandler>(
             settings.admin_token.clone(),
         ))
         .merge(health::router(readiness))
+        .merge(observability::router())
         .fallback(problem::route_not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn_with_state(
+            settings.request_timeout(),
+            request::http_telemetry,
+        ));
 
     let relay = OutboxRelay::new(
         infra.pool.clone(),
@@ -224,7 +233,25 @@ pub async fn start<H: EventHandler>(
         let pool = pool.clone();
         async move { Ok(outbox::sweep_published(&pool, retention).await?) }
     });
-    for job in parts.jobs.into_iter().chain([sweeper]) {
+    let pool = infra.pool.clone();
+    let outbox_gauges = PeriodicJob::new("outbox gauges", GAUGE_REFRESH, move || {
+        let pool = pool.clone();
+        async move { observability::refresh_outbox_gauges(&pool).await }
+    });
+    let (redis, stream, group) = (
+        infra.redis.commands.clone(),
+        infra.keys.stream(parts.consumes),
+        parts.group,
+    );
+    let group_gauges = PeriodicJob::new("consumer group gauges", GAUGE_REFRESH, move || {
+        let (redis, stream) = (redis.clone(), stream.clone());
+        async move { observability::refresh_group_gauges(redis, &stream, group).await }
+    });
+    for job in parts
+        .jobs
+        .into_iter()
+        .chain([sweeper, outbox_gauges, group_gauges])
+    {
         let (stop, name) = (shutdown.clone(), job.name);
         tasks.spawn(async move {
             job.run_until(stop).await;
@@ -304,12 +331,12 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The whole `main` of a service: parse settings (exit 2 on bad ones), set up logging,
-/// start, run until SIGINT/SIGTERM, shut down. Exit code 1 when it cannot start or a
-/// part of it stopped on its own.
+/// The whole `main` of a service: parse settings (exit 2 on bad ones), set up logs and
+/// traces, start, run until SIGINT/SIGTERM, shut down. Exit code 1 when it cannot start
+/// or a part of it stopped on its own.
 pub async fn run_main<S, F, Fut>(
-    service: &str,
-    log_format: impl Fn(&S) -> crate::settings::LogFormat,
+    service: &'static str,
+    common: impl Fn(&S) -> &CommonSettings,
     start: F,
 ) -> ExitCode
 where
@@ -318,7 +345,12 @@ where
     Fut: Future<Output = anyhow::Result<RunningService>>,
 {
     let settings: S = crate::settings::parse_or_exit(service);
-    crate::telemetry::init(log_format(&settings));
+    let _telemetry = crate::telemetry::init(&crate::telemetry::TelemetryConfig {
+        service_name: service,
+        log_format: common(&settings).log_format,
+        print_logs: true,
+        otlp_endpoint: common(&settings).otel_exporter_otlp_endpoint.clone(),
+    });
     info!(?settings, "{service} starting");
     let shutdown = CancellationToken::new();
     let running = match start(settings, shutdown.clone()).await {

@@ -137,14 +137,24 @@ pub struct CommonSettings {
     /// How long shutdown may take before in-flight work is abandoned, in ms.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub shutdown_timeout_ms: u64,
+    /// Longest time an HTTP request may take before it is answered 503, in ms.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector for traces (e.g. `http://otel-collector:4318`); none by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    pub otel_exporter_otlp_endpoint: Option<String>,
 }
 
 impl CommonSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     pub fn outbox_retention(&self) -> Duration {
@@ -177,6 +187,13 @@ fn admin_token(value: &str) -> Result<Secret, String> {
         return Err("must not contain spaces or control characters".into());
     }
     Ok(Secret(value.to_owned()))
+}
+
+fn otlp_endpoint(value: &str) -> Result<String, String> {
+    match value.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(value.to_owned()),
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
 }
 
 fn namespace(value: &str) -> Result<String, String> {

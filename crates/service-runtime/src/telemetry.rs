@@ -1,16 +1,122 @@
-//! Logging: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
+//! Logs and traces.
+//!
+//! - Logs: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
+//!   A request's and an event's log lines carry their span's fields (`request_id`,
+//!   `event_id`, ...).
+//! - Traces: every span also becomes an OpenTelemetry span. Trace context crosses the
+//!   stream hop as the W3C `traceparent` of the producing span: [`outbox`](crate::outbox)
+//!   stores it with the event, the consumer makes it the parent of the span that handles
+//!   the event, so one trace runs POST -> payment -> status update (SPEC §8). With
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP/HTTP; without it no
+//!   exporter runs, but ids are still made and propagated.
 
-use tracing_subscriber::EnvFilter;
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::LogFormat;
 
-/// Installs the global subscriber. A second call (several apps in one test process) is a
-/// no-op.
-pub fn init(format: LogFormat) {
+/// The W3C header and stream field that carry trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// How a process reports.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub service_name: &'static str,
+    pub log_format: LogFormat,
+    /// Print log lines at all (tests keep them quiet unless `TEST_LOG=1`).
+    pub print_logs: bool,
+    /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Keeps the trace pipeline alive; dropping it flushes spans not yet exported.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber. A second call in one process (several services in one
+/// test) keeps the first and returns an inert handle.
+pub fn init(config: &TelemetryConfig) -> Telemetry {
+    let mut provider = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(config.service_name)
+            .build(),
+    );
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .build();
+        match exporter {
+            Ok(exporter) => provider = provider.with_batch_exporter(exporter),
+            Err(e) => eprintln!(
+                "{}: cannot export traces to {endpoint}: {e}",
+                config.service_name
+            ),
+        }
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer(config.service_name);
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _already_set = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    let logs = config.print_logs.then(|| match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .is_ok();
+    if installed {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        Telemetry {
+            provider: Some(provider),
+        }
+    } else {
+        Telemetry { provider: None }
+    }
+}
+
+/// The `traceparent` of the current span, if it belongs to a trace.
+pub fn current_traceparent() -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// Makes the trace named by `traceparent` the parent of `span`. Call before entering
+/// the span. A malformed value is ignored: the span starts a trace of its own.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(parent);
+}
+
+/// The trace id (32 hex digits) of a `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| id.len() == 32)
 }

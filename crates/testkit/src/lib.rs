@@ -7,7 +7,7 @@
 //!   demand; dropping it drops those databases and deletes the namespace's keys.
 //! - [`eventually`] waits for a condition with a deadline, never a fixed sleep, and fails
 //!   with the last thing it saw.
-//! - Logs stay silent unless `TEST_LOG=1`.
+//! - Traces are made as in production; logs stay silent unless `TEST_LOG=1`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -449,13 +449,18 @@ where
     }
 }
 
+/// Installs the services' telemetry once per test process: traces are made and
+/// propagated as in production; log lines are printed only with `TEST_LOG=1`.
 fn init_test_logging() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .with_test_writer()
-            .try_init();
-    }
+    static TELEMETRY: OnceLock<service_runtime::telemetry::Telemetry> = OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        service_runtime::telemetry::init(&service_runtime::telemetry::TelemetryConfig {
+            service_name: "tests",
+            log_format: service_runtime::settings::LogFormat::Pretty,
+            print_logs: std::env::var_os("TEST_LOG").is_some(),
+            otlp_endpoint: None,
+        })
+    });
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

@@ -1,0 +1,124 @@
+//! Metrics (SPEC §8), exported as Prometheus text on `GET /metrics`.
+//!
+//! Every metric name is a constant here. Counters and histograms are recorded where
+//! things happen (HTTP middleware, relay, consumer, services); gauges that cost a query
+//! (outbox backlog, consumer-group lag) are refreshed by a periodic job, not per scrape.
+//! The recorder is process-wide (CRATES.md trap 6): it is installed once, and several
+//! services in one test process share it, told apart by their labels.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+/// HTTP requests, by `method`, `route` and `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// HTTP request latency in seconds, by `method`, `route` and `status`.
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Events written to a stream by the relay, by `stream` and `event_type`.
+pub const EVENTS_PUBLISHED: &str = "events_published_total";
+/// Events handled, by `stream`, `event_type` and `result` (`applied` or `duplicate`).
+pub const EVENTS_CONSUMED: &str = "events_consumed_total";
+/// Entries acked without handling, by `stream` and `reason` (`unknown_type`, `deleted`).
+pub const EVENTS_SKIPPED: &str = "events_skipped_total";
+/// Handling attempts that failed and will be retried, by `stream` and `event_type`.
+pub const EVENTS_FAILED: &str = "events_failed_total";
+/// Entries moved to the dead-letter stream, by `stream`.
+pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered_total";
+/// Entries reclaimed from consumers that stopped answering, by `stream`.
+pub const ENTRIES_RECLAIMED: &str = "stream_entries_reclaimed_total";
+/// Outbox rows not yet published.
+pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
+/// Age in seconds of the oldest unpublished outbox row (0 when there is none).
+pub const OUTBOX_OLDEST_AGE: &str = "outbox_oldest_unpublished_age_seconds";
+/// Entries of the consumed stream not yet delivered to the group, by `stream`, `group`.
+pub const GROUP_LAG: &str = "consumer_group_lag";
+/// Entries delivered to the group and not acked, by `stream`, `group`.
+pub const GROUP_PENDING: &str = "consumer_group_pending";
+/// Seconds from an order's creation to its final state, by `status` (order-service).
+pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
+
+/// How often the gauges that cost a query are refreshed.
+pub const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use. `None` if another
+/// recorder was installed first.
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let latency = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &latency)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            let body = recorder().map(PrometheusHandle::render).unwrap_or_default();
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+        }),
+    )
+}
+
+/// Refreshes the outbox gauges. Returns 0 (nothing "done" worth logging).
+pub async fn refresh_outbox_gauges(pool: &PgPool) -> anyhow::Result<u64> {
+    let (backlog, oldest): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+    metrics::gauge!(OUTBOX_OLDEST_AGE).set(oldest);
+    if let Some(handle) = recorder() {
+        handle.run_upkeep();
+    }
+    Ok(0)
+}
+
+/// Refreshes lag and pending of `group` on `stream` from `XINFO GROUPS`.
+pub async fn refresh_group_gauges(
+    mut redis: ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> anyhow::Result<u64> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(&mut redis)
+        .await?;
+    let Some(info) = groups.iter().find(
+        |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
+    ) else {
+        return Ok(0);
+    };
+    let number = |key: &str| match info.get(key) {
+        Some(redis::Value::Int(n)) => Some(*n as f64),
+        _ => None,
+    };
+    let labels = [("stream", stream.to_owned()), ("group", group.to_owned())];
+    if let Some(pending) = number("pending") {
+        metrics::gauge!(GROUP_PENDING, &labels).set(pending);
+    }
+    if let Some(lag) = number("lag") {
+        metrics::gauge!(GROUP_LAG, &labels).set(lag);
+    }
+    Ok(0)
+}
