@@ -13,6 +13,7 @@ use crate::{Currency, EventType};
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderItem {
     pub sku: String,
     pub quantity: u32,

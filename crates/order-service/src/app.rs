@@ -4,9 +4,9 @@
 use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
 use std::time::Duration;
 
-use axum::Router;
 use service_runtime::service::{self, Infrastructure, PeriodicJob, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::{self, AppState};
 use crate::payment_events::PaymentEvents;
@@ -29,9 +29,10 @@ pub async fn start(
         async move { Ok(orders::republish_stale_pending(&pool, after).await?) }
     });
     let parts = ServiceParts {
+        name: "order-service",
         http_addr: settings.http_addr,
         routes,
-        admin_routes: Router::new(),
+        admin_routes: OpenApiRouter::new(),
         jobs: vec![reconciler],
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,

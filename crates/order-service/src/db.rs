@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::domain::{NewOrder, OrderStatus};
 
 /// An order as stored and as `GET /orders/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Order {
     pub id: Uuid,
     pub customer_id: String,

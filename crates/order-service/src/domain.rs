@@ -17,7 +17,7 @@ pub mod limits {
 }
 
 /// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
@@ -98,18 +98,27 @@ impl TryFrom<String> for OrderStatus {
 
 /// The body of `POST /orders` as sent: loosely typed, so that every field can be checked
 /// and reported at once rather than failing on the first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct OrderRequest {
+    /// 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64, example = "alice")]
     pub customer_id: String,
+    /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    /// 1 to 100 lines; their total may be at most 100000000000.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderRequestItem>,
 }
 
 /// One line of [`OrderRequest`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct OrderRequestItem {
+    #[schema(min_length = 1, max_length = 64, example = "book")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: i64,
+    #[schema(minimum = 0, maximum = 100000000)]
     pub unit_price_cents: i64,
 }
 

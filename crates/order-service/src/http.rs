@@ -1,15 +1,16 @@
 //! order-service HTTP API (SPEC §6.1). Handlers extract, validate into domain types, and
-//! call one use case; every error is a problem+json document.
+//! call one use case; every error is a problem+json document. Each route is registered
+//! with its OpenAPI operation, so the served document cannot drift from the router.
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::db::{self, Order, OrderFilter};
@@ -29,11 +30,11 @@ pub struct AppState {
 }
 
 /// The order routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/orders", post(create_order).get(list_orders))
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(create_order, list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
         .with_state(state)
 }
 
@@ -79,8 +80,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     }
 }
 
-/// `POST /orders`: 201 with the order and its `Location`. A repeat with the same
+/// Places an order: `PENDING` until payment-service answers. A repeat with the same
 /// `Idempotency-Key` and body gets the same order back (`Idempotent-Replayed: true`).
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = OrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; makes the request safe to retry")),
+    responses(
+        (status = 201, body = Order, description = "Placed (or replayed)",
+         headers(("Location" = String, description = "/orders/{id}"))),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON or Idempotency-Key"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not application/json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid fields, or the key was used with another body"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -104,7 +116,15 @@ async fn create_order(
     Ok(response)
 }
 
-/// `GET /orders/{id}`.
+/// One order.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, body = Order),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such order"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -115,8 +135,16 @@ async fn get_order(
         .ok_or_else(|| Problem::not_found("order"))
 }
 
-/// `POST /orders/{id}/cancel`: 200 with the cancelled order; 409 if it is already
-/// `PAYMENT_FAILED` or `CANCELLED`.
+/// Cancels a `PENDING` or `PAID` order (a paid one is refunded by payment-service).
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, body = Order, description = "Cancelled"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such order"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Already PAYMENT_FAILED or CANCELLED"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn cancel_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -124,24 +152,36 @@ async fn cancel_order(
     Ok(Json(orders::cancel_order(&state.pool, id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this customer's orders.
     customer_id: Option<String>,
+    /// Only orders in this status: PENDING, PAID, PAYMENT_FAILED or CANCELLED.
     status: Option<String>,
+    /// Page size: 20 by default, at most 100.
+    #[param(minimum = 1)]
     limit: Option<i64>,
+    /// The `next_after` of the previous page.
     after: Option<Uuid>,
 }
 
 /// A page of orders and the cursor of the next one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct OrderPage {
     orders: Vec<Order>,
     /// Pass as `after` for the next page; `null` on the last page.
     next_after: Option<Uuid>,
 }
 
-/// `GET /orders?customer_id=&status=&limit=&after=`: oldest first, keyset-paginated by
-/// id, so a page is stable while orders are added. `limit` is capped at 100.
+/// Orders, oldest first, keyset-paginated by id, so a page is stable while orders are
+/// added.
+#[utoipa::path(get, path = "/orders", tag = "orders", params(ListQuery),
+    responses(
+        (status = 200, body = OrderPage),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "An invalid parameter"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn list_orders(
     State(state): State<AppState>,
     query: Result<axum::extract::Query<ListQuery>, QueryRejection>,

@@ -21,6 +21,7 @@ pub async fn start(
         initial_credit_cents: settings.initial_credit_cents,
     };
     let parts = ServiceParts {
+        name: "payment-service",
         http_addr: settings.http_addr,
         routes: http::router(state.clone()),
         admin_routes: http::admin_router(state),

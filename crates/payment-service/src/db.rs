@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::OrderPaymentState;
 
 /// A customer's account, as stored and as `GET /accounts/{customer_id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Account {
     pub customer_id: String,
     pub balance_cents: i64,
@@ -18,7 +18,7 @@ pub struct Account {
 }
 
 /// A charge of one order, as stored and as `GET /payments/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Payment {
     pub id: Uuid,
     pub order_id: Uuid,

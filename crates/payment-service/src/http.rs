@@ -1,12 +1,16 @@
-//! payment-service HTTP API (SPEC §6.2): payments, accounts, and deposits (admin).
+//! payment-service HTTP API (SPEC §6.2): payments, accounts, and deposits (admin). Each
+//! route is registered with its OpenAPI operation, so the served document cannot drift
+//! from the router.
 
-use axum::Router;
+use std::collections::BTreeMap;
+
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::accounts::{self, DepositError};
@@ -21,27 +25,35 @@ pub struct AppState {
 }
 
 /// The payment and account routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/payments", get(list_payments))
-        .route("/payments/{id}", get(get_payment))
-        .route("/accounts/{customer_id}", get(get_account))
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_payments))
+        .routes(routes!(get_payment))
+        .routes(routes!(get_account))
         .with_state(state)
 }
 
 /// The routes that need the admin token.
-pub fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/accounts/{customer_id}/deposits", post(deposit))
+pub fn admin_router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(deposit))
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PaymentsQuery {
+    /// The order whose payments to list (required).
     order_id: Option<Uuid>,
 }
 
-/// `GET /payments?order_id=`: the order's payments (none or one).
+/// The payments of an order: none, or one (refunded or not).
+#[utoipa::path(get, path = "/payments", tag = "payments", params(PaymentsQuery),
+    responses(
+        (status = 200, body = Vec<Payment>),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "order_id missing or not a UUID"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn list_payments(
     State(state): State<AppState>,
     query: Result<Query<PaymentsQuery>, axum::extract::rejection::QueryRejection>,
@@ -57,7 +69,15 @@ async fn list_payments(
     Ok(Json(db::payments_of_order(&state.pool, order_id).await?))
 }
 
-/// `GET /payments/{id}`.
+/// One payment.
+#[utoipa::path(get, path = "/payments/{id}", tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id")),
+    responses(
+        (status = 200, body = Payment),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such payment"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn get_payment(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -68,8 +88,13 @@ async fn get_payment(
         .ok_or_else(|| Problem::not_found("payment"))
 }
 
-/// `GET /accounts/{customer_id}`: an account not opened yet shows the initial credit
-/// and no currency.
+/// A customer's account; one not opened yet shows the initial credit and no currency.
+#[utoipa::path(get, path = "/accounts/{customer_id}", tag = "accounts",
+    params(("customer_id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 200, body = Account),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn get_account(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
@@ -83,8 +108,9 @@ async fn get_account(
 }
 
 /// The body of a deposit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct DepositRequest {
+    #[schema(minimum = 1, maximum = 1000000000000_i64)]
     amount_cents: i64,
 }
 
@@ -94,23 +120,34 @@ pub const MAX_DEPOSIT_CENTS: i64 = 1_000_000_000_000;
 impl From<DepositError> for Problem {
     fn from(error: DepositError) -> Self {
         match error {
-            DepositError::BalanceOutOfRange => {
-                let mut errors = std::collections::BTreeMap::new();
-                errors.insert("amount_cents".to_owned(), vec![error.to_string()]);
-                Problem::validation(errors)
-            }
+            DepositError::BalanceOutOfRange => Problem::validation(BTreeMap::from([(
+                "amount_cents".to_owned(),
+                vec![error.to_string()],
+            )])),
             DepositError::Database(e) => e.into(),
         }
     }
 }
 
-/// `POST /accounts/{customer_id}/deposits` (admin): adds funds, answers the account.
+/// Adds funds to a customer's account (admin).
+#[utoipa::path(post, path = "/accounts/{customer_id}/deposits", tag = "accounts", request_body = DepositRequest,
+    security(("admin_token" = [])),
+    params(("customer_id" = String, Path, description = "Customer id, 1 to 64 characters")),
+    responses(
+        (status = 200, body = Account, description = "The account after the deposit"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not application/json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid amount or customer id, or the balance would pass its ceiling"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+    ))]
 async fn deposit(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
     Json(request): Json<DepositRequest>,
 ) -> Result<Json<Account>, Problem> {
-    let mut errors = std::collections::BTreeMap::new();
+    let mut errors = BTreeMap::new();
     if !(1..=MAX_DEPOSIT_CENTS).contains(&request.amount_cents) {
         errors.insert(
             "amount_cents".to_owned(),

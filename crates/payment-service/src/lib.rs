@@ -4,7 +4,7 @@
 //! - [`domain`]: the payment decision and the per-order saga state, pure.
 //! - [`db`]: every query, one function each.
 //! - [`order_events`]: what `OrderCreated` and `OrderCancelled` do.
-//! - [`accounts`]: deposits.
+//! - [`accounts`] holds deposits.
 //! - [`http`]: payments, accounts, deposits.
 //! - [`app`]: wiring, started by `main` and by tests alike.
 

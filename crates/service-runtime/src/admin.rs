@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::keys::{StreamKeys, dead_letter_fields};
 use crate::problem::{Json, Path, Problem, route_not_found};
@@ -36,11 +36,18 @@ impl DeadLetters {
     }
 }
 
+/// Name of the admin bearer-token scheme in the OpenAPI document.
+pub const SECURITY_SCHEME: &str = "admin_token";
+
 /// Puts `admin_routes` and the dead-letter routes behind the admin token.
-pub fn router(dead_letters: DeadLetters, admin_routes: Router, token: Option<Secret>) -> Router {
-    Router::new()
-        .route("/admin/dlq", get(list_dead_letters))
-        .route("/admin/dlq/{entry_id}/replay", post(replay_dead_letter))
+pub fn router(
+    dead_letters: DeadLetters,
+    admin_routes: OpenApiRouter,
+    token: Option<Secret>,
+) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
         .with_state(dead_letters)
         .merge(admin_routes)
         .route_layer(middleware::from_fn_with_state(token, require_admin))
@@ -84,13 +91,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
 }
 
 /// One dead letter as the admin API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeadLetter {
     id: String,
     original_id: Option<String>,
@@ -143,7 +152,13 @@ fn redis_problem(error: redis::RedisError) -> Problem {
     Problem::unavailable("Redis is unavailable")
 }
 
-/// `GET /admin/dlq?limit=`: oldest first, at most `limit` (default 100, at most 1000).
+/// Dead letters of the stream this service consumes, oldest first.
+#[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(ListQuery), security(("admin_token" = [])),
+    responses(
+        (status = 200, body = Vec<DeadLetter>),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
+    ))]
 async fn list_dead_letters(
     State(dead): State<DeadLetters>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -167,16 +182,27 @@ async fn list_dead_letters(
     ))
 }
 
-#[derive(Debug, Serialize)]
+/// A replayed dead letter.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Replayed {
     id: String,
     stream: String,
     replayed_as: String,
 }
 
-/// `POST /admin/dlq/{entry_id}/replay`: writes the original fields back to the source
-/// stream as a new entry and removes the dead letter. The event keeps its `event_id`,
-/// so a replay of something already applied has no second effect.
+/// Writes a dead letter's original fields back to its stream as a new entry and removes
+/// the dead letter. The event keeps its `event_id`, so replaying something already
+/// applied has no second effect.
+#[utoipa::path(post, path = "/admin/dlq/{entry_id}/replay", tag = "admin", security(("admin_token" = [])),
+    params(("entry_id" = String, Path, description = "Id of the dead letter, e.g. 1700000000000-0")),
+    responses(
+        (status = 200, body = Replayed),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not an entry id"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "It does not name its stream"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
+    ))]
 async fn replay_dead_letter(
     State(dead): State<DeadLetters>,
     Path(entry_id): Path<String>,

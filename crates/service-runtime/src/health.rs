@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How long each readiness check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,45 +25,64 @@ pub struct Readiness {
     pub migrator: &'static Migrator,
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
+/// Readiness, dependency by dependency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Report {
+    /// `ready` or `not_ready`.
     status: &'static str,
     checks: Checks,
 }
 
-#[derive(Debug, Serialize)]
-struct Checks {
+/// Each dependency: `ok`, `unavailable`, `timeout`, or (migrations) `pending`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Checks {
     postgres: &'static str,
     redis: &'static str,
     migrations: &'static str,
 }
 
+/// Liveness.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Live {
+    /// Always `live`.
+    status: &'static str,
+}
+
 /// The health routes.
-pub fn router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
-    Router::new()
-        .route(
-            "/health/live",
-            get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
-        )
-        .route("/health/ready", get(ready))
+pub fn router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(live))
+        .routes(routes!(ready))
         .with_state(readiness)
 }
 
+/// The process is up and answering.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
+async fn live() -> axum::Json<Live> {
+    axum::Json(Live { status: "live" })
+}
+
+/// Postgres and Redis answer and every migration is applied; otherwise 503 with
+/// `Retry-After`, saying which dependency failed.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, body = Report, description = "Ready"),
+    (status = 503, body = Report, description = "A dependency is down",
+     headers(("Retry-After" = u32, description = "Seconds to wait"))),
+))]
 async fn ready(State(readiness): State<Readiness>) -> Response {
     let (postgres, redis, migrations) = tokio::join!(
         check(postgres_ok(&readiness.pool)),
         check(redis_ok(readiness.redis.clone())),
         check(migrations_ok(&readiness.pool, readiness.migrator)),
     );
-    let checks = Checks {
-        postgres,
-        redis,
-        migrations,
-    };
     let ok = [postgres, redis, migrations].iter().all(|c| *c == "ok");
     let report = Report {
         status: if ok { "ready" } else { "not_ready" },
-        checks,
+        checks: Checks {
+            postgres,
+            redis,
+            migrations,
+        },
     };
     if ok {
         axum::Json(report).into_response()

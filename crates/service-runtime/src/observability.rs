@@ -9,13 +9,13 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// HTTP requests, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
@@ -67,14 +67,16 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
 }
 
 /// `GET /metrics`.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route(
-        "/metrics",
-        get(|| async {
-            let body = recorder().map(PrometheusHandle::render).unwrap_or_default();
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-        }),
-    )
+pub fn router<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new().routes(routes!(metrics_text))
+}
+
+/// Prometheus metrics of this process, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "observability",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+async fn metrics_text() -> impl IntoResponse {
+    let body = recorder().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 /// Refreshes the outbox gauges. Returns 0 (nothing "done" worth logging).

@@ -12,7 +12,7 @@ use serde::Serialize;
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -21,8 +21,10 @@ pub struct Problem {
     pub detail: String,
     /// Messages per invalid field, for validation errors.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(required = false)]
     pub errors: BTreeMap<String, Vec<String>>,
     #[serde(skip)]
+    #[schema(ignore)]
     retry_after_secs: Option<u32>,
 }
 
@@ -161,6 +163,9 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[derive(Debug, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(Problem))]
 pub struct Path<T>(pub T);
+
+/// The media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Answers unknown routes with a 404 problem.
 pub async fn route_not_found() -> Problem {

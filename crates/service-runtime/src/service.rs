@@ -11,12 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
+use axum::routing::get;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
@@ -24,6 +25,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::admin::{self, DeadLetters};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
@@ -123,12 +127,14 @@ impl PeriodicJob {
 
 /// What a service brings to the shell.
 pub struct ServiceParts<H> {
+    /// The service's name, the title of its OpenAPI document.
+    pub name: &'static str,
     /// Where HTTP listens; port 0 picks a free one.
     pub http_addr: SocketAddr,
-    /// The service's own routes, state applied.
-    pub routes: Router,
+    /// The service's own routes with their OpenAPI operations, state applied.
+    pub routes: OpenApiRouter,
     /// Routes that need the admin token (besides the dead-letter ones every service has).
-    pub admin_routes: Router,
+    pub admin_routes: OpenApiRouter,
     /// The service's own periodic jobs (the outbox sweeper is added by the shell).
     pub jobs: Vec<PeriodicJob>,
     /// The migrations readiness checks for.
@@ -138,6 +144,23 @@ pub struct ServiceParts<H> {
     pub group: &'static str,
     /// What it does with each event.
     pub handler: H,
+}
+
+/// Completes a service's OpenAPI document: title, version, the admin token scheme.
+fn document(name: &str, mut openapi: OpenApi) -> OpenApi {
+    openapi.info.title = name.to_owned();
+    openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    openapi.info.description = Some(format!(
+        "{name}: part of the order/payment services over Redis Streams."
+    ));
+    openapi
+        .components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            admin::SECURITY_SCHEME,
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    openapi
 }
 
 /// A started service.
@@ -167,8 +190,8 @@ pub async fn start<H: EventHandler>(
         migrator: parts.migrator,
     };
     let dead_letters = DeadLetters::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
-    let app = parts
-        .routes
+    let (routes, openapi) = OpenApiRouter::new()
+        .merge(parts.routes)
         .merge(admin::router(
             dead_letters,
             parts.admin_routes,
@@ -176,6 +199,13 @@ pub async fn start<H: EventHandler>(
         ))
         .merge(health::router(readiness))
         .merge(observability::router())
+        .split_for_parts();
+    let openapi = Arc::new(document(parts.name, openapi));
+    let app = routes
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(openapi.as_ref().clone()) }),
+        )
         .fallback(problem::route_not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
