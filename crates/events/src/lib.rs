@@ -12,6 +12,7 @@ mod envelope;
 mod money;
 mod payloads;
 pub mod streams;
+pub mod text;
 
 pub use envelope::{DecodeError, Envelope, EventType, Producer, SCHEMA_VERSION, fields};
 pub use money::{Currency, InvalidCurrency};

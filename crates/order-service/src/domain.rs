@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use events::text::check_identifier;
 use events::{Currency, OrderItem};
 use serde::{Deserialize, Serialize};
 
 /// Field limits of `POST /orders` (SPEC §6.1).
+/// (`customer_id` and `sku` follow [`events::text::check_identifier`].)
 pub mod limits {
-    pub const CUSTOMER_ID_MAX_CHARS: usize = 64;
-    pub const SKU_MAX_CHARS: usize = 64;
     pub const MAX_ITEMS: usize = 100;
     pub const MAX_QUANTITY: i64 = 10_000;
     pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
@@ -155,15 +155,8 @@ impl TryFrom<OrderRequest> for NewOrder {
             |field: String, message: String| errors.entry(field).or_default().push(message);
         let mut lines_valid = true;
 
-        let customer_chars = request.customer_id.chars().count();
-        if customer_chars == 0
-            || customer_chars > CUSTOMER_ID_MAX_CHARS
-            || request.customer_id.trim().is_empty()
-        {
-            fail(
-                "customer_id".into(),
-                format!("must be 1 to {CUSTOMER_ID_MAX_CHARS} characters, not blank"),
-            );
+        if let Err(message) = check_identifier(&request.customer_id) {
+            fail("customer_id".into(), message);
         }
         let currency = Currency::parse(&request.currency)
             .map_err(|e| fail("currency".into(), e.to_string()))
@@ -176,16 +169,11 @@ impl TryFrom<OrderRequest> for NewOrder {
         let mut items = Vec::with_capacity(request.items.len());
         let mut total: Option<i64> = Some(0);
         for (i, item) in request.items.into_iter().enumerate() {
-            let sku_chars = item.sku.chars().count();
-            if sku_chars == 0 || sku_chars > SKU_MAX_CHARS || item.sku.trim().is_empty() {
-                fail(
-                    format!("items[{i}].sku"),
-                    format!("must be 1 to {SKU_MAX_CHARS} characters, not blank"),
-                );
+            let sku = check_identifier(&item.sku);
+            if let Err(message) = &sku {
+                fail(format!("items[{i}].sku"), message.clone());
             }
-            let line_valid = sku_chars > 0
-                && sku_chars <= SKU_MAX_CHARS
-                && !item.sku.trim().is_empty()
+            let line_valid = sku.is_ok()
                 && (1..=MAX_QUANTITY).contains(&item.quantity)
                 && (0..=MAX_UNIT_PRICE_CENTS).contains(&item.unit_price_cents);
             lines_valid &= line_valid;
@@ -305,6 +293,17 @@ mod tests {
         ))
         .expect("at the cap");
         assert_eq!(order.total_cents, limits::MAX_TOTAL_CENTS);
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        let mut bad = request(vec![item("a\u{0}b", 1, 1)]);
+        bad.customer_id = "al\nice".into();
+        let errors = NewOrder::try_from(bad).expect_err("control characters");
+        assert_eq!(
+            errors.keys().collect::<Vec<_>>(),
+            ["customer_id", "items[0].sku"]
+        );
     }
 
     #[test]

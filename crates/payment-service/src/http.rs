@@ -13,6 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use events::text::check_identifier;
+
 use crate::accounts::{self, DepositError};
 use crate::db::{self, Account, Payment};
 
@@ -93,12 +95,20 @@ async fn get_payment(
     params(("customer_id" = String, Path, description = "Customer id")),
     responses(
         (status = 200, body = Account),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a valid customer id"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
     ))]
 async fn get_account(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
 ) -> Result<Json<Account>, Problem> {
+    if let Err(message) = check_identifier(&customer_id) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-path",
+            format!("customer_id {message}"),
+        ));
+    }
     let account = db::find_account(&state.pool, &customer_id).await?;
     Ok(Json(account.unwrap_or(Account {
         customer_id,
@@ -154,12 +164,8 @@ async fn deposit(
             vec![format!("must be 1 to {MAX_DEPOSIT_CENTS}")],
         );
     }
-    let chars = customer_id.chars().count();
-    if chars == 0 || chars > 64 || customer_id.trim().is_empty() {
-        errors.insert(
-            "customer_id".to_owned(),
-            vec!["must be 1 to 64 characters, not blank".to_owned()],
-        );
+    if let Err(message) = check_identifier(&customer_id) {
+        errors.insert("customer_id".to_owned(), vec![message]);
     }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));

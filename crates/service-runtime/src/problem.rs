@@ -101,9 +101,19 @@ impl From<sqlx::Error> for Problem {
     /// A database failure: 503 when Postgres is unreachable, an opaque 500 otherwise.
     /// The cause is logged here, once, and never sent.
     fn from(error: sqlx::Error) -> Self {
+        let data_exception = matches!(&error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("22")));
         if crate::database::is_unavailable(&error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable("the database is unavailable")
+        } else if data_exception {
+            // SQLSTATE class 22: a value the database cannot store. Validation should
+            // catch it first; this keeps it a client error all the same.
+            tracing::warn!(%error, "database refused a value from the request");
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "the request holds a value that cannot be stored",
+            )
         } else {
             tracing::error!(%error, "database error");
             Self::internal()

@@ -379,7 +379,10 @@ where
         service_name: service,
         log_format: common(&settings).log_format,
         print_logs: true,
-        otlp_endpoint: common(&settings).otel_exporter_otlp_endpoint.clone(),
+        otlp_endpoint: common(&settings)
+            .otel_exporter_otlp_endpoint
+            .clone()
+            .filter(|e| !e.is_empty()),
     });
     info!(?settings, "{service} starting");
     let shutdown = CancellationToken::new();

@@ -143,7 +143,7 @@ pub struct CommonSettings {
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
-    /// OTLP/HTTP collector for traces (e.g. `http://otel-collector:4318`); none by default.
+    /// OTLP/HTTP collector for traces (e.g. `http://jaeger:4318`); none when unset or empty.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
     pub otel_exporter_otlp_endpoint: Option<String>,
 }
@@ -191,6 +191,8 @@ fn admin_token(value: &str) -> Result<Secret, String> {
 
 fn otlp_endpoint(value: &str) -> Result<String, String> {
     match value.split_once("://") {
+        // Empty means "no exporter", as when a compose file passes an unset variable.
+        _ if value.is_empty() => Ok(String::new()),
         Some(("http" | "https", rest)) if !rest.is_empty() => Ok(value.to_owned()),
         _ => Err("expected an http:// or https:// URL".into()),
     }
