@@ -2,13 +2,14 @@
 //! SPEC §4.8 invariants on both databases once the system is quiet.
 
 use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use testkit::eventually;
+use testkit::{eventually, free_port};
 use uuid::Uuid;
 
 /// Customers of the generated orders.
@@ -182,4 +183,54 @@ pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Resul
         return Err(format!("{customer} paid without an account"));
     }
     Ok(outcome)
+}
+
+/// A service binary running as a process of its own.
+pub struct Process {
+    pub child: Child,
+    pub base_url: String,
+}
+
+/// Starts `binary` with exactly `env` (plus a free `HTTP_ADDR` and `RUST_LOG=warn`).
+pub fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
+    let port = free_port();
+    let child = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    Process {
+        child,
+        base_url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Waits until the process answers `/health/ready` with 200.
+pub async fn ready(process: &Process) {
+    let url = format!("{}/health/ready", process.base_url);
+    eventually(
+        "the process to be ready",
+        Duration::from_secs(20),
+        || async {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Sends SIGTERM.
+pub fn sigterm(process: &Process) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(process.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
 }

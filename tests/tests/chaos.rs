@@ -5,16 +5,13 @@
 //! database outages go through a proxy in front of one service only, so nothing here
 //! disturbs other tests running at the same time.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders};
+use e2e::{assert_invariants, place_orders, ready, sigterm, start_process};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use serde_json::Value;
 use sqlx::PgPool;
-use testkit::{
-    FaultProxy, PrivateRedis, Spawned, TestContext, backends, eventually, free_port, host_port,
-};
+use testkit::{FaultProxy, PrivateRedis, Spawned, TestContext, backends, eventually, host_port};
 
 /// Fast failure detection for tests: reclaim after 1 s idle, re-publish after 1.5 s.
 const ORDER_ARGS: &[&str] = &[
@@ -454,53 +451,6 @@ async fn poison_entries_of_every_shape_are_dead_lettered_and_the_flow_goes_on() 
             "{logical}: each poison shape once, the unknown type not at all"
         );
     }
-}
-
-/// A service binary running as a process of its own.
-struct Process {
-    child: Child,
-    base_url: String,
-}
-
-fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
-    let port = free_port();
-    let child = Command::new(binary)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    Process {
-        child,
-        base_url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn ready(process: &Process) {
-    let url = format!("{}/health/ready", process.base_url);
-    eventually(
-        "the process to be ready",
-        Duration::from_secs(20),
-        || async {
-            match reqwest::get(&url).await {
-                Ok(response) if response.status() == 200 => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-}
-
-fn sigterm(process: &Process) {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(process.child.id().to_string())
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

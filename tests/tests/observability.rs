@@ -251,3 +251,68 @@ async fn requests_carry_a_request_id() {
         "the caller's id is kept, on errors too"
     );
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real binary exports its spans over
+/// OTLP/HTTP: a stand-in collector receives them (at the latest when SIGTERM flushes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let received = Arc::new(AtomicUsize::new(0));
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post({
+            let received = received.clone();
+            move |body: axum::body::Bytes| async move {
+                if !body.is_empty() {
+                    received.fetch_add(1, Ordering::SeqCst);
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let collector_addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let ctx = TestContext::new();
+    let env = vec![
+        ("DATABASE_URL", ctx.database().await),
+        ("REDIS_URL", ctx.redis_url().to_owned()),
+        ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        ),
+    ];
+    let mut process = e2e::start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
+    e2e::ready(&process).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/orders", process.base_url))
+        .json(&order_body(4))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 201);
+    e2e::sigterm(&process);
+    eventually("the process to exit", Duration::from_secs(15), || {
+        let exited = process.child.try_wait();
+        async move {
+            match exited {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(
+        received.load(Ordering::SeqCst) > 0,
+        "the collector received no spans"
+    );
+}

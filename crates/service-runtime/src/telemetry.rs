@@ -1,6 +1,7 @@
 //! Logs and traces.
 //!
 //! - Logs: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
+//!   It filters only what is printed: spans are traced at `info` whatever it says.
 //!   A request's and an event's log lines carry their span's fields (`request_id`,
 //!   `event_id`, ...).
 //! - Traces: every span also becomes an OpenTelemetry span. Trace context crosses the
@@ -19,6 +20,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -76,19 +78,26 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
     let provider = provider.build();
     let tracer = provider.tracer(config.service_name);
 
+    // `RUST_LOG` filters what is printed, not what is traced: spans stay on at `info`
+    // whatever the log level, so trace context is made and propagated regardless.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = config.print_logs.then(|| match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+    let logs = config.print_logs.then(|| {
+        match config.log_format {
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .boxed(),
+            LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        }
+        .with_filter(filter)
     });
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(traces)
         .try_init()
         .is_ok();
     if installed {
