@@ -7,6 +7,7 @@
 #   REDIS_URL     Redis                              (default redis://127.0.0.1:6379)
 #   PROFILE       cargo profile: release or dev      (default release)
 #   ADMIN_TOKEN   admin API token                    (default demo-admin-token-change-me)
+#   ORDERS_DB, PAYMENTS_DB  database names           (default orders, payments)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,9 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export ADMIN_TOKEN=${ADMIN_TOKEN:-demo-admin-token-change-me}
 profile=${PROFILE:-release}
 
-for db in orders payments; do
+orders_db=${ORDERS_DB:-orders}
+payments_db=${PAYMENTS_DB:-payments}
+for db in "$orders_db" "$payments_db"; do
   exists=$(psql "$postgres_url/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
 done
@@ -27,9 +30,9 @@ pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
 trap stop INT TERM EXIT
 
-DATABASE_URL="$postgres_url/orders" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8080} "$bin/order-service" &
+DATABASE_URL="$postgres_url/$orders_db" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8080} "$bin/order-service" &
 pids+=($!)
-DATABASE_URL="$postgres_url/payments" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
+DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
 pids+=($!)
 
 echo "order-service   -> http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}"

@@ -1,0 +1,125 @@
+//! The reference: pgbench running order-service's create transaction (insert the order,
+//! insert its outbox row, durable commit) against the same Postgres, in a scratch
+//! database migrated with order-service's own migrations (same tables, indexes and
+//! outbox trigger). Its rate is the most this box can do for the system.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, Executor, PgConnection};
+
+const DATABASE: &str = "loadgen_reference";
+
+/// The transaction, as order-service sends it (time-ordered ids like its UUID v7).
+const SCRIPT: &str = r#"
+\set n random(1, 1000000000)
+BEGIN;
+INSERT INTO orders (id, customer_id, items, total_cents, currency)
+VALUES ((lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || substr(md5(random()::text), 1, 20))::uuid,
+        'bench-' || (:n % 50), '[{"sku": "bench", "quantity": 1, "unit_price_cents": 100}]', 100, 'EUR')
+RETURNING *;
+INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+VALUES ((lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || substr(md5(random()::text), 1, 20))::uuid,
+        'order-events', 'OrderCreated', md5(random()::text)::uuid,
+        ARRAY['event_id', '01a20500-0000-7000-8000-000000000000', 'event_type', 'OrderCreated', 'schema_version', '1',
+              'order_id', '01a20500-0000-7000-8000-000000000001', 'occurred_at', '2026-11-22T20:00:00.000000000Z',
+              'producer', 'order-service', 'traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+              'payload', '{"order_id":"01a20500-0000-7000-8000-000000000001","customer_id":"bench-1","items":[{"sku":"bench","quantity":1,"unit_price_cents":100}],"total_cents":100,"currency":"EUR"}']);
+END;
+"#;
+
+/// Runs pgbench for `seconds` with `clients` clients; returns its transactions per second.
+pub async fn pgbench_order_create(
+    admin_url: &str,
+    clients: u64,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .context("cannot connect for the reference")?;
+    admin
+        .execute(
+            format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+                .as_str()
+                .into_sql(),
+        )
+        .await?;
+    admin
+        .execute(format!("CREATE DATABASE {DATABASE}").as_str().into_sql())
+        .await?;
+    let url = with_database(admin_url, DATABASE);
+    let pool = sqlx::PgPool::connect(&url).await?;
+    order_service::MIGRATOR.run(&pool).await?;
+    pool.close().await;
+
+    let script = std::env::temp_dir().join(format!("loadgen-{}.sql", std::process::id()));
+    std::fs::write(&script, SCRIPT)?;
+    println!("pgbench: the order-create transaction, {clients} clients, {seconds} s");
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &seconds.to_string(),
+        ])
+        .arg("-f")
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .context("cannot run pgbench (Debian: postgresql-client or postgresql)")?;
+    let _ = std::fs::remove_file(&script);
+    let _ = admin
+        .execute(
+            format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+                .as_str()
+                .into_sql(),
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+trait IntoSql {
+    fn into_sql(self) -> sqlx::AssertSqlSafe<String>;
+}
+
+impl IntoSql for &str {
+    /// Statements built from the constant database name only.
+    fn into_sql(self) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(self.to_owned())
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host = base[scheme_end..].split('/').next().unwrap_or_default();
+    let mut out = format!("{}{host}/{name}", &base[..scheme_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}

@@ -1,0 +1,145 @@
+//! The figures of a run, how they print, and what `/proc` says of a process.
+
+use serde::Serialize;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(samples: &[f64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        Self {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: sorted[sorted.len() - 1],
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+        }
+    }
+}
+
+/// A watched service process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessFigures {
+    pub name: String,
+    pub pid: u32,
+    pub rss_mib: Option<f64>,
+    /// CPU used while idle for 5 s after the run, in percent of one core.
+    pub idle_cpu_percent: Option<f64>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub orders: u64,
+    pub concurrency: u64,
+    pub rate: Option<f64>,
+    pub accepted: u64,
+    pub failed: u64,
+    pub accepted_per_second: f64,
+    pub completed_per_second: f64,
+    pub post_latency_ms: Percentiles,
+    pub created_to_final_ms: Percentiles,
+    pub final_statuses: std::collections::BTreeMap<String, u64>,
+    pub pgbench_order_create_tps: Option<f64>,
+    pub ratio_to_pgbench: Option<f64>,
+    pub processes: Vec<ProcessFigures>,
+}
+
+impl Figures {
+    pub fn print(&self) {
+        let load = match self.rate {
+            Some(rate) => format!("at {rate} orders/s"),
+            None => format!("at concurrency {}", self.concurrency),
+        };
+        println!(
+            "\n{} orders {load}: {} accepted, {} failed",
+            self.orders, self.accepted, self.failed
+        );
+        println!(
+            "  accepted orders/s      {:>10.1}",
+            self.accepted_per_second
+        );
+        println!(
+            "  completed orders/s     {:>10.1}",
+            self.completed_per_second
+        );
+        let row = |name: &str, p: &Percentiles| {
+            println!(
+                "  {name:<22} p50 {:>8.2}  p90 {:>8.2}  p99 {:>8.2}  max {:>8.2} ms",
+                p.p50, p.p90, p.p99, p.max
+            );
+        };
+        row("POST /orders", &self.post_latency_ms);
+        row("created -> final", &self.created_to_final_ms);
+        println!("  final states           {:?}", self.final_statuses);
+        if let (Some(tps), Some(ratio)) = (self.pgbench_order_create_tps, self.ratio_to_pgbench) {
+            println!("  pgbench order-create   {tps:>10.1} tx/s (same concurrency, same Postgres)");
+            println!("  completed / pgbench    {ratio:>10.2}");
+        }
+        for p in &self.processes {
+            let rss = p.rss_mib.map_or("?".to_owned(), |m| format!("{m:.1} MiB"));
+            let idle = p
+                .idle_cpu_percent
+                .map_or("?".to_owned(), |c| format!("{c:.2}% of a core"));
+            println!("  {:<22} RSS {rss}, idle CPU {idle}", p.name);
+        }
+    }
+}
+
+/// Resident memory of `pid` in MiB (Linux).
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// User plus system CPU seconds `pid` has used (Linux, 100 clock ticks a second).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Percentiles;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = Percentiles::of(&samples);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(&[]).p99, 0.0);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        assert!(super::rss_mib(pid).is_some_and(|m| m > 0.0));
+        assert!(super::cpu_seconds(pid).is_some());
+    }
+}

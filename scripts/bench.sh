@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmark: both services (release build) on fresh databases of a local Postgres and
+# a fresh stream namespace of a local Redis, then `loadgen`, which places the orders,
+# waits until all are final, runs pgbench with the same order-create transaction on the
+# same Postgres, and prints the figures (also in target/bench/: bench.json, latency.svg).
+#
+#   scripts/bench.sh                                  # 10000 orders, 16 in flight
+#   scripts/bench.sh --orders 5000 --rate 100         # a fixed rate instead
+#   scripts/bench.sh --orders 300 --pgbench-seconds 2 # the smoke run CI does
+#
+# Any loadgen flag may be given (see `cargo run -p loadgen -- --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PROFILE=${PROFILE:-release}
+export POSTGRES_URL=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
+export ORDERS_DB=bench_orders PAYMENTS_DB=bench_payments
+export STREAM_NAMESPACE=bench-$(date +%s)
+export RUST_LOG=${RUST_LOG:-warn}
+for db in "$ORDERS_DB" "$PAYMENTS_DB"; do
+  psql "$POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+done
+cargo build --profile "$PROFILE" --bin loadgen
+bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--orders 10000 --concurrency 16)
+run() {
+  order_pid=$(pgrep -f "^$bin/order-service" | head -n 1)
+  payment_pid=$(pgrep -f "^$bin/payment-service" | head -n 1)
+  "$bin/loadgen" --orders-database-url "$POSTGRES_URL/$ORDERS_DB" \
+    --reference-database-url "$POSTGRES_URL/postgres" \
+    --watch "order-service=$order_pid" --watch "payment-service=$payment_pid" "$@"
+}
+export -f run
+export bin
+status=0
+scripts/with-local-services.sh bash -c 'run "$@"' run "${args[@]}" || status=$?
+redis-cli --scan --pattern "$STREAM_NAMESPACE:*" | xargs -r redis-cli del >/dev/null || true
+exit $status
