@@ -1,5 +1,7 @@
-//! The consumer loop: `XREADGROUP` → decode → handle in one transaction with the inbox →
-//! commit → `XACK` (SPEC §4.2, §4.4).
+//! The consumer loop: `XREADGROUP` a batch → decode → apply the batch in one transaction
+//! (inbox record and effect per event, a savepoint each) → commit → `XACK` the batch
+//! (SPEC §4.2, §4.4). One commit per batch rather than per event is what lets the
+//! consumers keep up with the rate at which orders are created.
 //!
 //! Guarantees kept here:
 //! - an entry is acked only after the transaction holding its effect and its inbox row
@@ -8,11 +10,13 @@
 //! - an entry that cannot be decoded, or that its handler rejects, is copied to the
 //!   dead-letter stream and acked: one bad entry never blocks the ones behind it;
 //! - an unknown `event_type` is acked and skipped (tolerant reader);
-//! - while the database is unreachable nothing is acked: the entry in hand is retried in
-//!   place with backoff (not redelivered, so an outage does not use up its deliveries);
-//! - an entry whose transaction fails otherwise stays pending and is read again from this
-//!   consumer's pending list; failing on its `MAX_DELIVERIES`th delivery (or arriving
-//!   past it, after crash loops) sends it to the dead-letter stream;
+//! - an event that fails rolls back to its savepoint only: the rest of the batch commits;
+//! - while the database is unreachable (or the event lost a deadlock) nothing of it is
+//!   acked: it is retried in place with backoff (not redelivered, so an outage does not
+//!   use up its deliveries);
+//! - an event that fails otherwise stays pending and is read again from this consumer's
+//!   pending list; failing on its `MAX_DELIVERIES`th delivery (or arriving past it, after
+//!   crash loops) sends it to the dead-letter stream;
 //! - entries left pending by a consumer that died are reclaimed (`XAUTOCLAIM`) by any live
 //!   one once idle longer than `CLAIM_MIN_IDLE_MS`, and processed like its own;
 //! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
@@ -25,7 +29,7 @@ use events::Envelope;
 use redis::RedisError;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::{StreamKeys, dead_letter_fields};
@@ -137,10 +141,26 @@ enum Outcome {
     Duplicate,
     Skipped,
     DeadLettered,
-    /// The transaction failed; redeliver later.
+    /// Not finished: left pending, to be delivered again.
     RetryLater,
-    /// The database could not be reached; nothing is wrong with the entry.
-    DatabaseUnavailable,
+}
+
+/// What to do with an entry, decided before touching the database.
+enum Plan {
+    /// Ack without handling (deleted while pending, or an unknown event type).
+    Skip,
+    /// Can never be handled: dead-letter with this error.
+    DeadLetter(String),
+    /// Handle it, in this span.
+    Apply(Box<Envelope>, tracing::Span),
+}
+
+/// An event of the batch waiting to be applied.
+struct Pending {
+    /// Its place in the batch.
+    index: usize,
+    envelope: Box<Envelope>,
+    span: tracing::Span,
 }
 
 /// A consumer of one stream in one group.
@@ -291,9 +311,11 @@ impl<H: EventHandler> Consumer<H> {
         info!(stream = %self.stream_key, consumer = %self.config.consumer, "consumer stopped");
     }
 
-    /// Reads a batch and processes it. With `retry_until`, an entry that meets an
-    /// unreachable database is retried in place with backoff until the database answers
-    /// or `retry_until` fires (then it and the rest of the batch stay pending).
+    /// Reads a batch and processes it: every event that can be applied is applied in
+    /// one transaction (a savepoint each, so one failing event undoes only itself), then
+    /// everything finished is acked at once. With `retry_until`, events that met a
+    /// transient database failure are retried in place with backoff until they commit
+    /// or `retry_until` fires (then they stay pending).
     async fn consume(
         &self,
         from: ReadFrom,
@@ -308,28 +330,90 @@ impl<H: EventHandler> Consumer<H> {
             ReadFrom::New => HashMap::new(),
             ReadFrom::OwnPending => self.delivery_counts(&entries).await?,
         };
-        let mut acks = Vec::with_capacity(entries.len());
-        let mut backoff = Backoff::new();
-        for entry in &entries {
-            let deliveries = delivery_counts.get(&entry.id).copied().unwrap_or(1);
-            let mut outcome = self.process(entry, deliveries).await;
-            if let Some(shutdown) = retry_until {
-                while matches!(outcome, Outcome::DatabaseUnavailable)
-                    && backoff.wait(shutdown).await
-                {
-                    outcome = self.process(entry, deliveries).await;
+        let deliveries = |entry: &RawEntry| delivery_counts.get(&entry.id).copied().unwrap_or(1);
+
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(entries.len());
+        let mut to_apply = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match self.plan(entry, deliveries(entry)) {
+                Plan::Skip => outcomes.push(Some(Outcome::Skipped)),
+                Plan::DeadLetter(error) => {
+                    outcomes.push(Some(
+                        self.dead_letter(entry, deliveries(entry), &error).await,
+                    ));
+                }
+                Plan::Apply(envelope, span) => {
+                    outcomes.push(None);
+                    to_apply.push(Pending {
+                        index: i,
+                        envelope,
+                        span,
+                    });
                 }
             }
-            match outcome {
+        }
+
+        let mut backoff = Backoff::new();
+        while !to_apply.is_empty() {
+            let results = match self.apply_batch(&to_apply).await {
+                Ok(results) => results,
+                Err(e) => {
+                    // Nothing of the batch committed.
+                    warn!(error = %e, events = to_apply.len(), "the batch transaction failed");
+                    let retry = database::is_transient(&e)
+                        && match retry_until {
+                            Some(shutdown) => backoff.wait(shutdown).await,
+                            None => false,
+                        };
+                    if !retry {
+                        for pending in to_apply.drain(..) {
+                            outcomes[pending.index] = Some(Outcome::RetryLater);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let mut again = Vec::new();
+            for (pending, result) in to_apply.into_iter().zip(results) {
+                let entry = &entries[pending.index];
+                let span = pending.span.clone();
+                match self
+                    .settle(entry, deliveries(entry), &pending.envelope, result)
+                    .instrument(span)
+                    .await
+                {
+                    Some(outcome) => outcomes[pending.index] = Some(outcome),
+                    None => again.push(pending),
+                }
+            }
+            to_apply = again;
+            if to_apply.is_empty() {
+                break;
+            }
+            let retry = match retry_until {
+                Some(shutdown) => backoff.wait(shutdown).await,
+                None => false,
+            };
+            if !retry {
+                for pending in to_apply.drain(..) {
+                    outcomes[pending.index] = Some(Outcome::RetryLater);
+                }
+            }
+        }
+
+        let mut acks = Vec::with_capacity(entries.len());
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            match outcome.unwrap_or(Outcome::RetryLater) {
                 Outcome::Applied => report.applied += 1,
                 Outcome::Duplicate => report.duplicates += 1,
                 Outcome::Skipped => report.skipped += 1,
                 Outcome::DeadLettered => report.dead_lettered += 1,
-                Outcome::RetryLater | Outcome::DatabaseUnavailable => report.retry_later += 1,
+                Outcome::RetryLater => {
+                    report.retry_later += 1;
+                    continue;
+                }
             }
-            if !matches!(outcome, Outcome::RetryLater | Outcome::DatabaseUnavailable) {
-                acks.push(entry.id.as_str());
-            }
+            acks.push(entry.id.as_str());
         }
         if !acks.is_empty() {
             redis::cmd("XACK")
@@ -385,106 +469,144 @@ impl<H: EventHandler> Consumer<H> {
             .collect())
     }
 
-    /// Everything that happens to one entry short of its ack. The entry is decoded
-    /// first, so that its span can continue the producer's trace before it is entered.
-    async fn process(&self, entry: &RawEntry, deliveries: u64) -> Outcome {
-        let stream = self.stream_key.as_str();
-        let decoded = entry.fields.as_ref().map(|fields| {
-            Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-        });
-        let span = info_span!("consume", stream, entry_id = %entry.id,
-            event_type = field::Empty, event_id = field::Empty, order_id = field::Empty);
-        if let Some(Ok(envelope)) = &decoded {
-            span.record("event_type", envelope.event_type().as_str());
-            span.record("event_id", field::display(envelope.event_id));
-            span.record("order_id", field::display(envelope.order_id));
-            if let Some(traceparent) = &envelope.traceparent {
-                telemetry::continue_trace(&span, traceparent);
+    /// What an event's result means for its entry; `None` when it should be tried again
+    /// in place (a transient database failure).
+    async fn settle(
+        &self,
+        entry: &RawEntry,
+        deliveries: u64,
+        envelope: &Envelope,
+        result: Result<bool, HandleError>,
+    ) -> Option<Outcome> {
+        let event_type = envelope.event_type().as_str();
+        let max = self.config.max_deliveries;
+        Some(match result {
+            Ok(true) => {
+                self.count_consumed(event_type, "applied");
+                Outcome::Applied
             }
-        }
-        async {
-            let (Some(fields), Some(decoded)) = (&entry.fields, decoded) else {
-                debug!("entry was deleted from the stream while pending; acking");
-                metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => "deleted").increment(1);
-                return Outcome::Skipped;
-            };
-            let envelope = match decoded {
-                Ok(envelope) => envelope,
-                Err(e) if e.is_unknown_event_type() => {
-                    info!(error = %e, "skipping an event type this version does not know");
-                    metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => "unknown_type")
-                        .increment(1);
-                    return Outcome::Skipped;
-                }
-                Err(e) => return self.dead_letter(entry, fields, deliveries, &e.to_string()).await,
-            };
-            let max = self.config.max_deliveries;
-            if deliveries > max {
-                // Only reached when a consumer died while handling it (a crash loop).
-                let error = format!("delivered {deliveries} times, more than MAX_DELIVERIES={max}");
-                return self.dead_letter(entry, fields, deliveries, &error).await;
+            Ok(false) => {
+                debug!("already applied; acking without a second effect");
+                self.count_consumed(event_type, "duplicate");
+                Outcome::Duplicate
             }
-            let event_type = envelope.event_type().as_str();
-            let consumed = |result: &'static str| {
-                metrics::counter!(EVENTS_CONSUMED, "stream" => stream.to_owned(), "event_type" => event_type, "result" => result)
-                    .increment(1);
-            };
-            let outcome = match self.apply(&envelope).await {
-                Ok(true) => {
-                    consumed("applied");
-                    return Outcome::Applied;
-                }
-                Ok(false) => {
-                    debug!("already applied; acking without a second effect");
-                    consumed("duplicate");
-                    return Outcome::Duplicate;
-                }
-                Err(HandleError::Rejected(reason)) => {
-                    return self.dead_letter(entry, fields, deliveries, &reason).await;
-                }
-                Err(HandleError::Database(e)) if database::is_unavailable(&e) => {
-                    warn!(error = %e, "the database is unreachable; the event waits");
-                    Outcome::DatabaseUnavailable
-                }
-                Err(e) if deliveries >= max => {
-                    let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
-                    return self.dead_letter(entry, fields, deliveries, &error).await;
-                }
-                Err(e) => {
-                    warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
-                    Outcome::RetryLater
-                }
-            };
-            metrics::counter!(EVENTS_FAILED, "stream" => stream.to_owned(), "event_type" => event_type).increment(1);
-            outcome
-        }
-        .instrument(span)
-        .await
+            Err(HandleError::Rejected(reason)) => {
+                self.dead_letter(entry, deliveries, &reason).await
+            }
+            Err(HandleError::Database(e)) if database::is_transient(&e) => {
+                warn!(error = %e, "the database could not take the event now; it waits");
+                self.count_failed(event_type);
+                return None;
+            }
+            Err(e) if deliveries >= max => {
+                let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
+                self.dead_letter(entry, deliveries, &error).await
+            }
+            Err(e) => {
+                warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
+                self.count_failed(event_type);
+                Outcome::RetryLater
+            }
+        })
     }
 
-    /// The transaction: inbox record, then the effect (or the duplicate hook), then
-    /// commit. `Ok(false)` when the inbox already had the event.
-    async fn apply(&self, envelope: &Envelope) -> Result<bool, HandleError> {
+    /// Decides what to do with an entry before touching the database. An event gets a
+    /// span that continues its producer's trace.
+    fn plan(&self, entry: &RawEntry, deliveries: u64) -> Plan {
+        let stream = self.stream_key.as_str();
+        let skip = |reason: &'static str| {
+            metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => reason)
+                .increment(1);
+            Plan::Skip
+        };
+        let Some(fields) = &entry.fields else {
+            debug!(entry_id = %entry.id, "entry was deleted from the stream while pending; acking");
+            return skip("deleted");
+        };
+        let envelope = match Envelope::from_fields(
+            fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ) {
+            Ok(envelope) => envelope,
+            Err(e) if e.is_unknown_event_type() => {
+                info!(entry_id = %entry.id, error = %e, "skipping an event type this version does not know");
+                return skip("unknown_type");
+            }
+            Err(e) => return Plan::DeadLetter(e.to_string()),
+        };
+        let max = self.config.max_deliveries;
+        if deliveries > max {
+            // Only reached when a consumer died while handling it (a crash loop).
+            return Plan::DeadLetter(format!(
+                "delivered {deliveries} times, more than MAX_DELIVERIES={max}"
+            ));
+        }
+        let span = info_span!("consume", stream, entry_id = %entry.id,
+            event_type = envelope.event_type().as_str(), event_id = %envelope.event_id, order_id = %envelope.order_id);
+        if let Some(traceparent) = &envelope.traceparent {
+            telemetry::continue_trace(&span, traceparent);
+        }
+        Plan::Apply(Box::new(envelope), span)
+    }
+
+    /// One transaction for the batch; each event in a savepoint of its own, with its
+    /// inbox record then its effect (or the duplicate hook). `Err` when the transaction
+    /// as a whole failed (nothing of it committed); otherwise a result per event, and
+    /// what succeeded has committed.
+    async fn apply_batch(
+        &self,
+        batch: &[Pending],
+    ) -> Result<Vec<Result<bool, HandleError>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let first_time = inbox::record(&mut tx, envelope).await?;
-        if first_time {
-            self.handler.handle(&mut tx, envelope).await?;
-        } else {
-            self.handler.on_duplicate(&mut tx, envelope).await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let applied = async {
+                sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+                let result = self.apply_one(&mut tx, &pending.envelope).await;
+                if result.is_err() {
+                    sqlx::query("ROLLBACK TO SAVEPOINT event")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("RELEASE SAVEPOINT event")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok::<_, sqlx::Error>(result)
+            }
+            .instrument(pending.span.clone())
+            .await?;
+            results.push(applied);
         }
         tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Inbox record, then the effect or the duplicate hook. `Ok(false)` for a duplicate.
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> Result<bool, HandleError> {
+        let first_time = inbox::record(conn, envelope).await?;
+        if first_time {
+            self.handler.handle(conn, envelope).await?;
+        } else {
+            self.handler.on_duplicate(conn, envelope).await?;
+        }
         Ok(first_time)
+    }
+
+    fn count_consumed(&self, event_type: &'static str, result: &'static str) {
+        metrics::counter!(EVENTS_CONSUMED, "stream" => self.stream_key.clone(), "event_type" => event_type, "result" => result)
+            .increment(1);
+    }
+
+    fn count_failed(&self, event_type: &'static str) {
+        metrics::counter!(EVENTS_FAILED, "stream" => self.stream_key.clone(), "event_type" => event_type).increment(1);
     }
 
     /// Copies an entry that can never be processed to the dead-letter stream, with why.
     /// Only when that copy is written does the caller ack the original.
-    async fn dead_letter(
-        &self,
-        entry: &RawEntry,
-        fields: &[(String, Vec<u8>)],
-        deliveries: u64,
-        error: &str,
-    ) -> Outcome {
+    async fn dead_letter(&self, entry: &RawEntry, deliveries: u64, error: &str) -> Outcome {
         warn!(error, deliveries, "dead-lettering the entry");
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&self.dead_letter_key)
@@ -501,7 +623,7 @@ impl<H: EventHandler> Consumer<H> {
             .arg(deliveries)
             .arg(dead_letter_fields::ERROR)
             .arg(error);
-        for (name, value) in fields {
+        for (name, value) in entry.fields.iter().flatten() {
             cmd.arg(name).arg(value.as_slice());
         }
         match cmd.exec_async(&mut self.redis.commands.clone()).await {

@@ -22,3 +22,10 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// True when trying again may well succeed: the database was unavailable, or the
+/// transaction lost a deadlock or a serialization conflict (SQLSTATE class 40).
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    is_unavailable(error)
+        || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|code| code.starts_with("40")))
+}

@@ -21,15 +21,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/orde
 const STREAM: &str = "order-events";
 const GROUP: &str = "test-group";
 
-/// Counts how often each event's effect committed; fails while `failing` is set.
+/// Counts how often each event's effect committed; fails while `failing` is set, and
+/// always for the event id in `poisoned`.
 #[derive(Clone, Default)]
 struct CountingHandler {
     failing: Arc<AtomicBool>,
+    poisoned: Arc<std::sync::Mutex<Option<Uuid>>>,
 }
 
 impl EventHandler for CountingHandler {
     async fn handle(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandleError> {
-        if self.failing.load(Ordering::SeqCst) {
+        let poisoned =
+            *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) == Some(envelope.event_id);
+        if self.failing.load(Ordering::SeqCst) || poisoned {
             sqlx::query("SELECT * FROM no_such_table")
                 .execute(&mut *tx)
                 .await?;
@@ -409,5 +413,45 @@ async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() 
         left,
         vec![waiting.event_id],
         "the unpublished row stays whatever its age"
+    );
+}
+
+#[tokio::test]
+async fn one_failing_event_rolls_back_only_itself_and_the_rest_of_the_batch_commits() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let handler = CountingHandler::default();
+    let consumer = consumer(&ctx, &pool, handler.clone()).await;
+    let (before, bad, after) = (event(), event(), event());
+    *handler.poisoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(bad.event_id);
+    for e in [&before, &bad, &after] {
+        ctx.xadd(STREAM, &e.to_fields()).await;
+    }
+
+    let report = consumer.consume_once().await.expect("consumes");
+    assert_eq!(
+        (report.delivered, report.applied, report.retry_later),
+        (3, 2, 1),
+        "{report:?}"
+    );
+    let mut expected = vec![(before.event_id, 1), (after.event_id, 1)];
+    expected.sort();
+    assert_eq!(
+        effects(&pool).await,
+        expected,
+        "the others committed, in one transaction"
+    );
+    let inbox: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM inbox")
+        .fetch_all(&pool)
+        .await
+        .expect("inbox");
+    assert!(
+        !inbox.contains(&bad.event_id),
+        "the failed event left no inbox row"
+    );
+    assert_eq!(
+        ctx.group_backlog(STREAM, GROUP).await,
+        Some((1, 0)),
+        "only the failed one stays pending"
     );
 }
