@@ -34,7 +34,7 @@ pub struct Order {
 }
 
 /// Inserts a new `PENDING` order with id `id`.
-#[tracing::instrument(skip_all, fields(order_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
 pub async fn insert_order(
     conn: &mut PgConnection,
     id: Uuid,
@@ -55,7 +55,7 @@ pub async fn insert_order(
 }
 
 /// The order with id `id`, if any.
-#[tracing::instrument(skip_all, fields(order_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
 pub async fn find_order<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     id: Uuid,
@@ -68,7 +68,7 @@ pub async fn find_order<'c>(
 
 /// The order with id `id`, locked until the transaction ends: changes to one order are
 /// serialised by the database.
-#[tracing::instrument(skip_all, fields(order_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
 pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order>> {
     sqlx::query_as("SELECT * FROM orders WHERE id = $1 FOR UPDATE")
         .bind(id)
@@ -77,7 +77,7 @@ pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Optio
 }
 
 /// Moves the order to `status`, recording the payment id and failure reason if given.
-#[tracing::instrument(skip_all, fields(order_id = %id, status = status.as_str()))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id, status = status.as_str()))]
 pub async fn set_status(
     conn: &mut PgConnection,
     id: Uuid,
@@ -100,7 +100,7 @@ pub async fn set_status(
 }
 
 /// Records the payment of an order that was cancelled meanwhile (it is being refunded).
-#[tracing::instrument(skip_all, fields(order_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
 pub async fn record_payment(
     conn: &mut PgConnection,
     id: Uuid,
@@ -127,7 +127,7 @@ pub struct OrderFilter {
 }
 
 /// Orders matching `filter`, oldest first.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_orders(pool: &PgPool, filter: &OrderFilter) -> sqlx::Result<Vec<Order>> {
     sqlx::query_as(
         "SELECT * FROM orders
@@ -148,7 +148,7 @@ pub async fn list_orders(pool: &PgPool, filter: &OrderFilter) -> sqlx::Result<Ve
 /// Claims `key` for a new order. Returns false when the key was claimed before (then
 /// [`find_idempotency_key`] tells by whom); a concurrent claim waits for the first to
 /// commit or roll back.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn claim_idempotency_key(
     conn: &mut PgConnection,
     key: &str,
@@ -168,7 +168,7 @@ pub async fn claim_idempotency_key(
 }
 
 /// The request and order an idempotency key was first used with.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_idempotency_key(
     conn: &mut PgConnection,
     key: &str,
@@ -180,7 +180,7 @@ pub async fn find_idempotency_key(
 }
 
 /// Records that the order's payment was refunded. Returns false for an unknown order.
-#[tracing::instrument(skip_all, fields(order_id = %order_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
 pub async fn mark_refunded(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
     let updated = sqlx::query(
         "UPDATE orders SET refunded_at = COALESCE(refunded_at, now()), updated_at = now() WHERE id = $1",
@@ -193,7 +193,7 @@ pub async fn mark_refunded(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Res
 
 /// Marks for re-publishing the `OrderCreated` of every order still `PENDING` whose event
 /// was last published more than `after` ago. Returns how many.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn rearm_stale_order_created(
     conn: &mut PgConnection,
     after: Duration,

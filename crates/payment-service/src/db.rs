@@ -86,7 +86,7 @@ pub async fn set_order_payment(
 /// The customer's account, opened with `initial_credit_cents` if it does not exist yet,
 /// its currency set to `currency` if it had none, and locked for the rest of the
 /// transaction.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn open_and_lock_account(
     conn: &mut PgConnection,
     customer_id: &str,

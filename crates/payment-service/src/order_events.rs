@@ -30,6 +30,15 @@ pub struct OrderEvents {
 }
 
 impl EventHandler for OrderEvents {
+    /// By customer: a customer's events lock its account row, so they go to one
+    /// transaction in stream order, and concurrent transactions never wait on each other.
+    fn partition_key(&self, envelope: &Envelope) -> String {
+        match &envelope.event {
+            Event::OrderCreated(order) => order.customer_id.clone(),
+            Event::OrderCancelled(cancel) => cancel.customer_id.clone(),
+            _ => envelope.order_id.to_string(),
+        }
+    }
     async fn handle(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandleError> {
         match &envelope.event {
             Event::OrderCreated(order) => self.order_created(tx, order).await,

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use events::Envelope;
@@ -49,6 +50,14 @@ pub trait EventHandler: Send + Sync + 'static {
         tx: &mut PgConnection,
         envelope: &Envelope,
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Events with the same key are applied in stream order, in one transaction; events
+    /// with different keys may be applied concurrently. Choose a key under which two
+    /// events never lock the same rows (the default, the order, suits handlers that only
+    /// touch their order's rows).
+    fn partition_key(&self, envelope: &Envelope) -> String {
+        envelope.order_id.to_string()
+    }
 
     /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
     /// applied before (a redelivery or a re-publish), in a transaction of its own. The
@@ -117,6 +126,8 @@ pub struct ConsumerConfig {
     pub max_deliveries: u64,
     /// Entries idle this long in another consumer's pending list are reclaimed.
     pub claim_min_idle: Duration,
+    /// How many transactions (and connections) a batch is spread over at most.
+    pub parallelism: usize,
 }
 
 /// Counts of what one batch did.
@@ -153,6 +164,16 @@ enum Plan {
     DeadLetter(String),
     /// Handle it, in this span.
     Apply(Box<Envelope>, tracing::Span),
+}
+
+/// What applying one event of a batch came to.
+enum EventResult {
+    /// Committed: its effect (`first_time`) or, for a duplicate, the duplicate hook.
+    Done { first_time: bool },
+    /// Its own failure; nothing of it committed.
+    Failed(HandleError),
+    /// Its group's transaction failed as a whole; nothing of it committed.
+    GroupFailed { transient: bool },
 }
 
 /// An event of the batch waiting to be applied.
@@ -355,24 +376,7 @@ impl<H: EventHandler> Consumer<H> {
 
         let mut backoff = Backoff::new();
         while !to_apply.is_empty() {
-            let results = match self.apply_batch(&to_apply).await {
-                Ok(results) => results,
-                Err(e) => {
-                    // Nothing of the batch committed.
-                    warn!(error = %e, events = to_apply.len(), "the batch transaction failed");
-                    let retry = database::is_transient(&e)
-                        && match retry_until {
-                            Some(shutdown) => backoff.wait(shutdown).await,
-                            None => false,
-                        };
-                    if !retry {
-                        for pending in to_apply.drain(..) {
-                            outcomes[pending.index] = Some(Outcome::RetryLater);
-                        }
-                    }
-                    continue;
-                }
-            };
+            let results = self.apply_batch(&to_apply).await;
             let mut again = Vec::new();
             for (pending, result) in to_apply.into_iter().zip(results) {
                 let entry = &entries[pending.index];
@@ -476,33 +480,35 @@ impl<H: EventHandler> Consumer<H> {
         entry: &RawEntry,
         deliveries: u64,
         envelope: &Envelope,
-        result: Result<bool, HandleError>,
+        result: EventResult,
     ) -> Option<Outcome> {
         let event_type = envelope.event_type().as_str();
         let max = self.config.max_deliveries;
         Some(match result {
-            Ok(true) => {
+            EventResult::GroupFailed { transient: true } => return None,
+            EventResult::GroupFailed { transient: false } => Outcome::RetryLater,
+            EventResult::Done { first_time: true } => {
                 self.count_consumed(event_type, "applied");
                 Outcome::Applied
             }
-            Ok(false) => {
+            EventResult::Done { first_time: false } => {
                 debug!("already applied; acking without a second effect");
                 self.count_consumed(event_type, "duplicate");
                 Outcome::Duplicate
             }
-            Err(HandleError::Rejected(reason)) => {
+            EventResult::Failed(HandleError::Rejected(reason)) => {
                 self.dead_letter(entry, deliveries, &reason).await
             }
-            Err(HandleError::Database(e)) if database::is_transient(&e) => {
+            EventResult::Failed(HandleError::Database(e)) if database::is_transient(&e) => {
                 warn!(error = %e, "the database could not take the event now; it waits");
                 self.count_failed(event_type);
                 return None;
             }
-            Err(e) if deliveries >= max => {
+            EventResult::Failed(e) if deliveries >= max => {
                 let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
                 self.dead_letter(entry, deliveries, &error).await
             }
-            Err(e) => {
+            EventResult::Failed(e) => {
                 warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
                 self.count_failed(event_type);
                 Outcome::RetryLater
@@ -548,36 +554,105 @@ impl<H: EventHandler> Consumer<H> {
         Plan::Apply(Box::new(envelope), span)
     }
 
-    /// One transaction for the batch; each event in a savepoint of its own, with its
-    /// inbox record then its effect (or the duplicate hook). `Err` when the transaction
-    /// as a whole failed (nothing of it committed); otherwise a result per event, and
-    /// what succeeded has committed.
-    async fn apply_batch(
+    /// Applies a batch: split by [`EventHandler::partition_key`] into at most
+    /// `parallelism` groups, each applied in one transaction of its own, concurrently.
+    /// Results come back in the order of `batch`.
+    async fn apply_batch(&self, batch: &[Pending]) -> Vec<EventResult> {
+        let groups = self.config.parallelism.clamp(1, batch.len().max(1));
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups];
+        for (i, pending) in batch.iter().enumerate() {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.handler
+                .partition_key(&pending.envelope)
+                .hash(&mut hasher);
+            members[(hasher.finish() % groups as u64) as usize].push(i);
+        }
+        let applied =
+            futures::future::join_all(members.iter().filter(|m| !m.is_empty()).map(|m| {
+                let group: Vec<&Pending> = m.iter().map(|&i| &batch[i]).collect();
+                async move { (m, self.apply_group(&group).await) }
+            }))
+            .await;
+        let mut results: Vec<Option<EventResult>> = (0..batch.len()).map(|_| None).collect();
+        for (indices, group_results) in applied {
+            for (&i, result) in indices.iter().zip(group_results) {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(EventResult::GroupFailed { transient: true }))
+            .collect()
+    }
+
+    /// One group in one transaction. Tried plainly first; if an event fails, the whole
+    /// transaction is rolled back and the group redone with a savepoint per event, so
+    /// the failure undoes only itself and the others commit.
+    async fn apply_group(&self, group: &[&Pending]) -> Vec<EventResult> {
+        let attempt = match self.try_group(group, false).await {
+            Ok(None) => self.try_group(group, true).await,
+            done => done,
+        };
+        match attempt {
+            Ok(Some(results)) => results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(first_time) => EventResult::Done { first_time },
+                    Err(e) => EventResult::Failed(e),
+                })
+                .collect(),
+            Ok(None) => group
+                .iter()
+                .map(|_| EventResult::GroupFailed { transient: false })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, events = group.len(), "a batch transaction failed; nothing of it committed");
+                let transient = database::is_transient(&e);
+                group
+                    .iter()
+                    .map(|_| EventResult::GroupFailed { transient })
+                    .collect()
+            }
+        }
+    }
+
+    /// Applies `group` in one transaction. Without `isolate`, the first failure rolls
+    /// everything back and returns `Ok(None)`; with it, each event runs in a savepoint.
+    async fn try_group(
         &self,
-        batch: &[Pending],
-    ) -> Result<Vec<Result<bool, HandleError>>, sqlx::Error> {
+        group: &[&Pending],
+        isolate: bool,
+    ) -> Result<Option<Vec<Result<bool, HandleError>>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let applied = async {
-                sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+        let mut results = Vec::with_capacity(group.len());
+        for pending in group {
+            let result = async {
+                if isolate {
+                    sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+                }
                 let result = self.apply_one(&mut tx, &pending.envelope).await;
-                if result.is_err() {
-                    sqlx::query("ROLLBACK TO SAVEPOINT event")
+                if isolate {
+                    if result.is_err() {
+                        sqlx::query("ROLLBACK TO SAVEPOINT event")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    sqlx::query("RELEASE SAVEPOINT event")
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query("RELEASE SAVEPOINT event")
-                    .execute(&mut *tx)
-                    .await?;
                 Ok::<_, sqlx::Error>(result)
             }
             .instrument(pending.span.clone())
             .await?;
-            results.push(applied);
+            if result.is_err() && !isolate {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            results.push(result);
         }
         tx.commit().await?;
-        Ok(results)
+        Ok(Some(results))
     }
 
     /// Inbox record, then the effect or the duplicate hook. `Ok(false)` for a duplicate.

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 /// Records that `envelope` is being applied. Returns `false` when it was applied before,
 /// in which case the caller must skip the effect (the transaction still commits).
-#[tracing::instrument(skip_all, fields(event_id = %envelope.event_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(event_id = %envelope.event_id))]
 pub async fn record(conn: &mut PgConnection, envelope: &Envelope) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO inbox (event_id, event_type, order_id) VALUES ($1, $2, $3)

@@ -18,7 +18,7 @@ pub const NOTIFY_CHANNEL: &str = "outbox";
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
 /// Call it on the transaction that makes the change the event describes. An event
 /// without a `traceparent` gets the current span's, so its consumer continues the trace.
-#[tracing::instrument(skip_all, fields(event_id = %envelope.event_id, event_type = %envelope.event_type()))]
+#[tracing::instrument(level = "debug", skip_all, fields(event_id = %envelope.event_id, event_type = %envelope.event_type()))]
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
@@ -59,7 +59,7 @@ pub async fn wake_relay(conn: &mut PgConnection) -> sqlx::Result<()> {
 
 /// Deletes rows published more than `retention` ago; keeps every unpublished row.
 /// Published rows are kept that long so a broker loss can be repaired by re-publishing.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn sweep_published(
     pool: &sqlx::PgPool,
     retention: std::time::Duration,

@@ -233,6 +233,7 @@ pub async fn start<H: EventHandler>(
             block: Duration::from_millis(settings.stream.read_block_ms),
             max_deliveries: settings.stream.max_deliveries,
             claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
+            parallelism: settings.stream.consumer_parallelism as usize,
         },
         parts.handler,
     );

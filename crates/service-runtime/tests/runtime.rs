@@ -77,6 +77,7 @@ async fn consumer(
         block: Duration::from_millis(100),
         max_deliveries: 5,
         claim_min_idle: Duration::from_millis(200),
+        parallelism: 2,
     };
     let consumer = Consumer::new(
         pool.clone(),

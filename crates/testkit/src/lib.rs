@@ -246,7 +246,7 @@ impl TestContext {
             "--stream-namespace",
             &self.namespace,
             "--database-max-connections",
-            "4",
+            "6",
             "--read-block-ms",
             "200",
             "--shutdown-timeout-ms",
