@@ -26,12 +26,13 @@ CREATE TABLE payments (
 CREATE INDEX payments_customer ON payments (customer_id);
 
 -- What payment-service decided for each order it has seen: the saga's state on this
--- side. Handlers of one order take a transaction-scoped advisory lock on its id before
--- reading it, so OrderCreated and OrderCancelled are serialised in any arrival order.
+-- side. A handler first claims the order's row (inserted as NEW if unseen) and holds its
+-- lock to the end of the transaction, so OrderCreated and OrderCancelled of one order are
+-- serialised in any arrival order. NEW never outlives the transaction that claimed it.
 CREATE TABLE order_payments (
     order_id    UUID        PRIMARY KEY,
     customer_id TEXT        NOT NULL,
-    state       TEXT        NOT NULL CHECK (state IN ('PAID', 'DECLINED', 'CANCELLED', 'REFUNDED')),
+    state       TEXT        NOT NULL CHECK (state IN ('NEW', 'PAID', 'DECLINED', 'CANCELLED', 'REFUNDED')),
     payment_id  UUID        REFERENCES payments (id),
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );

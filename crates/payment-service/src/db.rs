@@ -40,24 +40,29 @@ pub struct OrderPayment {
     pub payment_id: Option<Uuid>,
 }
 
-/// Serialises every handler of `order_id` until the transaction ends.
-pub async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(order_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// What was decided for `order_id`, if it was seen.
-pub async fn order_payment(
+/// Claims the order's saga row, inserting it as `NEW` if the order was never seen, and
+/// locks it until the transaction ends: every handler of one order is serialised here.
+/// Returns what was decided so far (`None` for a new order).
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
+pub async fn claim_order(
     conn: &mut PgConnection,
     order_id: Uuid,
+    customer_id: &str,
 ) -> sqlx::Result<Option<OrderPayment>> {
-    sqlx::query_as("SELECT state, payment_id FROM order_payments WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
+    let (state, payment_id): (String, Option<Uuid>) = sqlx::query_as(
+        "INSERT INTO order_payments (order_id, customer_id, state) VALUES ($1, $2, 'NEW')
+         ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
+         RETURNING state, payment_id",
+    )
+    .bind(order_id)
+    .bind(customer_id)
+    .fetch_one(conn)
+    .await?;
+    if state == "NEW" {
+        return Ok(None);
+    }
+    let state = OrderPaymentState::try_from(state).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(Some(OrderPayment { state, payment_id }))
 }
 
 /// Records the saga state of `order_id`.
@@ -121,19 +126,30 @@ pub async fn adjust_balance(
     Ok(())
 }
 
-/// Records a completed payment.
-pub async fn insert_payment(
+/// Charges the order in one statement: records the payment, debits the account, and
+/// marks the order `PAID` with it. The account must be locked (see
+/// [`open_and_lock_account`]) and hold enough.
+#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
+pub async fn charge(
     conn: &mut PgConnection,
-    id: Uuid,
+    payment_id: Uuid,
     order_id: Uuid,
     customer_id: &str,
     amount_cents: i64,
     currency: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO payments (id, order_id, customer_id, amount_cents, currency) VALUES ($1, $2, $3, $4, $5)",
+        "WITH payment AS (
+             INSERT INTO payments (id, order_id, customer_id, amount_cents, currency)
+             VALUES ($1, $2, $3, $4, $5)
+         ), debit AS (
+             UPDATE accounts SET balance_cents = balance_cents - $4, updated_at = now()
+             WHERE customer_id = $3
+         )
+         UPDATE order_payments SET state = 'PAID', payment_id = $1, updated_at = now()
+         WHERE order_id = $2",
     )
-    .bind(id)
+    .bind(payment_id)
     .bind(order_id)
     .bind(customer_id)
     .bind(amount_cents)

@@ -1,8 +1,8 @@
 //! What order events do to accounts and payments (SPEC §5.2, §4.5). Runs inside the
 //! consumer's transaction, after the inbox recorded the event, so each applies once.
 //!
-//! Both handlers first take the order's advisory lock, then read what was decided for
-//! it: `OrderCreated` and `OrderCancelled` of one order are serialised by the database
+//! Both handlers first claim the order's saga row (locking it), which tells what was
+//! decided for it: `OrderCreated` and `OrderCancelled` of one order are serialised by the database
 //! whatever order they arrive in, and a cancelled order is never charged without being
 //! refunded. Outcomes are enqueued in the outbox in the same transaction.
 
@@ -77,8 +77,7 @@ impl OrderEvents {
         tx: &mut PgConnection,
         order: &OrderCreated,
     ) -> Result<(), HandleError> {
-        db::lock_order(tx, order.order_id).await?;
-        let state = db::order_payment(tx, order.order_id)
+        let state = db::claim_order(tx, order.order_id, &order.customer_id)
             .await?
             .map(|p| p.state);
         match on_order_created(state) {
@@ -126,22 +125,13 @@ impl OrderEvents {
 async fn charge(tx: &mut PgConnection, order: &OrderCreated) -> Result<(), HandleError> {
     let payment_id = Uuid::now_v7();
     let currency = order.currency.as_str();
-    db::insert_payment(
+    db::charge(
         tx,
         payment_id,
         order.order_id,
         &order.customer_id,
         order.total_cents,
         currency,
-    )
-    .await?;
-    db::adjust_balance(tx, &order.customer_id, -order.total_cents).await?;
-    db::set_order_payment(
-        tx,
-        order.order_id,
-        &order.customer_id,
-        OrderPaymentState::Paid,
-        Some(payment_id),
     )
     .await?;
     publish(
@@ -182,8 +172,7 @@ async fn order_cancelled(
     tx: &mut PgConnection,
     cancel: &OrderCancelled,
 ) -> Result<(), HandleError> {
-    db::lock_order(tx, cancel.order_id).await?;
-    let decided = db::order_payment(tx, cancel.order_id).await?;
+    let decided = db::claim_order(tx, cancel.order_id, &cancel.customer_id).await?;
     match on_order_cancelled(decided.as_ref().map(|d| d.state)) {
         OnOrderCancelled::Nothing => Ok(()),
         OnOrderCancelled::Remember => {
