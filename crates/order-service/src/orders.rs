@@ -15,7 +15,7 @@ use std::time::Duration;
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, OrderCancelled, OrderCreated, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox;
+use service_runtime::outbox::{self, OutboxRow};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -41,45 +41,53 @@ pub enum PlaceError {
     Database(#[from] sqlx::Error),
 }
 
-/// Stores `order` as `PENDING` and enqueues its `OrderCreated`, atomically. With
-/// `idempotency_key`, a repeat of the same request returns the first order.
+/// Stores `order` as `PENDING` and enqueues its `OrderCreated`, atomically: in one
+/// statement, or, with `idempotency_key`, in a transaction that also claims the key (a
+/// repeat of the same request then returns the first order).
 pub async fn place_order(
     pool: &PgPool,
     order: &NewOrder,
     idempotency_key: Option<&str>,
 ) -> Result<Placed, PlaceError> {
     let id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
-    if let Some(key) = idempotency_key {
-        let request = order.canonical_json();
-        if !db::claim_idempotency_key(&mut tx, key, &request, id).await? {
-            let (first_request, first_order) = db::find_idempotency_key(&mut tx, key)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            if first_request != request {
-                return Err(PlaceError::KeyReused);
-            }
-            let order = db::find_order(&mut *tx, first_order)
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            return Ok(Placed {
-                order,
-                replayed: true,
-            });
-        }
-    }
-    let placed = db::insert_order(&mut tx, id, order).await?;
-    let event = Envelope::new(
-        Producer::OrderService,
-        Event::OrderCreated(OrderCreated {
-            order_id: id,
-            customer_id: order.customer_id.clone(),
-            items: order.items.clone(),
-            total_cents: order.total_cents,
-            currency: order.currency,
-        }),
+    let event = OutboxRow::new(
+        ORDER_EVENTS,
+        &Envelope::new(
+            Producer::OrderService,
+            Event::OrderCreated(OrderCreated {
+                order_id: id,
+                customer_id: order.customer_id.clone(),
+                items: order.items.clone(),
+                total_cents: order.total_cents,
+                currency: order.currency,
+            }),
+        ),
     );
-    outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
+    let Some(key) = idempotency_key else {
+        let order = db::insert_order_with_event(pool, id, order, &event).await?;
+        return Ok(Placed {
+            order,
+            replayed: false,
+        });
+    };
+    let mut tx = pool.begin().await?;
+    let request = order.canonical_json();
+    if !db::claim_idempotency_key(&mut tx, key, &request, id).await? {
+        let (first_request, first_order) = db::find_idempotency_key(&mut tx, key)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        if first_request != request {
+            return Err(PlaceError::KeyReused);
+        }
+        let order = db::find_order(&mut *tx, first_order)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        return Ok(Placed {
+            order,
+            replayed: true,
+        });
+    }
+    let placed = db::insert_order_with_event(&mut *tx, id, order, &event).await?;
     tx.commit().await?;
     Ok(Placed {
         order: placed,

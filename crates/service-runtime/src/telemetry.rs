@@ -92,8 +92,13 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
         }
         .with_filter(filter)
     });
+    // Spans carry their fields; source locations, thread ids and busy/idle timing per
+    // poll are left out: they cost on every request and event and say little here.
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
         .with(logs)
