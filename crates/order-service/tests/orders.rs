@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{alice_order, count, eur, place, spawn};
+use support::{alice_order, count, eur, order_when, place, spawn};
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -213,31 +213,15 @@ async fn payment_outcomes_move_orders_to_paid_and_payment_failed() {
     ctx.xadd(PAYMENT_EVENTS, &completed.to_fields()).await;
     ctx.xadd(PAYMENT_EVENTS, &failed.to_fields()).await;
 
-    let paid_path = format!("/orders/{paid_id}");
-    let order = eventually("the order to be PAID", Duration::from_secs(5), || async {
-        let (_, order) = app.get_json(&paid_path).await;
-        if order["status"] == "PAID" {
-            Ok(order)
-        } else {
-            Err(order.to_string())
-        }
+    let order = order_when(&app, paid_id, "the order to be PAID", |o| {
+        o["status"] == "PAID"
     })
     .await;
     assert_eq!(order["payment_id"], json!(payment_id.to_string()));
 
-    let declined_path = format!("/orders/{declined_id}");
-    let order = eventually(
-        "the order to be PAYMENT_FAILED",
-        Duration::from_secs(5),
-        || async {
-            let (_, order) = app.get_json(&declined_path).await;
-            if order["status"] == "PAYMENT_FAILED" {
-                Ok(order)
-            } else {
-                Err(order.to_string())
-            }
-        },
-    )
+    let order = order_when(&app, declined_id, "the order to be PAYMENT_FAILED", |o| {
+        o["status"] == "PAYMENT_FAILED"
+    })
     .await;
     assert_eq!(order["failure_reason"], "insufficient_funds");
     ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
@@ -288,18 +272,11 @@ async fn poison_entries_are_dead_lettered_unknown_types_skipped_and_the_flow_goe
     );
     ctx.xadd(PAYMENT_EVENTS, &good.to_fields()).await;
 
-    let path = format!("/orders/{order_id}");
-    eventually(
+    order_when(
+        &app,
+        order_id,
         "the good entry behind the poison to be applied",
-        Duration::from_secs(5),
-        || async {
-            let (_, order) = app.get_json(&path).await;
-            if order["status"] == "PAID" {
-                Ok(())
-            } else {
-                Err(order.to_string())
-            }
-        },
+        |o| o["status"] == "PAID",
     )
     .await;
     ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
@@ -495,19 +472,9 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     .expect("answers");
     assert_eq!(response.status(), 200);
 
-    let path = format!("/orders/{order_id}");
-    eventually(
-        "the replayed payment to be applied",
-        Duration::from_secs(5),
-        || async {
-            let (_, order) = app.get_json(&path).await;
-            if order["status"] == "PAID" {
-                Ok(())
-            } else {
-                Err(order.to_string())
-            }
-        },
-    )
+    order_when(&app, order_id, "the replayed payment to be applied", |o| {
+        o["status"] == "PAID"
+    })
     .await;
     assert!(
         ctx.entries(&format!("{PAYMENT_EVENTS}:dlq"))
