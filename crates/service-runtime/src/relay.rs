@@ -68,7 +68,9 @@ impl OutboxRelay {
         // Marking rows published need not wait for the disk: if a crash loses the mark,
         // the rows are published again and consumers' inboxes absorb the repeat. (The
         // rows themselves were committed durably by the transaction that made them.)
-        sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT id, stream, event_type, fields FROM outbox
              WHERE published_at IS NULL
