@@ -7,9 +7,7 @@ use std::time::Duration;
 use e2e::{Outcome, assert_invariants, order_body};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use testkit::{Spawned, TestContext, eventually};
-
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 
 async fn post(app: &Spawned, path: &str, body: &Value) -> (u16, Value) {
     let response = app

@@ -6,9 +6,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use testkit::{Spawned, TestContext};
-
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+use testkit::{ADMIN_TOKEN, Spawned, TestContext};
 
 async fn document(app: &Spawned) -> Value {
     let (status, doc) = app.get_json("/openapi.json").await;

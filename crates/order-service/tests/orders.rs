@@ -6,12 +6,12 @@ use std::time::Duration;
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
 use events::{Envelope, Event, FailureReason, PaymentCompleted, PaymentFailed, Producer};
 use serde_json::{Value, json};
-use testkit::{TestContext, eventually};
+use testkit::{ADMIN_TOKEN, TestContext, eventually};
 use uuid::Uuid;
 
 mod support;
 
-use support::{alice_order, count, eur, order_when, place, spawn};
+use support::{alice_order, completed, count, eur, order_when, place, spawn};
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -190,16 +190,7 @@ async fn payment_outcomes_move_orders_to_paid_and_payment_failed() {
     let (_, declined_id) = place(&app, &alice_order()).await;
     let payment_id = Uuid::now_v7();
 
-    let completed = Envelope::new(
-        Producer::PaymentService,
-        Event::PaymentCompleted(PaymentCompleted {
-            payment_id,
-            order_id: paid_id,
-            customer_id: "alice".into(),
-            amount_cents: 2800,
-            currency: eur(),
-        }),
-    );
+    let completed = completed(paid_id, payment_id, 2800);
     let failed = Envelope::new(
         Producer::PaymentService,
         Event::PaymentFailed(PaymentFailed {
@@ -260,16 +251,7 @@ async fn poison_entries_are_dead_lettered_unknown_types_skipped_and_the_flow_goe
     );
     let misplaced_id = ctx.xadd(PAYMENT_EVENTS, &misplaced.to_fields()).await;
     let payment_id = Uuid::now_v7();
-    let good = Envelope::new(
-        Producer::PaymentService,
-        Event::PaymentCompleted(PaymentCompleted {
-            payment_id,
-            order_id,
-            customer_id: "alice".into(),
-            amount_cents: 2800,
-            currency: eur(),
-        }),
-    );
+    let good = completed(order_id, payment_id, 2800);
     ctx.xadd(PAYMENT_EVENTS, &good.to_fields()).await;
 
     order_when(
@@ -387,8 +369,6 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
     }
 }
 
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     let ctx = TestContext::new();
@@ -403,16 +383,7 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     // A PaymentCompleted that was given up on earlier (say, after MAX_DELIVERIES while a
     // bug was live), waiting in the dead-letter stream for an operator.
     let payment_id = Uuid::now_v7();
-    let event = Envelope::new(
-        Producer::PaymentService,
-        Event::PaymentCompleted(PaymentCompleted {
-            payment_id,
-            order_id,
-            customer_id: "alice".into(),
-            amount_cents: 2800,
-            currency: eur(),
-        }),
-    );
+    let event = completed(order_id, payment_id, 2800);
     let source = ctx.stream(PAYMENT_EVENTS);
     let mut fields: Vec<(&str, String)> = vec![
         ("dlq:original_id", "1-0".into()),

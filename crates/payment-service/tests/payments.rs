@@ -6,7 +6,7 @@ use std::time::Duration;
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use events::{Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer};
 use serde_json::{Value, json};
-use testkit::{Spawned, TestContext, eventually};
+use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 use uuid::Uuid;
 
 async fn spawn(ctx: &TestContext, extra: &[&str]) -> Spawned {
@@ -272,8 +272,6 @@ async fn an_unused_account_shows_the_initial_credit() {
         json!({"customer_id": "nobody-yet", "balance_cents": 5000, "currency": null})
     );
 }
-
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 #[tokio::test]
 async fn deposits_add_funds_behind_the_admin_token() {

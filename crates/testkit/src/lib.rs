@@ -20,6 +20,9 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The admin token test services are started with when a test needs the admin API.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// Where the shared servers are.
 #[derive(Debug, Clone)]
 pub struct Backends {
