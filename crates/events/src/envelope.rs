@@ -162,6 +162,15 @@ impl Envelope {
         }
     }
 
+    /// A new event published in answer to `cause`: it carries `cause`'s trace context
+    /// on, so the answer joins the trace of what caused it.
+    pub fn caused_by(cause: &Envelope, producer: Producer, event: Event) -> Self {
+        Self {
+            traceparent: cause.traceparent.clone(),
+            ..Self::new(producer, event)
+        }
+    }
+
     /// The event's type.
     pub fn event_type(&self) -> EventType {
         self.event.event_type()

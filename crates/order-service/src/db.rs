@@ -81,14 +81,45 @@ pub async fn find_order<'c>(
         .await
 }
 
-/// The order with id `id`, locked until the transaction ends: changes to one order are
+/// The orders with these ids that exist, locked until the transaction ends (in id
+/// order, so that transactions locking several never deadlock): changes to one order are
 /// serialised by the database.
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
-pub async fn lock_order(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Order>> {
-    sqlx::query_as("SELECT * FROM orders WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(conn)
+#[tracing::instrument(level = "debug", skip_all, fields(orders = ids.len()))]
+pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as("SELECT * FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .fetch_all(conn)
         .await
+}
+
+/// Writes back the status, payment id, failure reason and refund time of `orders`
+/// (locked by [`lock_orders`]), in one statement. Returns them as stored.
+#[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
+pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::Result<Vec<Order>> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "UPDATE orders o
+         SET status = t.status, payment_id = t.payment_id, failure_reason = t.failure_reason,
+             refunded_at = t.refunded_at, updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[])
+              AS t(id, status, payment_id, failure_reason, refunded_at)
+         WHERE o.id = t.id
+         RETURNING o.*",
+    )
+    .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.failure_reason.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(orders.iter().map(|o| o.refunded_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
 }
 
 /// Moves the order to `status`, recording the payment id and failure reason if given.
@@ -112,23 +143,6 @@ pub async fn set_status(
     .bind(failure_reason)
     .fetch_one(conn)
     .await
-}
-
-/// Records the payment of an order that was cancelled meanwhile (it is being refunded).
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
-pub async fn record_payment(
-    conn: &mut PgConnection,
-    id: Uuid,
-    payment_id: Uuid,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE orders SET payment_id = COALESCE(payment_id, $2), updated_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .bind(payment_id)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A page of `GET /orders`.
@@ -192,18 +206,6 @@ pub async fn find_idempotency_key(
         .bind(key)
         .fetch_optional(conn)
         .await
-}
-
-/// Records that the order's payment was refunded. Returns false for an unknown order.
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
-pub async fn mark_refunded(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
-    let updated = sqlx::query(
-        "UPDATE orders SET refunded_at = COALESCE(refunded_at, now()), updated_at = now() WHERE id = $1",
-    )
-    .bind(order_id)
-    .execute(conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
 }
 
 /// Marks for re-publishing the `OrderCreated` of every order still `PENDING` whose event

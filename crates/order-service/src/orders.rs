@@ -111,8 +111,9 @@ pub enum CancelError {
 /// others see `CANCELLED` and conflict.
 pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError> {
     let mut tx = pool.begin().await?;
-    let order = db::lock_order(&mut tx, id)
+    let order = db::lock_orders(&mut tx, &[id])
         .await?
+        .pop()
         .ok_or(CancelError::NotFound)?;
     match transition(order.status, OrderEvent::CancelRequested) {
         Transition::To(status) => {

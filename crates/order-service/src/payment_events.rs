@@ -1,25 +1,99 @@
 //! What payment outcomes do to orders (SPEC §5.1). Runs inside the consumer's
-//! transaction, after the inbox recorded the event, so each applies exactly once.
+//! transaction, after the inbox recorded the events, so each applies exactly once.
 //!
-//! The order row is locked, the state machine ([`transition`]) decides, and the change
-//! is written: racing events and cancellations on one order are serialised by the
-//! database. An outcome for an order that moved on changes nothing, except that a
-//! cancelled order records the payment being refunded and a refund is recorded.
+//! A batch is applied in three steps: lock every order it names (one statement), run
+//! its outcomes through the state machine ([`transition`]) in stream order, in memory,
+//! and write the changed orders back (one statement). Racing events and cancellations
+//! on one order are serialised by the row lock. An outcome for an order that moved on
+//! changes nothing, except that a cancelled order records the payment being refunded and
+//! a refund is recorded.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use events::{Envelope, Event};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 use tracing::info;
+use uuid::Uuid;
 
+use crate::db::{self, Order};
 use crate::domain::{OrderEvent, OrderStatus, Transition, transition};
-use crate::{db, orders};
+use crate::orders;
 
 /// Applies `payment-events` to orders.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PaymentEvents;
 
 impl EventHandler for PaymentEvents {
-    async fn handle(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandleError> {
+    async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
+        let outcomes = events
+            .iter()
+            .map(|envelope| Outcome::of(envelope))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<Uuid> = outcomes
+            .iter()
+            .map(|o| o.order_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut orders: BTreeMap<Uuid, Order> = db::lock_orders(tx, &ids)
+            .await?
+            .into_iter()
+            .map(|order| (order.id, order))
+            .collect();
+        let mut changed = BTreeSet::new();
+        let mut decided = BTreeSet::new();
+        for outcome in &outcomes {
+            let Some(order) = orders.get_mut(&outcome.order_id) else {
+                info!(order_id = %outcome.order_id, "no such order; nothing to change");
+                continue;
+            };
+            match outcome.apply(order) {
+                Change::Nothing => {}
+                Change::Status => {
+                    changed.insert(order.id);
+                    decided.insert(order.id);
+                }
+                Change::Details => {
+                    changed.insert(order.id);
+                }
+            }
+        }
+        let changed: Vec<Order> = orders
+            .into_values()
+            .filter(|order| changed.contains(&order.id))
+            .collect();
+        for order in db::update_orders(tx, &changed).await? {
+            if decided.contains(&order.id) {
+                orders::record_time_to_final(&order);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an outcome changed in an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Nothing,
+    /// Its status (and what comes with it).
+    Status,
+    /// Only its payment id or refund time.
+    Details,
+}
+
+/// A payment outcome, as it concerns an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Outcome {
+    order_id: Uuid,
+    event: OrderEvent,
+    payment_id: Option<Uuid>,
+    failure_reason: Option<String>,
+}
+
+impl Outcome {
+    fn of(envelope: &Envelope) -> Result<Self, HandleError> {
         let (event, payment_id, failure_reason) = match &envelope.event {
             Event::PaymentCompleted(paid) => {
                 (OrderEvent::PaymentCompleted, Some(paid.payment_id), None)
@@ -27,7 +101,7 @@ impl EventHandler for PaymentEvents {
             Event::PaymentFailed(failed) => (
                 OrderEvent::PaymentFailed,
                 None,
-                Some(failed.reason.as_str()),
+                Some(failed.reason.as_str().to_owned()),
             ),
             Event::PaymentRefunded(refund) => {
                 (OrderEvent::PaymentRefunded, Some(refund.payment_id), None)
@@ -39,29 +113,43 @@ impl EventHandler for PaymentEvents {
                 )));
             }
         };
-        let Some(order) = db::lock_order(tx, envelope.order_id).await? else {
-            info!(order_id = %envelope.order_id, event_type = %envelope.event_type(), "no such order; nothing to change");
-            return Ok(());
-        };
-        match (transition(order.status, event), event, payment_id) {
-            (Transition::To(status), _, _) => {
-                let decided =
-                    db::set_status(tx, order.id, status, payment_id, failure_reason).await?;
-                orders::record_time_to_final(&decided);
+        Ok(Self {
+            order_id: envelope.order_id,
+            event,
+            payment_id,
+            failure_reason,
+        })
+    }
+
+    /// Changes `order` as this outcome says.
+    fn apply(&self, order: &mut Order) -> Change {
+        match (transition(order.status, self.event), self.event) {
+            (Transition::To(status), _) => {
+                order.status = status;
+                order.payment_id = self.payment_id.or(order.payment_id);
+                if let Some(reason) = &self.failure_reason {
+                    order.failure_reason = Some(reason.clone());
+                }
+                Change::Status
             }
-            (_, OrderEvent::PaymentRefunded, _) => {
-                db::mark_refunded(tx, order.id).await?;
+            (_, OrderEvent::PaymentRefunded) if order.refunded_at.is_none() => {
+                order.refunded_at = Some(OffsetDateTime::now_utc());
+                Change::Details
             }
-            (_, OrderEvent::PaymentCompleted, Some(payment_id))
-                if order.status == OrderStatus::Cancelled =>
+            (_, OrderEvent::PaymentCompleted)
+                if order.status == OrderStatus::Cancelled
+                    && order.payment_id.is_none()
+                    && self.payment_id.is_some() =>
             {
-                db::record_payment(tx, order.id, payment_id).await?;
+                // The order was cancelled meanwhile; payment-service refunds it.
+                order.payment_id = self.payment_id;
+                Change::Details
             }
             _ => {
-                info!(order_id = %order.id, status = order.status.as_str(), event_type = %envelope.event_type(),
-                "the order moved on; nothing to change")
+                info!(order_id = %order.id, status = order.status.as_str(), event = ?self.event,
+                    "the order moved on; nothing to change");
+                Change::Nothing
             }
         }
-        Ok(())
     }
 }

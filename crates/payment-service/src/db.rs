@@ -1,6 +1,8 @@
 //! Every query of the payment database, one function each. Functions that take a
 //! `&mut PgConnection` run inside the caller's transaction.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -33,141 +35,148 @@ pub struct Payment {
 }
 
 /// The saga state of one order on this side.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderPayment {
-    #[sqlx(try_from = "String")]
     pub state: OrderPaymentState,
     pub payment_id: Option<Uuid>,
 }
 
-/// Claims the order's saga row, inserting it as `NEW` if the order was never seen, and
-/// locks it until the transaction ends: every handler of one order is serialised here.
-/// Returns what was decided so far (`None` for a new order).
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
-pub async fn claim_order(
+/// Claims the saga rows of `orders` (order id → customer), inserting each as `NEW` if the
+/// order was never seen, and locks them until the transaction ends (in order-id order,
+/// so transactions claiming several never deadlock): every handler of one order is
+/// serialised here. Returns what was decided so far for each (`None` for a new order).
+#[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
+pub async fn claim_orders(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    customer_id: &str,
-) -> sqlx::Result<Option<OrderPayment>> {
-    let (state, payment_id): (String, Option<Uuid>) = sqlx::query_as(
-        "INSERT INTO order_payments (order_id, customer_id, state) VALUES ($1, $2, 'NEW')
+    orders: &BTreeMap<Uuid, &str>,
+) -> sqlx::Result<HashMap<Uuid, Option<OrderPayment>>> {
+    let rows: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+        "INSERT INTO order_payments (order_id, customer_id, state)
+         SELECT order_id, customer_id, 'NEW'
+         FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS t(order_id, customer_id, n)
+         ORDER BY n
          ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
-         RETURNING state, payment_id",
+         RETURNING order_id, state, payment_id",
     )
-    .bind(order_id)
-    .bind(customer_id)
-    .fetch_one(conn)
+    .bind(orders.keys().copied().collect::<Vec<_>>())
+    .bind(orders.values().copied().collect::<Vec<_>>())
+    .fetch_all(conn)
     .await?;
-    if state == "NEW" {
-        return Ok(None);
-    }
-    let state = OrderPaymentState::try_from(state).map_err(|e| sqlx::Error::Decode(e.into()))?;
-    Ok(Some(OrderPayment { state, payment_id }))
+    rows.into_iter()
+        .map(|(order_id, state, payment_id)| {
+            if state == "NEW" {
+                return Ok((order_id, None));
+            }
+            let state =
+                OrderPaymentState::try_from(state).map_err(|e| sqlx::Error::Decode(e.into()))?;
+            Ok((order_id, Some(OrderPayment { state, payment_id })))
+        })
+        .collect()
 }
 
-/// Records the saga state of `order_id`.
-pub async fn set_order_payment(
+/// The accounts of `customers` (customer → currency of their first order here), each
+/// opened with `initial_credit_cents` if it does not exist yet, its currency set if it
+/// had none, and locked for the rest of the transaction (in customer order).
+#[tracing::instrument(level = "debug", skip_all, fields(accounts = customers.len()))]
+pub async fn open_and_lock_accounts(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    customer_id: &str,
-    state: OrderPaymentState,
-    payment_id: Option<Uuid>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO order_payments (order_id, customer_id, state, payment_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (order_id) DO UPDATE
-         SET state = EXCLUDED.state, payment_id = COALESCE(EXCLUDED.payment_id, order_payments.payment_id),
-             updated_at = now()",
-    )
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(state.as_str())
-    .bind(payment_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The customer's account, opened with `initial_credit_cents` if it does not exist yet,
-/// its currency set to `currency` if it had none, and locked for the rest of the
-/// transaction.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn open_and_lock_account(
-    conn: &mut PgConnection,
-    customer_id: &str,
+    customers: &BTreeMap<&str, Option<&str>>,
     initial_credit_cents: i64,
-    currency: &str,
-) -> sqlx::Result<Account> {
-    // DO UPDATE rather than DO NOTHING: it locks and returns the row in one round trip
-    // whether it was just created or not.
+) -> sqlx::Result<Vec<Account>> {
+    // DO UPDATE rather than DO NOTHING: it locks and returns each row in the same
+    // statement whether it was just created or not.
     sqlx::query_as(
-        "INSERT INTO accounts (customer_id, balance_cents, currency) VALUES ($1, $2, $3)
+        "INSERT INTO accounts (customer_id, balance_cents, currency)
+         SELECT customer_id, $3, currency
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(customer_id, currency, n)
+         ORDER BY n
          ON CONFLICT (customer_id) DO UPDATE SET currency = COALESCE(accounts.currency, EXCLUDED.currency)
          RETURNING customer_id, balance_cents, currency",
     )
-    .bind(customer_id)
+    .bind(customers.keys().copied().collect::<Vec<_>>())
+    .bind(customers.values().copied().collect::<Vec<_>>())
     .bind(initial_credit_cents)
-    .bind(currency)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await
 }
 
-/// Adds `delta_cents` (negative to debit) to the balance.
-pub async fn adjust_balance(
-    conn: &mut PgConnection,
-    customer_id: &str,
-    delta_cents: i64,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE accounts SET balance_cents = balance_cents + $2, updated_at = now() WHERE customer_id = $1")
-        .bind(customer_id)
-        .bind(delta_cents)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The payments with these ids.
+pub async fn payments_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Payment>> {
+    sqlx::query_as("SELECT * FROM payments WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
-/// Charges the order in one statement: records the payment, debits the account, and
-/// marks the order `PAID` with it. The account must be locked (see
-/// [`open_and_lock_account`]) and hold enough.
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %order_id))]
-pub async fn charge(
-    conn: &mut PgConnection,
-    payment_id: Uuid,
-    order_id: Uuid,
-    customer_id: &str,
-    amount_cents: i64,
-    currency: &str,
-) -> sqlx::Result<()> {
+/// What a batch of order events decided, to be written in one statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Payments made now (`REFUNDED` if cancelled within the same batch).
+    pub new_payments: Vec<NewPayment>,
+    /// Earlier payments credited back now.
+    pub refunded: Vec<Uuid>,
+    /// What to add to each balance (negative: debit).
+    pub balance_deltas: BTreeMap<String, i64>,
+    /// The new saga state of each order the batch changed.
+    pub orders: BTreeMap<Uuid, (OrderPaymentState, Option<Uuid>)>,
+}
+
+/// A payment made by a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayment {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub refunded: bool,
+}
+
+/// Writes `settlement` in one statement: new payments, refunds, balances and saga states.
+/// The orders and accounts must be locked ([`claim_orders`], [`open_and_lock_accounts`]).
+#[tracing::instrument(level = "debug", skip_all, fields(orders = settlement.orders.len()))]
+pub async fn settle(conn: &mut PgConnection, settlement: &Settlement) -> sqlx::Result<()> {
+    let payments = &settlement.new_payments;
+    let (order_ids, states): (Vec<Uuid>, Vec<(OrderPaymentState, Option<Uuid>)>) = settlement
+        .orders
+        .iter()
+        .map(|(id, state)| (*id, *state))
+        .unzip();
     sqlx::query(
-        "WITH payment AS (
-             INSERT INTO payments (id, order_id, customer_id, amount_cents, currency)
-             VALUES ($1, $2, $3, $4, $5)
-         ), debit AS (
-             UPDATE accounts SET balance_cents = balance_cents - $4, updated_at = now()
-             WHERE customer_id = $3
+        "WITH new_payments AS (
+             INSERT INTO payments (id, order_id, customer_id, amount_cents, currency, status, refunded_at)
+             SELECT id, order_id, customer_id, amount_cents, currency,
+                    CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
+                    CASE WHEN refunded THEN now() END
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
+                  AS t(id, order_id, customer_id, amount_cents, currency, refunded)
+         ), refunds AS (
+             UPDATE payments SET status = 'REFUNDED', refunded_at = now()
+             WHERE id = ANY($7) AND status = 'COMPLETED'
+         ), balances AS (
+             UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
+             FROM unnest($8::text[], $9::bigint[]) AS t(customer_id, delta)
+             WHERE a.customer_id = t.customer_id
          )
-         UPDATE order_payments SET state = 'PAID', payment_id = $1, updated_at = now()
-         WHERE order_id = $2",
+         UPDATE order_payments o SET state = t.state, payment_id = t.payment_id, updated_at = now()
+         FROM unnest($10::uuid[], $11::text[], $12::uuid[]) AS t(order_id, state, payment_id)
+         WHERE o.order_id = t.order_id",
     )
-    .bind(payment_id)
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(amount_cents)
-    .bind(currency)
+    .bind(payments.iter().map(|p| p.id).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.order_id).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.customer_id.as_str()).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.amount_cents).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.currency.as_str()).collect::<Vec<_>>())
+    .bind(payments.iter().map(|p| p.refunded).collect::<Vec<_>>())
+    .bind(&settlement.refunded)
+    .bind(settlement.balance_deltas.keys().map(String::as_str).collect::<Vec<_>>())
+    .bind(settlement.balance_deltas.values().copied().collect::<Vec<_>>())
+    .bind(order_ids)
+    .bind(states.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
+    .bind(states.iter().map(|(_, payment)| *payment).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Marks a completed payment refunded and returns it.
-pub async fn refund_payment(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Payment> {
-    sqlx::query_as(
-        "UPDATE payments SET status = 'REFUNDED', refunded_at = now() WHERE id = $1 AND status = 'COMPLETED'
-         RETURNING *",
-    )
-    .bind(id)
-    .fetch_one(conn)
-    .await
 }
 
 /// The payment with id `id`, if any.

@@ -3,7 +3,8 @@
 //!
 //! - [`domain`]: the payment decision and the per-order saga state, pure.
 //! - [`db`]: every query, one function each.
-//! - [`order_events`]: what `OrderCreated` and `OrderCancelled` do.
+//! - [`order_events`]: what `OrderCreated` and `OrderCancelled` do: a batch is loaded,
+//!   settled in memory by the [`ledger`], and written back.
 //! - [`accounts`] holds deposits.
 //! - [`http`]: payments, accounts, deposits.
 //! - [`app`]: wiring, started by `main` and by tests alike.
@@ -13,6 +14,7 @@ pub mod app;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod ledger;
 pub mod order_events;
 pub mod settings;
 

@@ -1,6 +1,7 @@
 //! The payment handler under every interleaving of one order's events (SPEC §4.5): fed
-//! directly, in transactions like the consumer's, in each order and concurrently. A
-//! cancelled order must end uncharged: never charged, or charged and refunded.
+//! directly, in transactions like the consumer's, in each order, in one batch and
+//! concurrently. A cancelled order must end uncharged: never charged, or charged and
+//! refunded. And a batch charges one account in stream order.
 
 use events::{Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer};
 use payment_service::order_events::OrderEvents;
@@ -49,15 +50,20 @@ fn pair(customer: &str) -> (Envelope, Envelope) {
     (created, cancelled)
 }
 
-async fn apply(pool: &PgPool, envelope: &Envelope) {
+/// Applies `batch` as the consumer does a batch of first-time events.
+async fn apply_batch(pool: &PgPool, batch: &[&Envelope]) {
     let mut tx = pool.begin().await.expect("begins");
     OrderEvents {
         initial_credit_cents: CREDIT,
     }
-    .handle(&mut tx, envelope)
+    .handle(&mut tx, batch)
     .await
     .expect("applies");
     tx.commit().await.expect("commits");
+}
+
+async fn apply(pool: &PgPool, envelope: &Envelope) {
+    apply_batch(pool, &[envelope]).await;
 }
 
 /// The order ends uncharged, and what was published says so consistently.
@@ -153,4 +159,63 @@ async fn a_second_cancellation_or_creation_changes_nothing() {
     )
     .await;
     assert_uncharged(&pool, created.order_id, "third").await;
+}
+
+#[tokio::test]
+async fn created_and_cancelled_in_one_batch_leave_no_charge_in_either_order() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let (created, cancelled) = pair("together");
+    apply_batch(&pool, &[&created, &cancelled]).await;
+    assert_uncharged(&pool, created.order_id, "together").await;
+    let refunded: String = sqlx::query_scalar("SELECT status FROM payments WHERE order_id = $1")
+        .bind(created.order_id)
+        .fetch_one(&pool)
+        .await
+        .expect("the payment is recorded");
+    assert_eq!(refunded, "REFUNDED");
+
+    let (created, cancelled) = pair("reversed");
+    apply_batch(&pool, &[&cancelled, &created]).await;
+    assert_uncharged(&pool, created.order_id, "reversed").await;
+}
+
+#[tokio::test]
+async fn a_batch_charges_an_account_in_stream_order_until_it_runs_dry() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    // CREDIT pays for 142 orders of 700 (99,400), not 143.
+    let orders: Vec<(Envelope, Envelope)> = (0..145).map(|_| pair("spender")).collect();
+    let batch: Vec<&Envelope> = orders.iter().map(|(created, _)| created).collect();
+    apply_batch(&pool, &batch).await;
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("outbox");
+    let paid = CREDIT as usize / 700;
+    assert_eq!(outcomes.len(), orders.len(), "one outcome per order");
+    assert!(
+        outcomes[..paid].iter().all(|t| t == "PaymentCompleted"),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[paid..].iter().all(|t| t == "PaymentFailed"),
+        "{outcomes:?}"
+    );
+    let balance: i64 =
+        sqlx::query_scalar("SELECT balance_cents FROM accounts WHERE customer_id = 'spender'")
+            .fetch_one(&pool)
+            .await
+            .expect("balance");
+    assert_eq!(balance, CREDIT - 700 * paid as i64);
+    let order_of_outcomes: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox");
+    let order_of_events: Vec<uuid::Uuid> = orders.iter().map(|(c, _)| c.order_id).collect();
+    assert_eq!(
+        order_of_outcomes, order_of_events,
+        "outcomes in stream order"
+    );
 }

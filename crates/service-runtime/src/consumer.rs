@@ -1,7 +1,8 @@
 //! The consumer loop: `XREADGROUP` a batch → decode → apply the batch in one transaction
-//! (inbox record and effect per event, a savepoint each) → commit → `XACK` the batch
-//! (SPEC §4.2, §4.4). One commit per batch rather than per event is what lets the
-//! consumers keep up with the rate at which orders are created.
+//! (inbox records of all its events in one statement, then the handler's effects of the
+//! new ones, set-based) → commit → `XACK` the batch (SPEC §4.2, §4.4). A few statements
+//! and one commit per batch rather than per event is what lets the consumers keep up with
+//! the rate at which orders are created.
 //!
 //! Guarantees kept here:
 //! - an entry is acked only after the transaction holding its effect and its inbox row
@@ -41,14 +42,21 @@ use crate::redis_conn::RedisConnections;
 use crate::stream_reply::{RawEntry, parse_autoclaim_reply, parse_read_reply};
 use crate::{database, inbox, telemetry};
 
-/// What a service does with one event. Called inside the transaction that also records
-/// the event in the inbox; whatever it writes on `tx` commits together with that record.
+/// What a service does with events. Called inside the transaction that also records the
+/// events in the inbox; whatever it writes on `tx` commits together with those records.
 pub trait EventHandler: Send + Sync + 'static {
-    /// Applies `envelope`. Never called twice for one `event_id` with both committing.
+    /// Applies `events`, all seen for the first time, in stream order. Never called
+    /// twice for one `event_id` with both committing. Meant to be set-based: a few
+    /// statements for the whole slice, not a round trip per event.
+    ///
+    /// An error undoes the whole slice; the consumer then applies its events one at a
+    /// time (slices of one), so that only the failing one is held back. Each event's
+    /// `traceparent` is that of the span consuming it: an event published in answer
+    /// should carry it on (see [`Envelope::caused_by`]).
     fn handle(
         &self,
         tx: &mut PgConnection,
-        envelope: &Envelope,
+        events: &[&Envelope],
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 
     /// Events with the same key are applied in stream order, in one transaction; events
@@ -175,6 +183,9 @@ enum EventResult {
     /// Its group's transaction failed as a whole; nothing of it committed.
     GroupFailed { transient: bool },
 }
+
+/// Per event of a group: whether it was applied for the first time, or why it failed.
+type EventResults = Vec<Result<bool, HandleError>>;
 
 /// An event of the batch waiting to be applied.
 struct Pending {
@@ -551,6 +562,9 @@ impl<H: EventHandler> Consumer<H> {
         if let Some(traceparent) = &envelope.traceparent {
             telemetry::continue_trace(&span, traceparent);
         }
+        // Handlers see the consuming span's context, for the events they publish in answer.
+        let mut envelope = envelope;
+        envelope.traceparent = telemetry::traceparent_of(&span).or(envelope.traceparent);
         Plan::Apply(Box::new(envelope), span)
     }
 
@@ -585,25 +599,22 @@ impl<H: EventHandler> Consumer<H> {
             .collect()
     }
 
-    /// One group in one transaction. Tried plainly first; if an event fails, the whole
-    /// transaction is rolled back and the group redone with a savepoint per event, so
-    /// the failure undoes only itself and the others commit.
+    /// One group in one transaction. Tried as a whole first; if it fails, the whole
+    /// transaction is rolled back and the group redone one event at a time, a savepoint
+    /// each, so the failure undoes only itself and the others commit.
     async fn apply_group(&self, group: &[&Pending]) -> Vec<EventResult> {
-        let attempt = match self.try_group(group, false).await {
-            Ok(None) => self.try_group(group, true).await,
-            done => done,
+        let attempt = match self.try_whole(group).await {
+            Ok(None) => self.try_one_by_one(group).await,
+            Ok(Some(results)) => Ok(results),
+            Err(e) => Err(e),
         };
         match attempt {
-            Ok(Some(results)) => results
+            Ok(results) => results
                 .into_iter()
                 .map(|result| match result {
                     Ok(first_time) => EventResult::Done { first_time },
                     Err(e) => EventResult::Failed(e),
                 })
-                .collect(),
-            Ok(None) => group
-                .iter()
-                .map(|_| EventResult::GroupFailed { transient: false })
                 .collect(),
             Err(e) => {
                 warn!(error = %e, events = group.len(), "a batch transaction failed; nothing of it committed");
@@ -616,55 +627,74 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
-    /// Applies `group` in one transaction. Without `isolate`, the first failure rolls
-    /// everything back and returns `Ok(None)`; with it, each event runs in a savepoint.
-    async fn try_group(
-        &self,
-        group: &[&Pending],
-        isolate: bool,
-    ) -> Result<Option<Vec<Result<bool, HandleError>>>, sqlx::Error> {
+    /// Applies `group` in one transaction, or nothing of it (`Ok(None)`) if any event
+    /// fails.
+    async fn try_whole(&self, group: &[&Pending]) -> Result<Option<EventResults>, sqlx::Error> {
+        let envelopes: Vec<&Envelope> = group.iter().map(|p| &*p.envelope).collect();
+        let mut tx = self.pool.begin().await?;
+        let span = info_span!("consume_batch", events = group.len());
+        for pending in group {
+            span.follows_from(&pending.span);
+        }
+        match self.apply(&mut tx, &envelopes).instrument(span).await {
+            Ok(first_time) => {
+                tx.commit().await?;
+                Ok(Some(first_time.into_iter().map(Ok).collect()))
+            }
+            Err(e) => {
+                debug!(error = %e, "an event of the batch failed; applying them one by one");
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies `group` in one transaction, each event in a savepoint of its own.
+    async fn try_one_by_one(&self, group: &[&Pending]) -> Result<EventResults, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(group.len());
         for pending in group {
             let result = async {
-                if isolate {
-                    sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
-                }
-                let result = self.apply_one(&mut tx, &pending.envelope).await;
-                if isolate {
-                    if result.is_err() {
-                        sqlx::query("ROLLBACK TO SAVEPOINT event")
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query("RELEASE SAVEPOINT event")
+                sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+                let result = self
+                    .apply(&mut tx, &[&*pending.envelope])
+                    .await
+                    .map(|first_time| first_time.first().copied().unwrap_or(false));
+                if result.is_err() {
+                    sqlx::query("ROLLBACK TO SAVEPOINT event")
                         .execute(&mut *tx)
                         .await?;
                 }
+                sqlx::query("RELEASE SAVEPOINT event")
+                    .execute(&mut *tx)
+                    .await?;
                 Ok::<_, sqlx::Error>(result)
             }
             .instrument(pending.span.clone())
             .await?;
-            if result.is_err() && !isolate {
-                tx.rollback().await?;
-                return Ok(None);
-            }
             results.push(result);
         }
         tx.commit().await?;
-        Ok(Some(results))
+        Ok(results)
     }
 
-    /// Inbox record, then the effect or the duplicate hook. `Ok(false)` for a duplicate.
-    async fn apply_one(
+    /// Inbox records, then the effects of the events seen for the first time and the
+    /// duplicate hook of the others. Returns which were seen for the first time.
+    async fn apply(
         &self,
         conn: &mut PgConnection,
-        envelope: &Envelope,
-    ) -> Result<bool, HandleError> {
-        let first_time = inbox::record(conn, envelope).await?;
-        if first_time {
-            self.handler.handle(conn, envelope).await?;
-        } else {
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<bool>, HandleError> {
+        let first_time = inbox::record(conn, envelopes).await?;
+        let (fresh, repeated): (Vec<_>, Vec<_>) = envelopes
+            .iter()
+            .zip(&first_time)
+            .partition(|(_, first)| **first);
+        if !fresh.is_empty() {
+            let fresh: Vec<&Envelope> = fresh.into_iter().map(|(e, _)| *e).collect();
+            self.handler.handle(conn, &fresh).await?;
+        }
+        for (envelope, _) in repeated {
             self.handler.on_duplicate(conn, envelope).await?;
         }
         Ok(first_time)

@@ -55,22 +55,46 @@ impl OutboxRow {
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
 /// Call it on the transaction that makes the change the event describes. (A service may
 /// instead write the [`OutboxRow`] in the same statement as its change.)
-#[tracing::instrument(level = "debug", skip_all, fields(event_id = %envelope.event_id, event_type = %envelope.event_type()))]
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
     envelope: &Envelope,
 ) -> sqlx::Result<()> {
-    let row = OutboxRow::new(stream, envelope);
+    enqueue_all(conn, stream, std::slice::from_ref(envelope)).await
+}
+
+/// Adds `envelopes` to the outbox in one statement, to be published on the logical stream
+/// `stream`, in the order given. Call it on the transaction that makes the changes the
+/// events describe. Each envelope should carry the trace context it continues.
+#[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
+pub async fn enqueue_all(
+    conn: &mut PgConnection,
+    stream: &str,
+    envelopes: &[Envelope],
+) -> sqlx::Result<()> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<OutboxRow> = envelopes
+        .iter()
+        .map(|e| OutboxRow::new(stream, e))
+        .collect();
+    // A field list per row: Postgres arrays of arrays must be rectangular, so each list
+    // travels as a JSON array and becomes a `text[]` again in the statement.
+    let fields: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::json!(r.fields)).collect();
     sqlx::query(
         "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
-         VALUES ($1, $2, $3, $4, $5)",
+         SELECT event_id, $2, event_type, order_id,
+                ARRAY(SELECT jsonb_array_elements_text(fields))
+         FROM unnest($1::uuid[], $3::text[], $4::uuid[], $5::jsonb[])
+              WITH ORDINALITY AS t(event_id, event_type, order_id, fields, n)
+         ORDER BY n",
     )
-    .bind(row.event_id)
-    .bind(row.stream)
-    .bind(row.event_type)
-    .bind(row.order_id)
-    .bind(row.fields)
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(stream)
+    .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+    .bind(fields)
     .execute(conn)
     .await?;
     Ok(())

@@ -117,8 +117,13 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
 
 /// The `traceparent` of the current span, if it belongs to a trace.
 pub fn current_traceparent() -> Option<String> {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The `traceparent` of `span`, if it belongs to a trace.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
     carrier.remove(TRACEPARENT)
 }
 

@@ -30,21 +30,24 @@ struct CountingHandler {
 }
 
 impl EventHandler for CountingHandler {
-    async fn handle(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<(), HandleError> {
-        let poisoned =
-            *self.poisoned.lock().unwrap_or_else(|e| e.into_inner()) == Some(envelope.event_id);
-        if self.failing.load(Ordering::SeqCst) || poisoned {
+    async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
+        let poisoned = *self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failing.load(Ordering::SeqCst)
+            || events.iter().any(|e| Some(e.event_id) == poisoned)
+        {
             sqlx::query("SELECT * FROM no_such_table")
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO effects (event_id, n) VALUES ($1, 1)
-             ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1",
-        )
-        .bind(envelope.event_id)
-        .execute(&mut *tx)
-        .await?;
+        for envelope in events {
+            sqlx::query(
+                "INSERT INTO effects (event_id, n) VALUES ($1, 1)
+                 ON CONFLICT (event_id) DO UPDATE SET n = effects.n + 1",
+            )
+            .bind(envelope.event_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,324 @@
+//! The settlement of a batch of order events, in memory (SPEC §5.2): given what the
+//! database holds for the batch's orders and accounts (locked), run the events in stream
+//! order through the per-order decisions of [`domain`](crate::domain), keeping balances
+//! as they go, and come out with what to write ([`Settlement`]) and what to publish.
+//! Pure: the handler loads, this decides, the handler writes, each in one statement.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use events::{
+    Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCompleted,
+    PaymentFailed, PaymentRefunded, Producer,
+};
+use service_runtime::HandleError;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::db::{Account, NewPayment, OrderPayment, Payment, Settlement};
+use crate::domain::{
+    Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, decide_charge, on_order_cancelled,
+    on_order_created,
+};
+
+/// An event of `order-events`, with the envelope it came in.
+#[derive(Debug, Clone, Copy)]
+pub enum OrderEvent<'a> {
+    Created(&'a Envelope, &'a OrderCreated),
+    Cancelled(&'a Envelope, &'a OrderCancelled),
+}
+
+impl<'a> OrderEvent<'a> {
+    /// The order event in `envelope`; anything else does not belong on `order-events`.
+    pub fn of(envelope: &'a Envelope) -> Result<Self, HandleError> {
+        match &envelope.event {
+            Event::OrderCreated(order) => Ok(Self::Created(envelope, order)),
+            Event::OrderCancelled(cancel) => Ok(Self::Cancelled(envelope, cancel)),
+            Event::PaymentCompleted(_) | Event::PaymentFailed(_) | Event::PaymentRefunded(_) => {
+                Err(HandleError::Rejected(format!(
+                    "{} does not belong on order-events",
+                    envelope.event_type()
+                )))
+            }
+        }
+    }
+
+    pub fn order_id(&self) -> Uuid {
+        match self {
+            Self::Created(_, order) => order.order_id,
+            Self::Cancelled(_, cancel) => cancel.order_id,
+        }
+    }
+
+    pub fn customer_id(&self) -> &'a str {
+        match self {
+            Self::Created(_, order) => &order.customer_id,
+            Self::Cancelled(_, cancel) => &cancel.customer_id,
+        }
+    }
+}
+
+/// The orders `events` name, each with the customer it first names.
+pub fn orders_of<'a>(events: &[OrderEvent<'a>]) -> BTreeMap<Uuid, &'a str> {
+    let mut orders = BTreeMap::new();
+    for event in events {
+        orders
+            .entry(event.order_id())
+            .or_insert_with(|| event.customer_id());
+    }
+    orders
+}
+
+/// The earlier payments `events` will refund: those of paid orders being cancelled.
+pub fn payments_to_refund(
+    events: &[OrderEvent<'_>],
+    claimed: &HashMap<Uuid, Option<OrderPayment>>,
+) -> Vec<Uuid> {
+    events
+        .iter()
+        .filter(|event| matches!(event, OrderEvent::Cancelled(..)))
+        .filter_map(|event| claimed.get(&event.order_id())?.as_ref())
+        .filter(|decided| decided.state == OrderPaymentState::Paid)
+        .filter_map(|decided| decided.payment_id)
+        .collect()
+}
+
+/// The accounts `events` touch, each with the currency of its first order to be charged:
+/// the customers of orders seen here for the first time (to charge them) and of
+/// `payments` (to refund them).
+pub fn accounts_of<'a>(
+    events: &[OrderEvent<'a>],
+    claimed: &HashMap<Uuid, Option<OrderPayment>>,
+    payments: &'a [Payment],
+) -> BTreeMap<&'a str, Option<&'a str>> {
+    let mut accounts = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for event in events {
+        let first_sight = seen.insert(event.order_id());
+        if let OrderEvent::Created(_, order) = *event
+            && first_sight
+            && matches!(claimed.get(&order.order_id), Some(None))
+        {
+            let currency = accounts.entry(order.customer_id.as_str()).or_insert(None);
+            currency.get_or_insert(order.currency.as_str());
+        }
+    }
+    for payment in payments {
+        accounts.entry(payment.customer_id.as_str()).or_insert(None);
+    }
+    accounts
+}
+
+/// The state of a batch's orders and accounts, changed event by event.
+#[derive(Debug)]
+pub struct Ledger {
+    states: HashMap<Uuid, Option<OrderPayment>>,
+    accounts: HashMap<String, Account>,
+    earlier_payments: HashMap<Uuid, Payment>,
+    settlement: Settlement,
+    published: Vec<Envelope>,
+}
+
+impl Ledger {
+    /// Starts from the claimed saga states, the locked accounts and the payments to
+    /// refund.
+    pub fn new(
+        states: HashMap<Uuid, Option<OrderPayment>>,
+        accounts: Vec<Account>,
+        earlier_payments: Vec<Payment>,
+    ) -> Self {
+        Self {
+            states,
+            accounts: accounts
+                .into_iter()
+                .map(|a| (a.customer_id.clone(), a))
+                .collect(),
+            earlier_payments: earlier_payments.into_iter().map(|p| (p.id, p)).collect(),
+            settlement: Settlement::default(),
+            published: Vec::new(),
+        }
+    }
+
+    /// Applies `event` to the ledger.
+    pub fn apply(&mut self, event: OrderEvent<'_>) -> Result<(), HandleError> {
+        let state = self
+            .states
+            .get(&event.order_id())
+            .copied()
+            .flatten()
+            .map(|decided| decided.state);
+        match event {
+            OrderEvent::Created(cause, order) => match on_order_created(state) {
+                OnOrderCreated::AlreadyDecided => {
+                    info!(order_id = %order.order_id, ?state, "order already decided; no second charge");
+                    Ok(())
+                }
+                OnOrderCreated::DeclineAsCancelled => {
+                    let cancelled = OrderPaymentState::Cancelled;
+                    self.decline(cause, order, FailureReason::OrderCancelled, cancelled);
+                    Ok(())
+                }
+                OnOrderCreated::TryCharge => self.try_charge(cause, order),
+            },
+            OrderEvent::Cancelled(cause, cancel) => match on_order_cancelled(state) {
+                OnOrderCancelled::Nothing => Ok(()),
+                OnOrderCancelled::Remember => {
+                    self.set_state(cancel.order_id, OrderPaymentState::Cancelled, None);
+                    Ok(())
+                }
+                OnOrderCancelled::Refund => self.refund(cause, cancel),
+            },
+        }
+    }
+
+    /// What to write, and what to publish, in stream order.
+    pub fn finish(self) -> (Settlement, Vec<Envelope>) {
+        (self.settlement, self.published)
+    }
+
+    fn try_charge(&mut self, cause: &Envelope, order: &OrderCreated) -> Result<(), HandleError> {
+        let currency = order.currency.as_str();
+        let account = self
+            .accounts
+            .get_mut(&order.customer_id)
+            .ok_or_else(|| HandleError::Rejected("the account was not locked".into()))?;
+        // Opening the account set its currency if it had none.
+        let account_currency = account.currency.as_deref().unwrap_or(currency);
+        match decide_charge(
+            account.balance_cents,
+            account_currency,
+            order.total_cents,
+            currency,
+        ) {
+            Charge::Decline(reason) => {
+                self.decline(cause, order, reason, OrderPaymentState::Declined);
+                Ok(())
+            }
+            Charge::Approve => {
+                account.balance_cents -= order.total_cents;
+                *self
+                    .settlement
+                    .balance_deltas
+                    .entry(order.customer_id.clone())
+                    .or_default() -= order.total_cents;
+                let payment_id = Uuid::now_v7();
+                self.settlement.new_payments.push(NewPayment {
+                    id: payment_id,
+                    order_id: order.order_id,
+                    customer_id: order.customer_id.clone(),
+                    amount_cents: order.total_cents,
+                    currency: currency.to_owned(),
+                    refunded: false,
+                });
+                self.set_state(order.order_id, OrderPaymentState::Paid, Some(payment_id));
+                self.publish(
+                    cause,
+                    Event::PaymentCompleted(PaymentCompleted {
+                        payment_id,
+                        order_id: order.order_id,
+                        customer_id: order.customer_id.clone(),
+                        amount_cents: order.total_cents,
+                        currency: order.currency,
+                    }),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes `PaymentFailed(reason)` and leaves the order in `state`; charges nothing.
+    fn decline(
+        &mut self,
+        cause: &Envelope,
+        order: &OrderCreated,
+        reason: FailureReason,
+        state: OrderPaymentState,
+    ) {
+        self.set_state(order.order_id, state, None);
+        self.publish(
+            cause,
+            Event::PaymentFailed(PaymentFailed {
+                order_id: order.order_id,
+                customer_id: order.customer_id.clone(),
+                amount_cents: order.total_cents,
+                currency: order.currency,
+                reason,
+            }),
+        );
+    }
+
+    /// Credits the order's payment back and publishes `PaymentRefunded`.
+    fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), HandleError> {
+        let payment_id = self
+            .states
+            .get(&cancel.order_id)
+            .copied()
+            .flatten()
+            .and_then(|decided| decided.payment_id)
+            .ok_or_else(|| HandleError::Rejected("a paid order has no payment id".into()))?;
+        let (customer_id, amount_cents, currency) = if let Some(made_now) = self
+            .settlement
+            .new_payments
+            .iter_mut()
+            .find(|p| p.id == payment_id)
+        {
+            made_now.refunded = true;
+            (
+                made_now.customer_id.clone(),
+                made_now.amount_cents,
+                made_now.currency.clone(),
+            )
+        } else {
+            let earlier = self
+                .earlier_payments
+                .get(&payment_id)
+                .filter(|p| p.status == "COMPLETED")
+                .ok_or_else(|| {
+                    HandleError::Rejected(format!("payment {payment_id} is not a standing charge"))
+                })?;
+            self.settlement.refunded.push(payment_id);
+            (
+                earlier.customer_id.clone(),
+                earlier.amount_cents,
+                earlier.currency.clone(),
+            )
+        };
+        if let Some(account) = self.accounts.get_mut(&customer_id) {
+            account.balance_cents += amount_cents;
+        }
+        *self
+            .settlement
+            .balance_deltas
+            .entry(customer_id.clone())
+            .or_default() += amount_cents;
+        self.set_state(
+            cancel.order_id,
+            OrderPaymentState::Refunded,
+            Some(payment_id),
+        );
+        let currency = Currency::parse(&currency)
+            .map_err(|e| HandleError::Rejected(format!("stored payment: {e}")))?;
+        self.publish(
+            cause,
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id,
+                order_id: cancel.order_id,
+                customer_id,
+                amount_cents,
+                currency,
+            }),
+        );
+        Ok(())
+    }
+
+    fn set_state(&mut self, order_id: Uuid, state: OrderPaymentState, payment_id: Option<Uuid>) {
+        let decided = self.states.entry(order_id).or_default();
+        let payment_id = payment_id.or(decided.and_then(|d| d.payment_id));
+        *decided = Some(OrderPayment { state, payment_id });
+        self.settlement.orders.insert(order_id, (state, payment_id));
+    }
+
+    fn publish(&mut self, cause: &Envelope, event: Event) {
+        self.published
+            .push(Envelope::caused_by(cause, Producer::PaymentService, event));
+    }
+}
