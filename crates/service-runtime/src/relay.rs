@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -173,13 +174,16 @@ impl OutboxRelay {
     }
 }
 
-/// Waits for the next `NOTIFY outbox`, swallowing others already queued (one pass
-/// serves them all). Never returns without a listener.
+/// Waits for the next `NOTIFY outbox`, then swallows every other one that has arrived
+/// (one pass serves them all: each insert notifies, and a pass per notification would
+/// trail behind a busy outbox long after it is empty). Never returns without a listener.
 async fn wait_for_notification(listener: Option<&mut PgListener>) -> Result<(), sqlx::Error> {
     let Some(listener) = listener else {
         return std::future::pending().await;
     };
     listener.recv().await?;
-    while listener.next_buffered().is_some() {}
+    // `try_recv` is cancel-safe (a message is read whole or not at all), so polling it
+    // once and dropping it when nothing more has arrived loses nothing.
+    while let Some(Some(_)) = listener.try_recv().now_or_never().transpose()? {}
     Ok(())
 }
