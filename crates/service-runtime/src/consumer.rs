@@ -631,7 +631,7 @@ impl<H: EventHandler> Consumer<H> {
     /// fails.
     async fn try_whole(&self, group: &[&Pending]) -> Result<Option<EventResults>, sqlx::Error> {
         let envelopes: Vec<&Envelope> = group.iter().map(|p| &*p.envelope).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let span = info_span!("consume_batch", events = group.len());
         for pending in group {
             span.follows_from(&pending.span);
@@ -651,7 +651,7 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Applies `group` in one transaction, each event in a savepoint of its own.
     async fn try_one_by_one(&self, group: &[&Pending]) -> Result<EventResults, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut results = Vec::with_capacity(group.len());
         for pending in group {
             let result = async {
@@ -676,6 +676,17 @@ impl<H: EventHandler> Consumer<H> {
         }
         tx.commit().await?;
         Ok(results)
+    }
+
+    /// Begins a batch transaction. Its statements are planned for their arguments each
+    /// time: batch sizes vary, and a generic plan, which Postgres otherwise caches per
+    /// connection after five executions, is made for the table sizes of that moment
+    /// (made while tables are nearly empty, on a fresh start, it would scan them whole
+    /// for ever after).
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool
+            .begin_with("BEGIN; SET LOCAL plan_cache_mode TO force_custom_plan")
+            .await
     }
 
     /// Inbox records, then the effects of the events seen for the first time and the

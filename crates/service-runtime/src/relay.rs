@@ -65,12 +65,12 @@ impl OutboxRelay {
     /// Publishes one batch of unpublished rows, oldest first. Returns how many.
     #[tracing::instrument(skip_all, level = "debug")]
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
         // Marking rows published need not wait for the disk: if a crash loses the mark,
         // the rows are published again and consumers' inboxes absorb the repeat. (The
         // rows themselves were committed durably by the transaction that made them.)
-        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
             .await?;
         let rows = sqlx::query(
             "SELECT id, stream, event_type, fields FROM outbox

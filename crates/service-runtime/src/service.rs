@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,7 +20,7 @@ use axum::middleware;
 use axum::routing::get;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -61,17 +60,10 @@ impl Infrastructure {
         settings: &CommonSettings,
         migrator: &'static Migrator,
     ) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(settings.database_url.expose())
-            .with_context(|| format!("bad DATABASE_URL {}", settings.database_url))?
-            // Plan each statement for its arguments. A generic plan, which Postgres
-            // otherwise caches per connection after five executions, is made for the
-            // table sizes of that moment: made while a table is nearly empty (a fresh
-            // start), it scans the whole table for ever after.
-            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.database_max_connections)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+            .connect(settings.database_url.expose())
             .await
             .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
         migrator

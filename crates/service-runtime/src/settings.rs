@@ -97,8 +97,9 @@ pub struct StreamSettings {
     #[arg(long, env = "CLAIM_MIN_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub claim_min_idle_ms: u64,
     /// How many transactions a consumer spreads a batch over at once, each on its own
-    /// database connection (keep below `DATABASE_MAX_CONNECTIONS`).
-    #[arg(long, env = "CONSUMER_PARALLELISM", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// database connection (keep below `DATABASE_MAX_CONNECTIONS`). One is fastest while
+    /// handlers are set-based: every extra transaction is an extra commit.
+    #[arg(long, env = "CONSUMER_PARALLELISM", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub consumer_parallelism: u64,
 }
 
