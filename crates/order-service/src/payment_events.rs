@@ -153,3 +153,103 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use events::{Currency, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer};
+
+    use super::*;
+
+    fn order(status: OrderStatus) -> Order {
+        let now = OffsetDateTime::now_utc();
+        Order {
+            id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+            items: Vec::new(),
+            total_cents: 700,
+            currency: "EUR".into(),
+            status,
+            payment_id: None,
+            failure_reason: None,
+            refunded_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn outcome(order: &Order, event: Event) -> Outcome {
+        let envelope = Envelope::new(Producer::PaymentService, event);
+        assert_eq!(envelope.order_id, order.id);
+        Outcome::of(&envelope).expect("a payment outcome")
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("valid")
+    }
+
+    fn completed(order: &Order, payment_id: Uuid) -> Outcome {
+        outcome(
+            order,
+            Event::PaymentCompleted(PaymentCompleted {
+                payment_id,
+                order_id: order.id,
+                customer_id: order.customer_id.clone(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        )
+    }
+
+    #[test]
+    fn outcomes_of_one_batch_apply_in_stream_order() {
+        let mut paid = order(OrderStatus::Pending);
+        let payment_id = Uuid::now_v7();
+        let failed = outcome(
+            &paid,
+            Event::PaymentFailed(PaymentFailed {
+                order_id: paid.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+                reason: events::FailureReason::InsufficientFunds,
+            }),
+        );
+        assert_eq!(
+            completed(&paid, payment_id).apply(&mut paid),
+            Change::Status
+        );
+        assert_eq!(
+            failed.apply(&mut paid),
+            Change::Nothing,
+            "the first outcome stands"
+        );
+        assert_eq!(
+            (paid.status, paid.payment_id, paid.failure_reason),
+            (OrderStatus::Paid, Some(payment_id), None)
+        );
+    }
+
+    #[test]
+    fn a_cancelled_order_records_the_late_payment_and_its_refund() {
+        let mut cancelled = order(OrderStatus::Cancelled);
+        let payment_id = Uuid::now_v7();
+        let refunded = outcome(
+            &cancelled,
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id,
+                order_id: cancelled.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        );
+        let late = completed(&cancelled, payment_id);
+        assert_eq!(late.apply(&mut cancelled), Change::Details);
+        assert_eq!(refunded.apply(&mut cancelled), Change::Details);
+        assert_eq!(refunded.apply(&mut cancelled), Change::Nothing, "once");
+        assert_eq!(late.apply(&mut cancelled), Change::Nothing, "once");
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert_eq!(cancelled.payment_id, Some(payment_id));
+        assert!(cancelled.refunded_at.is_some());
+    }
+}

@@ -322,3 +322,140 @@ impl Ledger {
             .push(Envelope::caused_by(cause, Producer::PaymentService, event));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use events::{Currency, OrderItem};
+
+    use super::*;
+
+    fn created(customer: &str, currency: &str, total_cents: i64) -> Envelope {
+        Envelope {
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..Envelope::new(
+                Producer::OrderService,
+                Event::OrderCreated(OrderCreated {
+                    order_id: Uuid::now_v7(),
+                    customer_id: customer.into(),
+                    items: vec![OrderItem {
+                        sku: "x".into(),
+                        quantity: 1,
+                        unit_price_cents: total_cents,
+                    }],
+                    total_cents,
+                    currency: Currency::parse(currency).expect("valid"),
+                }),
+            )
+        }
+    }
+
+    fn cancelled(order: &Envelope) -> Envelope {
+        Envelope::new(
+            Producer::OrderService,
+            Event::OrderCancelled(OrderCancelled {
+                order_id: order.order_id,
+                customer_id: OrderEvent::of(order)
+                    .expect("order event")
+                    .customer_id()
+                    .into(),
+                reason: "changed my mind".into(),
+            }),
+        )
+    }
+
+    fn events<'a>(envelopes: &[&'a Envelope]) -> Vec<OrderEvent<'a>> {
+        envelopes
+            .iter()
+            .map(|e| OrderEvent::of(e).expect("order event"))
+            .collect()
+    }
+
+    /// The claim of a batch whose orders were all unseen.
+    fn unseen(events: &[OrderEvent<'_>]) -> HashMap<Uuid, Option<OrderPayment>> {
+        orders_of(events).into_keys().map(|id| (id, None)).collect()
+    }
+
+    #[test]
+    fn accounts_are_opened_only_for_orders_to_charge_in_the_first_currency() {
+        let (first, second, decided) = (
+            created("ann", "EUR", 100),
+            created("ann", "USD", 100),
+            created("bob", "EUR", 100),
+        );
+        let cancelled_first = created("cyd", "EUR", 100);
+        let cancel = cancelled(&cancelled_first);
+        let batch = events(&[&first, &second, &decided, &cancel, &cancelled_first]);
+        let mut claimed = unseen(&batch);
+        claimed.insert(
+            decided.order_id,
+            Some(OrderPayment {
+                state: OrderPaymentState::Declined,
+                payment_id: None,
+            }),
+        );
+        let accounts = accounts_of(&batch, &claimed, &[]);
+        assert_eq!(
+            accounts.into_iter().collect::<Vec<_>>(),
+            [("ann", Some("EUR"))],
+            "no account for an order decided before or cancelled first"
+        );
+    }
+
+    #[test]
+    fn an_order_charged_and_cancelled_in_one_batch_is_refunded_in_full() {
+        let order = created("ann", "EUR", 700);
+        let cancel = cancelled(&order);
+        let batch = events(&[&order, &cancel]);
+        let account = Account {
+            customer_id: "ann".into(),
+            balance_cents: 1000,
+            currency: Some("EUR".into()),
+        };
+        let mut ledger = Ledger::new(unseen(&batch), vec![account], Vec::new());
+        for event in batch {
+            ledger.apply(event).expect("applies");
+        }
+        let (settlement, published) = ledger.finish();
+        assert_eq!(
+            settlement.balance_deltas.get("ann"),
+            Some(&0),
+            "whole again"
+        );
+        assert!(settlement.new_payments.iter().all(|p| p.refunded));
+        assert!(settlement.refunded.is_empty(), "no earlier payment touched");
+        let (state, payment_id) = settlement.orders[&order.order_id];
+        assert_eq!(state, OrderPaymentState::Refunded);
+        assert_eq!(payment_id, Some(settlement.new_payments[0].id));
+        let types: Vec<_> = published.iter().map(|e| e.event_type().as_str()).collect();
+        assert_eq!(types, ["PaymentCompleted", "PaymentRefunded"]);
+        assert_eq!(
+            published[0].traceparent, order.traceparent,
+            "the answer continues its cause's trace"
+        );
+    }
+
+    #[test]
+    fn a_charge_needs_a_locked_account_and_events_of_other_streams_are_rejected() {
+        let order = created("ann", "EUR", 700);
+        let batch = events(&[&order]);
+        let mut ledger = Ledger::new(unseen(&batch), Vec::new(), Vec::new());
+        assert!(matches!(
+            ledger.apply(batch[0]),
+            Err(HandleError::Rejected(_))
+        ));
+        let paid = Envelope::new(
+            Producer::PaymentService,
+            Event::PaymentFailed(PaymentFailed {
+                order_id: order.order_id,
+                customer_id: "ann".into(),
+                amount_cents: 700,
+                currency: Currency::parse("EUR").expect("valid"),
+                reason: FailureReason::InsufficientFunds,
+            }),
+        );
+        assert!(matches!(
+            OrderEvent::of(&paid),
+            Err(HandleError::Rejected(_))
+        ));
+    }
+}
