@@ -11,7 +11,8 @@
 //! - an entry that cannot be decoded, or that its handler rejects, is copied to the
 //!   dead-letter stream and acked: one bad entry never blocks the ones behind it;
 //! - an unknown `event_type` is acked and skipped (tolerant reader);
-//! - an event that fails rolls back to its savepoint only: the rest of the batch commits;
+//! - an event that fails undoes only itself: the batch is redone one event at a time, a
+//!   savepoint each, and the rest of it commits;
 //! - while the database is unreachable (or the event lost a deadlock) nothing of it is
 //!   acked: it is retried in place with backoff (not redelivered, so an outage does not
 //!   use up its deliveries);
@@ -344,8 +345,8 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Reads a batch and processes it: every event that can be applied is applied in
-    /// one transaction (a savepoint each, so one failing event undoes only itself), then
-    /// everything finished is acked at once. With `retry_until`, events that met a
+    /// one transaction (redone one event at a time, a savepoint each, if any fails, so a
+    /// failing event undoes only itself), then everything finished is acked at once. With `retry_until`, events that met a
     /// transient database failure are retried in place with backoff until they commit
     /// or `retry_until` fires (then they stay pending).
     async fn consume(
