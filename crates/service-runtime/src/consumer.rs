@@ -345,10 +345,11 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Reads a batch and processes it: every event that can be applied is applied in
-    /// one transaction (redone one event at a time, a savepoint each, if any fails, so a
-    /// failing event undoes only itself), then everything finished is acked at once. With `retry_until`, events that met a
-    /// transient database failure are retried in place with backoff until they commit
-    /// or `retry_until` fires (then they stay pending).
+    /// one transaction (redone one event at a time, a savepoint each, if any fails, so
+    /// a failing event undoes only itself), then everything finished is acked at once.
+    /// With `retry_until`, events that met a transient database failure are retried in
+    /// place with backoff until they commit or `retry_until` fires (then they stay
+    /// pending).
     async fn consume(
         &self,
         from: ReadFrom,
@@ -541,7 +542,7 @@ impl<H: EventHandler> Consumer<H> {
             debug!(entry_id = %entry.id, "entry was deleted from the stream while pending; acking");
             return skip("deleted");
         };
-        let envelope = match Envelope::from_fields(
+        let mut envelope = match Envelope::from_fields(
             fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
         ) {
             Ok(envelope) => envelope,
@@ -564,7 +565,6 @@ impl<H: EventHandler> Consumer<H> {
             telemetry::continue_trace(&span, traceparent);
         }
         // Handlers see the consuming span's context, for the events they publish in answer.
-        let mut envelope = envelope;
         envelope.traceparent = telemetry::traceparent_of(&span).or(envelope.traceparent);
         Plan::Apply(Box::new(envelope), span)
     }
