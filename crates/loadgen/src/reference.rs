@@ -1,6 +1,6 @@
 //! The reference: pgbench running order-service's create transaction (insert the order,
 //! insert its outbox row, durable commit) against the same Postgres, in a scratch
-//! database migrated with order-service's own migrations (same tables, indexes and
+//! database migrated with order-service's own migrations and the runtime's (same tables, indexes and
 //! outbox trigger). Its rate is the most this box can do for the system.
 
 use std::process::Command;
@@ -49,7 +49,9 @@ pub async fn pgbench_order_create(
         .await?;
     let url = with_database(admin_url, DATABASE);
     let pool = sqlx::PgPool::connect(&url).await?;
-    order_service::MIGRATOR.run(&pool).await?;
+    service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/order"))
+        .run(&pool)
+        .await?;
     pool.close().await;
 
     let script = std::env::temp_dir().join(format!("loadgen-{}.sql", std::process::id()));

@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::{self, AppState};
 use crate::payment_events::PaymentEvents;
-use crate::{MIGRATOR, Settings, orders};
+use crate::db::MIGRATOR;
+use crate::orders;
+use crate::settings::Settings;
 
 /// Connects, migrates, and starts HTTP, the outbox relay, the `payment-events`
 /// consumer and the reconciler; they run until `shutdown` fires.
@@ -40,4 +42,11 @@ pub async fn start(
         handler: PaymentEvents,
     };
     service::start(infra, &settings.common, parts, shutdown).await
+}
+
+/// The whole `main` of the `order-service` binary: settings from the environment, run until
+/// SIGINT or SIGTERM. Exit code 0 after a clean stop, 1 when it cannot start or fails,
+/// 2 on bad settings.
+pub async fn run() -> std::process::ExitCode {
+    service::run_main("order-service", |s: &Settings| &s.common, start).await
 }

@@ -1,39 +1,22 @@
 //! Every query of the order database, one function each. Functions that take a
 //! `&mut PgConnection` run inside the caller's transaction.
 
-use events::OrderItem;
-use serde::Serialize;
-use sqlx::types::Json;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
-use time::OffsetDateTime;
+use service_runtime::outbox::OutboxRow;
+use sqlx::migrate::Migrator;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use service_runtime::outbox::OutboxRow;
+use crate::domain::{NewOrder, Order, OrderStatus};
 
-use crate::domain::{NewOrder, OrderStatus};
-
-/// An order as stored and as `GET /orders/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Order {
-    pub id: Uuid,
-    pub customer_id: String,
-    #[sqlx(json)]
-    pub items: Vec<OrderItem>,
-    pub total_cents: i64,
-    pub currency: String,
-    #[sqlx(try_from = "String")]
-    pub status: OrderStatus,
-    pub payment_id: Option<Uuid>,
-    pub failure_reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub refunded_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
+/// The order database's migrations (the runtime's outbox and inbox, then
+/// `migrations/order`), embedded in the binary and run at start-up.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/order"))
+});
 
 /// Inserts a new `PENDING` order with id `id` together with its `OrderCreated` outbox
 /// row, in one statement: both or neither, without a transaction's extra round trips.
@@ -44,29 +27,21 @@ pub async fn insert_order_with_event<'c>(
     order: &NewOrder,
     event: &OutboxRow,
 ) -> sqlx::Result<Order> {
-    sqlx::query_as(
+    let mut query = QueryBuilder::new(
         "WITH placed AS (
-             INSERT INTO orders (id, customer_id, items, total_cents, currency)
-             VALUES ($1, $2, $3, $4, $5)
-             RETURNING *
-         ), queued AS (
-             INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
-             VALUES ($6, $7, $8, $9, $10)
-         )
-         SELECT * FROM placed",
-    )
-    .bind(id)
-    .bind(&order.customer_id)
-    .bind(Json(&order.items))
-    .bind(order.total_cents)
-    .bind(order.currency.as_str())
-    .bind(event.event_id)
-    .bind(&event.stream)
-    .bind(event.event_type)
-    .bind(event.order_id)
-    .bind(&event.fields)
-    .fetch_one(conn)
-    .await
+             INSERT INTO orders (id, customer_id, items, total_cents, currency) VALUES (",
+    );
+    query
+        .separated(", ")
+        .push_bind(id)
+        .push_bind(&order.customer_id)
+        .push_bind(Json(&order.items))
+        .push_bind(order.total_cents)
+        .push_bind(order.currency.as_str());
+    query.push(") RETURNING *), queued AS (");
+    event.push_insert(&mut query);
+    query.push(") SELECT * FROM placed");
+    query.build_query_as().fetch_one(conn).await
 }
 
 /// The order with id `id`, if any.
@@ -208,23 +183,17 @@ pub async fn find_idempotency_key(
         .await
 }
 
-/// Marks for re-publishing the `OrderCreated` of every order still `PENDING` whose event
-/// was last published more than `after` ago. Returns how many.
+/// The orders still `PENDING` that were placed more than `after` ago.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn rearm_stale_order_created(
+pub async fn stale_pending_orders(
     conn: &mut PgConnection,
     after: Duration,
-) -> sqlx::Result<u64> {
-    let rearmed = sqlx::query(
-        "UPDATE outbox SET published_at = NULL
-         FROM orders
-         WHERE orders.id = outbox.order_id
-           AND orders.status = 'PENDING'
-           AND outbox.event_type = 'OrderCreated'
-           AND outbox.published_at < now() - make_interval(secs => $1)",
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders
+         WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1)",
     )
     .bind(after.as_secs_f64())
-    .execute(conn)
-    .await?;
-    Ok(rearmed.rows_affected())
+    .fetch_all(conn)
+    .await
 }

@@ -13,8 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::db::{self, Order, OrderFilter};
-use crate::domain::{NewOrder, OrderRequest, OrderStatus};
+use crate::db::{self, OrderFilter};
+use crate::domain::{NewOrder, Order, OrderRequest, OrderStatus};
 use crate::orders::{self, CancelError, PlaceError};
 
 /// The header that makes `POST /orders` safe to retry.

@@ -13,14 +13,14 @@
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, OrderCancelled, OrderCreated, Producer};
+use events::{Envelope, Event, EventType, OrderCancelled, OrderCreated, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
 use service_runtime::outbox::{self, OutboxRow};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db::{self, Order};
-use crate::domain::{NewOrder, OrderEvent, OrderStatus, Transition, transition};
+use crate::db;
+use crate::domain::{NewOrder, Order, OrderStatus, OrderTrigger, Transition, transition};
 
 /// The reason `OrderCancelled` carries for a cancellation through the API.
 pub const CANCEL_REASON: &str = "customer_request";
@@ -115,7 +115,7 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
         .await?
         .pop()
         .ok_or(CancelError::NotFound)?;
-    match transition(order.status, OrderEvent::CancelRequested) {
+    match transition(order.status, OrderTrigger::CancelRequested) {
         Transition::To(status) => {
             let cancelled = db::set_status(&mut tx, id, status, None, None).await?;
             if order.status == OrderStatus::Pending {
@@ -141,10 +141,9 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
 /// than `after` ago. Returns how many.
 pub async fn republish_stale_pending(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
-    let rearmed = db::rearm_stale_order_created(&mut tx, after).await?;
-    if rearmed > 0 {
-        outbox::wake_relay(&mut tx).await?;
-    }
+    let stale = db::stale_pending_orders(&mut tx, after).await?;
+    let rearmed =
+        outbox::republish(&mut tx, &stale, Some(&[EventType::OrderCreated]), after).await?;
     tx.commit().await?;
     Ok(rearmed)
 }

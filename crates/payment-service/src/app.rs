@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
 use crate::order_events::OrderEvents;
-use crate::{MIGRATOR, Settings};
+use crate::settings::Settings;
+use crate::db::MIGRATOR;
 
 /// Connects, migrates, and starts HTTP, the outbox relay and the `order-events`
 /// consumer; they run until `shutdown` fires.
@@ -34,4 +35,11 @@ pub async fn start(
         },
     };
     service::start(infra, &settings.common, parts, shutdown).await
+}
+
+/// The whole `main` of the `payment-service` binary: settings from the environment, run until
+/// SIGINT or SIGTERM. Exit code 0 after a clean stop, 1 when it cannot start or fails,
+/// 2 on bad settings.
+pub async fn run() -> std::process::ExitCode {
+    service::run_main("payment-service", |s: &Settings| &s.common, start).await
 }

@@ -2,13 +2,21 @@
 //! `&mut PgConnection` run inside the caller's transaction.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use serde::Serialize;
+use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::OrderPaymentState;
+use crate::domain::{OrderPaymentState, PaymentStatus};
+
+/// The payment database's migrations (the runtime's outbox and inbox, then
+/// `migrations/payment`), embedded in the binary and run at start-up.
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/payment"))
+});
 
 /// A customer's account, as stored and as `GET /accounts/{customer_id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -27,7 +35,8 @@ pub struct Payment {
     pub customer_id: String,
     pub amount_cents: i64,
     pub currency: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: PaymentStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -203,18 +212,6 @@ pub async fn find_account(pool: &PgPool, customer_id: &str) -> sqlx::Result<Opti
     .bind(customer_id)
     .fetch_optional(pool)
     .await
-}
-
-/// Marks the published outcomes of `order_id` for re-publishing (same `event_id`s).
-/// Returns how many.
-pub async fn rearm_outcomes(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<u64> {
-    let rearmed = sqlx::query(
-        "UPDATE outbox SET published_at = NULL WHERE order_id = $1 AND published_at IS NOT NULL",
-    )
-    .bind(order_id)
-    .execute(conn)
-    .await?;
-    Ok(rearmed.rows_affected())
 }
 
 /// Adds a deposit to the customer's account (opened with `initial_credit_cents` if new)

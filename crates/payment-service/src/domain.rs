@@ -39,6 +39,36 @@ impl TryFrom<String> for OrderPaymentState {
     }
 }
 
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// The charge stands.
+    Completed,
+    /// Credited back after the order was cancelled.
+    Refunded,
+}
+
+impl PaymentStatus {
+    /// The text stored in the database and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "COMPLETED",
+            Self::Refunded => "REFUNDED",
+        }
+    }
+}
+
+impl TryFrom<String> for PaymentStatus {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        [Self::Completed, Self::Refunded]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| format!("unknown payment status {text:?}"))
+    }
+}
+
 /// What to do with an `OrderCreated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnOrderCreated {
@@ -170,5 +200,12 @@ mod tests {
             );
         }
         assert!(OrderPaymentState::try_from("NEW".to_owned()).is_err());
+        for status in [PaymentStatus::Completed, PaymentStatus::Refunded] {
+            assert_eq!(PaymentStatus::try_from(status.as_str().to_owned()), Ok(status));
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::json!(status.as_str()))
+            );
+        }
     }
 }

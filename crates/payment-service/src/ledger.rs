@@ -10,15 +10,29 @@ use events::{
     Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCompleted,
     PaymentFailed, PaymentRefunded, Producer,
 };
-use service_runtime::HandleError;
 use tracing::info;
 use uuid::Uuid;
 
 use crate::db::{Account, NewPayment, OrderPayment, Payment, Settlement};
 use crate::domain::{
-    Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, decide_charge, on_order_cancelled,
-    on_order_created,
+    Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, PaymentStatus, decide_charge,
+    on_order_cancelled, on_order_created,
 };
+
+/// Why the ledger cannot settle an event: it can never be applied as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{0} does not belong on order-events")]
+    WrongStream(&'static str),
+    #[error("the account of {0} was not locked")]
+    AccountNotLocked(String),
+    #[error("paid order {0} has no payment id")]
+    NoPaymentId(Uuid),
+    #[error("payment {0} is not a standing charge")]
+    NotAStandingCharge(Uuid),
+    #[error("stored payment {0} has an invalid currency")]
+    InvalidCurrency(Uuid),
+}
 
 /// An event of `order-events`, with the envelope it came in.
 #[derive(Debug, Clone, Copy)]
@@ -29,15 +43,12 @@ pub enum OrderEvent<'a> {
 
 impl<'a> OrderEvent<'a> {
     /// The order event in `envelope`; anything else does not belong on `order-events`.
-    pub fn of(envelope: &'a Envelope) -> Result<Self, HandleError> {
+    pub fn of(envelope: &'a Envelope) -> Result<Self, LedgerError> {
         match &envelope.event {
             Event::OrderCreated(order) => Ok(Self::Created(envelope, order)),
             Event::OrderCancelled(cancel) => Ok(Self::Cancelled(envelope, cancel)),
             Event::PaymentCompleted(_) | Event::PaymentFailed(_) | Event::PaymentRefunded(_) => {
-                Err(HandleError::Rejected(format!(
-                    "{} does not belong on order-events",
-                    envelope.event_type()
-                )))
+                Err(LedgerError::WrongStream(envelope.event_type().as_str()))
             }
         }
     }
@@ -139,7 +150,7 @@ impl Ledger {
     }
 
     /// Applies `event` to the ledger.
-    pub fn apply(&mut self, event: OrderEvent<'_>) -> Result<(), HandleError> {
+    pub fn apply(&mut self, event: OrderEvent<'_>) -> Result<(), LedgerError> {
         let state = self
             .states
             .get(&event.order_id())
@@ -175,12 +186,12 @@ impl Ledger {
         (self.settlement, self.published)
     }
 
-    fn try_charge(&mut self, cause: &Envelope, order: &OrderCreated) -> Result<(), HandleError> {
+    fn try_charge(&mut self, cause: &Envelope, order: &OrderCreated) -> Result<(), LedgerError> {
         let currency = order.currency.as_str();
         let account = self
             .accounts
             .get_mut(&order.customer_id)
-            .ok_or_else(|| HandleError::Rejected("the account was not locked".into()))?;
+            .ok_or_else(|| LedgerError::AccountNotLocked(order.customer_id.clone()))?;
         // Opening the account set its currency if it had none.
         let account_currency = account.currency.as_deref().unwrap_or(currency);
         match decide_charge(
@@ -247,14 +258,14 @@ impl Ledger {
     }
 
     /// Credits the order's payment back and publishes `PaymentRefunded`.
-    fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), HandleError> {
+    fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), LedgerError> {
         let payment_id = self
             .states
             .get(&cancel.order_id)
             .copied()
             .flatten()
             .and_then(|decided| decided.payment_id)
-            .ok_or_else(|| HandleError::Rejected("a paid order has no payment id".into()))?;
+            .ok_or(LedgerError::NoPaymentId(cancel.order_id))?;
         let (customer_id, amount_cents, currency) = if let Some(made_now) = self
             .settlement
             .new_payments
@@ -271,10 +282,8 @@ impl Ledger {
             let earlier = self
                 .earlier_payments
                 .get(&payment_id)
-                .filter(|p| p.status == "COMPLETED")
-                .ok_or_else(|| {
-                    HandleError::Rejected(format!("payment {payment_id} is not a standing charge"))
-                })?;
+                .filter(|p| p.status == PaymentStatus::Completed)
+                .ok_or(LedgerError::NotAStandingCharge(payment_id))?;
             self.settlement.refunded.push(payment_id);
             (
                 earlier.customer_id.clone(),
@@ -296,7 +305,7 @@ impl Ledger {
             Some(payment_id),
         );
         let currency = Currency::parse(&currency)
-            .map_err(|e| HandleError::Rejected(format!("stored payment: {e}")))?;
+            .map_err(|_| LedgerError::InvalidCurrency(payment_id))?;
         self.publish(
             cause,
             Event::PaymentRefunded(PaymentRefunded {
@@ -441,7 +450,7 @@ mod tests {
         let mut ledger = Ledger::new(unseen(&batch), Vec::new(), Vec::new());
         assert!(matches!(
             ledger.apply(batch[0]),
-            Err(HandleError::Rejected(_))
+            Err(LedgerError::AccountNotLocked(_))
         ));
         let paid = Envelope::new(
             Producer::PaymentService,
@@ -455,7 +464,7 @@ mod tests {
         );
         assert!(matches!(
             OrderEvent::of(&paid),
-            Err(HandleError::Rejected(_))
+            Err(LedgerError::WrongStream("PaymentFailed"))
         ));
     }
 }

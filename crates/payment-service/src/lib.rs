@@ -20,14 +20,3 @@ pub mod settings;
 
 pub use app::start;
 pub use settings::Settings;
-
-/// The `payment-service` binary: settings from the environment, run until SIGINT or
-/// SIGTERM. Exit code 0 after a clean stop, 1 when it cannot start or fails, 2 on bad
-/// settings.
-#[tokio::main]
-pub async fn main() -> std::process::ExitCode {
-    service_runtime::service::run_main("payment-service", |s: &Settings| &s.common, start).await
-}
-
-/// The payment database's migrations, embedded in the binary and run at start-up.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payment");

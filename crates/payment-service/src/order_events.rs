@@ -12,6 +12,8 @@
 //! 5. write payments, balances and saga states in one statement, and the outcomes to the
 //!    outbox in another.
 
+use std::time::Duration;
+
 use events::Envelope;
 use events::streams::PAYMENT_EVENTS;
 use service_runtime::{EventHandler, HandleError, outbox};
@@ -19,7 +21,12 @@ use sqlx::PgConnection;
 use tracing::info;
 
 use crate::db;
-use crate::ledger::{Ledger, OrderEvent, accounts_of, orders_of, payments_to_refund};
+use crate::ledger::{Ledger, LedgerError, OrderEvent, accounts_of, orders_of, payments_to_refund};
+
+/// A ledger error is about the event itself: it can never be applied (dead-lettered).
+fn rejected(error: LedgerError) -> HandleError {
+    HandleError::Rejected(error.to_string())
+}
 
 /// Applies `order-events` to accounts and payments.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +49,8 @@ impl EventHandler for OrderEvents {
         let events = events
             .iter()
             .map(|envelope| OrderEvent::of(envelope))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(rejected)?;
         let claimed = db::claim_orders(tx, &orders_of(&events)).await?;
         let refunding = payments_to_refund(&events, &claimed);
         let payments = if refunding.is_empty() {
@@ -58,7 +66,7 @@ impl EventHandler for OrderEvents {
         };
         let mut ledger = Ledger::new(claimed, accounts, payments);
         for event in events {
-            ledger.apply(event)?;
+            ledger.apply(event).map_err(rejected)?;
         }
         let (settlement, published) = ledger.finish();
         db::settle(tx, &settlement).await?;
@@ -75,9 +83,8 @@ impl EventHandler for OrderEvents {
         envelope: &Envelope,
     ) -> Result<(), HandleError> {
         if let Ok(OrderEvent::Created(_, order)) = OrderEvent::of(envelope) {
-            let rearmed = db::rearm_outcomes(tx, order.order_id).await?;
+            let rearmed = outbox::republish(tx, &[order.order_id], None, Duration::ZERO).await?;
             if rearmed > 0 {
-                outbox::wake_relay(tx).await?;
                 info!(order_id = %order.order_id, rearmed, "order-service asked again; re-publishing the recorded outcome");
             }
         }

@@ -16,7 +16,7 @@ async fn database(ctx: &TestContext) -> PgPool {
     let pool = PgPool::connect(&ctx.database().await)
         .await
         .expect("connects");
-    payment_service::MIGRATOR
+    payment_service::db::MIGRATOR
         .run(&pool)
         .await
         .expect("migrates");

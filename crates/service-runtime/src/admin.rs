@@ -3,45 +3,24 @@
 //! needs `Authorization: Bearer $ADMIN_TOKEN`, compared in constant time; with no
 //! `ADMIN_TOKEN` configured the routes do not exist (404), so nothing is open by default.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::keys::{StreamKeys, dead_letter_fields};
+use crate::dead_letters::{DeadLetter, DeadLetterStream, ReplayError, Replayed};
 use crate::problem::{Json, Path, Problem, route_not_found};
 use crate::settings::Secret;
-
-/// Where the dead letters of one consumed stream are.
-#[derive(Clone)]
-pub struct DeadLetters {
-    pub redis: ConnectionManager,
-    /// Key of the dead-letter stream, e.g. `ns:payment-events:dlq`.
-    pub dead_letter_key: String,
-}
-
-impl DeadLetters {
-    /// The dead letters of the logical stream `consumed`.
-    pub fn new(redis: ConnectionManager, keys: &StreamKeys, consumed: &str) -> Self {
-        Self {
-            redis,
-            dead_letter_key: keys.dead_letter(consumed),
-        }
-    }
-}
 
 /// Name of the admin bearer-token scheme in the OpenAPI document.
 pub const SECURITY_SCHEME: &str = "admin_token";
 
 /// Puts `admin_routes` and the dead-letter routes behind the admin token.
 pub fn router(
-    dead_letters: DeadLetters,
+    dead_letters: DeadLetterStream,
     admin_routes: OpenApiRouter,
     token: Option<Secret>,
 ) -> OpenApiRouter {
@@ -98,55 +77,6 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-/// One dead letter as the admin API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct DeadLetter {
-    id: String,
-    original_id: Option<String>,
-    stream: Option<String>,
-    group: Option<String>,
-    consumer: Option<String>,
-    delivery_count: Option<u64>,
-    error: Option<String>,
-    /// The original entry's fields.
-    fields: BTreeMap<String, String>,
-}
-
-type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
-
-impl DeadLetter {
-    fn from_entry(id: String, raw: RawFields) -> Self {
-        let mut letter = Self {
-            id,
-            original_id: None,
-            stream: None,
-            group: None,
-            consumer: None,
-            delivery_count: None,
-            error: None,
-            fields: BTreeMap::new(),
-        };
-        for (name, value) in raw {
-            let (name, value) = (
-                String::from_utf8_lossy(&name).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
-            match name.as_str() {
-                dead_letter_fields::ORIGINAL_ID => letter.original_id = Some(value),
-                dead_letter_fields::SOURCE_STREAM => letter.stream = Some(value),
-                dead_letter_fields::GROUP => letter.group = Some(value),
-                dead_letter_fields::CONSUMER => letter.consumer = Some(value),
-                dead_letter_fields::DELIVERY_COUNT => letter.delivery_count = value.parse().ok(),
-                dead_letter_fields::ERROR => letter.error = Some(value),
-                _ => {
-                    letter.fields.insert(name, value);
-                }
-            }
-        }
-        letter
-    }
-}
-
 fn redis_problem(error: redis::RedisError) -> Problem {
     tracing::warn!(%error, "admin: Redis failed");
     Problem::unavailable("Redis is unavailable")
@@ -160,34 +90,12 @@ fn redis_problem(error: redis::RedisError) -> Problem {
         (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
     ))]
 async fn list_dead_letters(
-    State(dead): State<DeadLetters>,
+    State(dead): State<DeadLetterStream>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let entries: Vec<(String, RawFields)> = redis::cmd("XRANGE")
-        .arg(&dead.dead_letter_key)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(limit)
-        .query_async(&mut dead.redis.clone())
-        .await
-        .map_err(redis_problem)?;
-    Ok(Json(
-        entries
-            .into_iter()
-            .map(|(id, raw)| DeadLetter::from_entry(id, raw))
-            .collect(),
-    ))
-}
-
-/// A replayed dead letter.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct Replayed {
-    id: String,
-    stream: String,
-    replayed_as: String,
+    Ok(Json(dead.list(limit).await.map_err(redis_problem)?))
 }
 
 /// Writes a dead letter's original fields back to its stream as a new entry and removes
@@ -204,7 +112,7 @@ struct Replayed {
         (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
     ))]
 async fn replay_dead_letter(
-    State(dead): State<DeadLetters>,
+    State(dead): State<DeadLetterStream>,
     Path(entry_id): Path<String>,
 ) -> Result<Json<Replayed>, Problem> {
     let valid_id = entry_id.split_once('-').is_some_and(|(ms, seq)| {
@@ -219,54 +127,16 @@ async fn replay_dead_letter(
             "entry ids look like 1700000000000-0",
         ));
     }
-    let mut redis = dead.redis.clone();
-    let found: Vec<(String, RawFields)> = redis::cmd("XRANGE")
-        .arg(&dead.dead_letter_key)
-        .arg(&entry_id)
-        .arg(&entry_id)
-        .query_async(&mut redis)
-        .await
-        .map_err(redis_problem)?;
-    let Some((_, raw)) = found.into_iter().next() else {
-        return Err(Problem::not_found("dead letter"));
-    };
-    let mut source = None;
-    let mut replay = redis::cmd("XADD");
-    let mut original = Vec::new();
-    for (name, value) in raw {
-        if name == dead_letter_fields::SOURCE_STREAM.as_bytes() {
-            source = Some(String::from_utf8_lossy(&value).into_owned());
-        } else if !name.starts_with(b"dlq:") {
-            original.push((name, value));
-        }
-    }
-    let Some(stream) = source else {
-        return Err(Problem::new(
+    match dead.replay(&entry_id).await {
+        Ok(replayed) => Ok(Json(replayed)),
+        Err(ReplayError::NotFound) => Err(Problem::not_found("dead letter")),
+        Err(e @ ReplayError::NotReplayable) => Err(Problem::new(
             StatusCode::CONFLICT,
             "not-replayable",
-            "the dead letter does not name its stream",
-        ));
-    };
-    replay.arg(&stream).arg("*");
-    for (name, value) in &original {
-        replay.arg(name.as_slice()).arg(value.as_slice());
+            e.to_string(),
+        )),
+        Err(ReplayError::Redis(e)) => Err(redis_problem(e)),
     }
-    let replayed_as: String = replay
-        .query_async(&mut redis)
-        .await
-        .map_err(redis_problem)?;
-    let _: u64 = redis::cmd("XDEL")
-        .arg(&dead.dead_letter_key)
-        .arg(&entry_id)
-        .query_async(&mut redis)
-        .await
-        .map_err(redis_problem)?;
-    tracing::info!(entry_id, %stream, replayed_as, "dead letter replayed");
-    Ok(Json(Replayed {
-        id: entry_id,
-        stream,
-        replayed_as,
-    }))
 }
 
 #[cfg(test)]

@@ -1,25 +1,10 @@
-//! Every Redis key and field name the runtime uses (SPEC §3.1, §4.4).
+//! Every Redis key the runtime uses (SPEC §3.1, §4.4); the fields of a dead letter are
+//! named in [`dead_letters::fields`](crate::dead_letters::fields).
 //!
 //! Stream keys are the logical names of [`events::streams`] behind the optional
 //! `STREAM_NAMESPACE` prefix, so tests and deployments can share one Redis.
 
 use events::streams::DEAD_LETTER_SUFFIX;
-
-/// Fields of a dead-letter entry, written before the original entry's own fields.
-pub mod dead_letter_fields {
-    /// Id of the entry in its source stream.
-    pub const ORIGINAL_ID: &str = "dlq:original_id";
-    /// Key of the source stream.
-    pub const SOURCE_STREAM: &str = "dlq:stream";
-    /// Consumer group that gave up on it.
-    pub const GROUP: &str = "dlq:group";
-    /// Consumer that dead-lettered it.
-    pub const CONSUMER: &str = "dlq:consumer";
-    /// How many times it had been delivered.
-    pub const DELIVERY_COUNT: &str = "dlq:delivery_count";
-    /// Why it could not be processed.
-    pub const ERROR: &str = "dlq:error";
-}
 
 /// Builds namespaced stream keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,16 +9,19 @@
 //! | outbox relay | [`relay`] | every committed event reaches its stream at least once |
 //! | inbox | [`inbox`] | an event applied once has no second effect |
 //! | consumer loop | [`consumer`] | an entry is acked only after its effect committed |
-//! | key names | [`keys`] | every Redis key and field name in one place |
+//! | dead letters | [`dead_letters`] | one bad entry never blocks the others, and can be replayed |
+//! | stream keys | [`keys`] | every Redis key in one place |
+//! | their tables | [`schema`] | the outbox and inbox migration, shipped once |
 //!
 //! and the service shell around them: [`settings`], [`telemetry`], [`health`],
-//! [`problem`] (HTTP errors), [`admin`] (dead letters, admin token), [`service`]
+//! [`problem`] (HTTP errors), [`admin`] (admin routes, admin token), [`service`]
 //! (start, run, shut down, periodic jobs).
 
 pub mod admin;
 mod backoff;
 pub mod consumer;
 pub mod database;
+pub mod dead_letters;
 pub mod health;
 pub mod inbox;
 pub mod keys;
@@ -28,6 +31,7 @@ pub mod problem;
 pub mod redis_conn;
 pub mod relay;
 pub mod request;
+pub mod schema;
 pub mod service;
 pub mod settings;
 mod stream_reply;

@@ -11,8 +11,10 @@
 //! service may also write the [`OutboxRow`] in the very statement that makes its change
 //! (one statement is atomic on its own), saving the round trips of a transaction.
 
-use events::Envelope;
-use sqlx::PgConnection;
+use std::time::Duration;
+
+use events::{Envelope, EventType};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 /// The `LISTEN`/`NOTIFY` channel the outbox trigger signals on each insert.
@@ -49,6 +51,20 @@ impl OutboxRow {
                 .flat_map(|(name, value)| [name.to_owned(), value])
                 .collect(),
         }
+    }
+
+    /// Appends `INSERT INTO outbox (...) VALUES (...)` for this row to `query`, for a
+    /// service that writes the row in the same statement as its change (e.g. a CTE).
+    pub fn push_insert(&self, query: &mut QueryBuilder<Postgres>) {
+        query.push("INSERT INTO outbox (event_id, stream, event_type, order_id, fields) VALUES (");
+        let mut values = query.separated(", ");
+        values
+            .push_bind(self.event_id)
+            .push_bind(self.stream.as_str())
+            .push_bind(self.event_type)
+            .push_bind(self.order_id)
+            .push_bind(&self.fields);
+        query.push(")");
     }
 }
 
@@ -100,14 +116,42 @@ pub async fn enqueue_all(
     Ok(())
 }
 
-/// Wakes the relay after rows were re-armed (`published_at = NULL`) rather than inserted:
-/// the insert trigger does not fire for those. Delivered at commit.
-pub async fn wake_relay(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Publishes again, with the same `event_id`s, the events of `order_ids` that went out
+/// at least `published_ago` ago: all of them, or only those of `event_types`. Wakes the
+/// relay when there are any (at commit). Returns how many. A consumer's inbox absorbs
+/// the repeat; a producer uses this to repair a broker that lost an event, or to answer
+/// a question asked again (SPEC §4.6).
+#[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
+pub async fn republish(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+    event_types: Option<&[EventType]>,
+    published_ago: Duration,
+) -> sqlx::Result<u64> {
+    if order_ids.is_empty() {
+        return Ok(0);
+    }
+    let types: Option<Vec<&str>> = event_types.map(|t| t.iter().map(|t| t.as_str()).collect());
+    let rearmed = sqlx::query(
+        "UPDATE outbox SET published_at = NULL
+         WHERE order_id = ANY($1)
+           AND ($2::text[] IS NULL OR event_type = ANY($2))
+           AND published_at <= now() - make_interval(secs => $3)",
+    )
+    .bind(order_ids)
+    .bind(types)
+    .bind(published_ago.as_secs_f64())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if rearmed > 0 {
+        // The insert trigger does not fire for re-armed rows.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(conn)
+            .await?;
+    }
+    Ok(rearmed)
 }
 
 /// Deletes rows published more than `retention` ago; keeps every unpublished row.

@@ -29,7 +29,8 @@ use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::admin::{self, DeadLetters};
+use crate::admin;
+use crate::dead_letters::DeadLetterStream;
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::health::{self, Readiness};
 use crate::keys::StreamKeys;
@@ -189,7 +190,7 @@ pub async fn start<H: EventHandler>(
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
     };
-    let dead_letters = DeadLetters::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
+    let dead_letters = DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
     let (routes, openapi) = OpenApiRouter::new()
         .merge(parts.routes)
         .merge(admin::router(

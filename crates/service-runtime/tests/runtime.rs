@@ -15,8 +15,8 @@ use testkit::{TestContext, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The outbox and inbox tables come with either service's migrations.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order");
+/// The outbox and inbox tables: the runtime's own migrations.
+use service_runtime::schema::RUNTIME_MIGRATOR as MIGRATOR;
 
 const STREAM: &str = "order-events";
 const GROUP: &str = "test-group";

@@ -1,11 +1,11 @@
-//! Orders: what a valid order is (SPEC §6.1 limits) and the states it moves through
-//! (SPEC §5.1). Pure: no I/O, every rule unit-tested.
+//! What a valid order is (SPEC §6.1 limits): the body of `POST /orders` parsed into a
+//! [`NewOrder`], every invalid field reported at once. Pure, unit-tested.
 
 use std::collections::BTreeMap;
 
 use events::text::check_identifier;
 use events::{Currency, OrderItem};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Field limits of `POST /orders` (SPEC §6.1).
 /// (`customer_id` and `sku` follow [`events::text::check_identifier`].)
@@ -14,86 +14,6 @@ pub mod limits {
     pub const MAX_QUANTITY: i64 = 10_000;
     pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
     pub const MAX_TOTAL_CENTS: i64 = 100_000_000_000;
-}
-
-/// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    Pending,
-    Paid,
-    PaymentFailed,
-    Cancelled,
-}
-
-impl OrderStatus {
-    /// The text stored in the database and shown in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Paid => "PAID",
-            Self::PaymentFailed => "PAYMENT_FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Parses the stored text.
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Paid,
-            Self::PaymentFailed,
-            Self::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-}
-
-/// Something that can happen to an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderEvent {
-    PaymentCompleted,
-    PaymentFailed,
-    PaymentRefunded,
-    /// `POST /orders/{id}/cancel`.
-    CancelRequested,
-}
-
-/// What an [`OrderEvent`] does to an order in a given status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
-    /// The order moves to this status.
-    To(OrderStatus),
-    /// The status stays; a late or repeated event, not an error.
-    Keep,
-    /// Refused: the caller asked for something the status does not allow (409).
-    Conflict,
-}
-
-/// The order state machine (SPEC §5.1): `PENDING` -> `PAID` | `PAYMENT_FAILED`;
-/// `PENDING` or `PAID` -> `CANCELLED` by the user (a paid order is then refunded by
-/// payment-service). Payment outcomes for an order that moved on change nothing: a
-/// payment for a cancelled order is refunded because payment-service sees the
-/// cancellation too.
-pub fn transition(status: OrderStatus, event: OrderEvent) -> Transition {
-    use OrderEvent as E;
-    use OrderStatus as S;
-    match (status, event) {
-        (S::Pending, E::PaymentCompleted) => Transition::To(S::Paid),
-        (S::Pending, E::PaymentFailed) => Transition::To(S::PaymentFailed),
-        (S::Pending | S::Paid, E::CancelRequested) => Transition::To(S::Cancelled),
-        (S::PaymentFailed | S::Cancelled, E::CancelRequested) => Transition::Conflict,
-        (S::Paid | S::PaymentFailed | S::Cancelled, E::PaymentCompleted | E::PaymentFailed)
-        | (_, E::PaymentRefunded) => Transition::Keep,
-    }
-}
-
-impl TryFrom<String> for OrderStatus {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        Self::parse(&text).ok_or_else(|| format!("unknown order status {text:?}"))
-    }
 }
 
 /// The body of `POST /orders` as sent: loosely typed, so that every field can be checked
@@ -315,50 +235,5 @@ mod tests {
                 .expect_err("blank")
                 .contains_key("customer_id")
         );
-    }
-
-    #[test]
-    fn every_status_and_event() {
-        use OrderEvent as E;
-        use OrderStatus as S;
-        use Transition::{Conflict, Keep, To};
-        let expected = [
-            (S::Pending, E::PaymentCompleted, To(S::Paid)),
-            (S::Pending, E::PaymentFailed, To(S::PaymentFailed)),
-            (S::Pending, E::PaymentRefunded, Keep),
-            (S::Pending, E::CancelRequested, To(S::Cancelled)),
-            (S::Paid, E::PaymentCompleted, Keep),
-            (S::Paid, E::PaymentFailed, Keep),
-            (S::Paid, E::PaymentRefunded, Keep),
-            (S::Paid, E::CancelRequested, To(S::Cancelled)),
-            (S::PaymentFailed, E::PaymentCompleted, Keep),
-            (S::PaymentFailed, E::PaymentFailed, Keep),
-            (S::PaymentFailed, E::PaymentRefunded, Keep),
-            (S::PaymentFailed, E::CancelRequested, Conflict),
-            (S::Cancelled, E::PaymentCompleted, Keep),
-            (S::Cancelled, E::PaymentFailed, Keep),
-            (S::Cancelled, E::PaymentRefunded, Keep),
-            (S::Cancelled, E::CancelRequested, Conflict),
-        ];
-        for (status, event, outcome) in expected {
-            assert_eq!(transition(status, event), outcome, "{status:?} + {event:?}");
-        }
-    }
-
-    #[test]
-    fn statuses_round_trip_through_text() {
-        for status in [
-            OrderStatus::Pending,
-            OrderStatus::Paid,
-            OrderStatus::PaymentFailed,
-            OrderStatus::Cancelled,
-        ] {
-            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
-            assert_eq!(
-                serde_json::to_value(status).ok(),
-                Some(serde_json::json!(status.as_str()))
-            );
-        }
-        assert_eq!(OrderStatus::parse("SHIPPED"), None);
     }
 }

@@ -1,0 +1,337 @@
+//! Orders: the states they move through (SPEC §5.1), what a payment outcome does to
+//! one, and (in [`order_request`]) what a valid new order is (SPEC §6.1). Pure: no I/O,
+//! every rule unit-tested.
+
+mod order_request;
+
+use events::{Envelope, Event, OrderItem};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tracing::info;
+use uuid::Uuid;
+
+pub use order_request::{FieldErrors, NewOrder, OrderRequest, OrderRequestItem, limits};
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    PaymentFailed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// The text stored in the database and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Paid => "PAID",
+            Self::PaymentFailed => "PAYMENT_FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Paid,
+            Self::PaymentFailed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Something that can happen to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderTrigger {
+    PaymentCompleted,
+    PaymentFailed,
+    PaymentRefunded,
+    /// `POST /orders/{id}/cancel`.
+    CancelRequested,
+}
+
+/// What an [`OrderTrigger`] does to an order in a given status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The order moves to this status.
+    To(OrderStatus),
+    /// The status stays; a late or repeated event, not an error.
+    Keep,
+    /// Refused: the caller asked for something the status does not allow (409).
+    Conflict,
+}
+
+/// The order state machine (SPEC §5.1): `PENDING` -> `PAID` | `PAYMENT_FAILED`;
+/// `PENDING` or `PAID` -> `CANCELLED` by the user (a paid order is then refunded by
+/// payment-service). Payment outcomes for an order that moved on change nothing: a
+/// payment for a cancelled order is refunded because payment-service sees the
+/// cancellation too.
+pub fn transition(status: OrderStatus, event: OrderTrigger) -> Transition {
+    use OrderTrigger as E;
+    use OrderStatus as S;
+    match (status, event) {
+        (S::Pending, E::PaymentCompleted) => Transition::To(S::Paid),
+        (S::Pending, E::PaymentFailed) => Transition::To(S::PaymentFailed),
+        (S::Pending | S::Paid, E::CancelRequested) => Transition::To(S::Cancelled),
+        (S::PaymentFailed | S::Cancelled, E::CancelRequested) => Transition::Conflict,
+        (S::Paid | S::PaymentFailed | S::Cancelled, E::PaymentCompleted | E::PaymentFailed)
+        | (_, E::PaymentRefunded) => Transition::Keep,
+    }
+}
+
+impl TryFrom<String> for OrderStatus {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).ok_or_else(|| format!("unknown order status {text:?}"))
+    }
+}
+
+/// An order as stored and as `GET /orders/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Order {
+    pub id: Uuid,
+    pub customer_id: String,
+    #[sqlx(json)]
+    pub items: Vec<OrderItem>,
+    pub total_cents: i64,
+    pub currency: String,
+    #[sqlx(try_from = "String")]
+    pub status: OrderStatus,
+    pub payment_id: Option<Uuid>,
+    pub failure_reason: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub refunded_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// What a payment outcome changed in an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Nothing,
+    /// Its status (and what comes with it).
+    Status,
+    /// Only its payment id or refund time.
+    Details,
+}
+
+/// A payment outcome (an event of `payment-events`), as it concerns an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentOutcome {
+    pub order_id: Uuid,
+    trigger: OrderTrigger,
+    payment_id: Option<Uuid>,
+    failure_reason: Option<String>,
+}
+
+impl PaymentOutcome {
+    /// The outcome `envelope` carries; `None` for an event that is not a payment outcome.
+    pub fn of(envelope: &Envelope) -> Option<Self> {
+        let (trigger, payment_id, failure_reason) = match &envelope.event {
+            Event::PaymentCompleted(paid) => {
+                (OrderTrigger::PaymentCompleted, Some(paid.payment_id), None)
+            }
+            Event::PaymentFailed(failed) => (
+                OrderTrigger::PaymentFailed,
+                None,
+                Some(failed.reason.as_str().to_owned()),
+            ),
+            Event::PaymentRefunded(refund) => {
+                (OrderTrigger::PaymentRefunded, Some(refund.payment_id), None)
+            }
+            Event::OrderCreated(_) | Event::OrderCancelled(_) => return None,
+        };
+        Some(Self {
+            order_id: envelope.order_id,
+            trigger,
+            payment_id,
+            failure_reason,
+        })
+    }
+
+    /// Changes `order` as this outcome says: the state machine moves it, and an order
+    /// that moved on records only a late payment (cancelled meanwhile; payment-service
+    /// refunds it) and its refund, once each.
+    pub fn apply(&self, order: &mut Order) -> Change {
+        match (transition(order.status, self.trigger), self.trigger) {
+            (Transition::To(status), _) => {
+                order.status = status;
+                order.payment_id = self.payment_id.or(order.payment_id);
+                if let Some(reason) = &self.failure_reason {
+                    order.failure_reason = Some(reason.clone());
+                }
+                Change::Status
+            }
+            (_, OrderTrigger::PaymentRefunded) if order.refunded_at.is_none() => {
+                order.refunded_at = Some(OffsetDateTime::now_utc());
+                Change::Details
+            }
+            (_, OrderTrigger::PaymentCompleted)
+                if order.status == OrderStatus::Cancelled
+                    && order.payment_id.is_none()
+                    && self.payment_id.is_some() =>
+            {
+                order.payment_id = self.payment_id;
+                Change::Details
+            }
+            _ => {
+                info!(order_id = %order.id, status = order.status.as_str(), trigger = ?self.trigger,
+                    "the order moved on; nothing to change");
+                Change::Nothing
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_and_event() {
+        use OrderTrigger as E;
+        use OrderStatus as S;
+        use Transition::{Conflict, Keep, To};
+        let expected = [
+            (S::Pending, E::PaymentCompleted, To(S::Paid)),
+            (S::Pending, E::PaymentFailed, To(S::PaymentFailed)),
+            (S::Pending, E::PaymentRefunded, Keep),
+            (S::Pending, E::CancelRequested, To(S::Cancelled)),
+            (S::Paid, E::PaymentCompleted, Keep),
+            (S::Paid, E::PaymentFailed, Keep),
+            (S::Paid, E::PaymentRefunded, Keep),
+            (S::Paid, E::CancelRequested, To(S::Cancelled)),
+            (S::PaymentFailed, E::PaymentCompleted, Keep),
+            (S::PaymentFailed, E::PaymentFailed, Keep),
+            (S::PaymentFailed, E::PaymentRefunded, Keep),
+            (S::PaymentFailed, E::CancelRequested, Conflict),
+            (S::Cancelled, E::PaymentCompleted, Keep),
+            (S::Cancelled, E::PaymentFailed, Keep),
+            (S::Cancelled, E::PaymentRefunded, Keep),
+            (S::Cancelled, E::CancelRequested, Conflict),
+        ];
+        for (status, event, outcome) in expected {
+            assert_eq!(transition(status, event), outcome, "{status:?} + {event:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in [
+            OrderStatus::Pending,
+            OrderStatus::Paid,
+            OrderStatus::PaymentFailed,
+            OrderStatus::Cancelled,
+        ] {
+            assert_eq!(OrderStatus::parse(status.as_str()), Some(status));
+            assert_eq!(
+                serde_json::to_value(status).ok(),
+                Some(serde_json::json!(status.as_str()))
+            );
+        }
+        assert_eq!(OrderStatus::parse("SHIPPED"), None);
+    }
+
+    use events::{Currency, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer};
+
+    fn order(status: OrderStatus) -> Order {
+        let now = OffsetDateTime::now_utc();
+        Order {
+            id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+            items: Vec::new(),
+            total_cents: 700,
+            currency: "EUR".into(),
+            status,
+            payment_id: None,
+            failure_reason: None,
+            refunded_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn outcome(order: &Order, event: Event) -> PaymentOutcome {
+        let envelope = Envelope::new(Producer::PaymentService, event);
+        assert_eq!(envelope.order_id, order.id);
+        PaymentOutcome::of(&envelope).expect("a payment outcome")
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("valid")
+    }
+
+    fn completed(order: &Order, payment_id: Uuid) -> PaymentOutcome {
+        outcome(
+            order,
+            Event::PaymentCompleted(PaymentCompleted {
+                payment_id,
+                order_id: order.id,
+                customer_id: order.customer_id.clone(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        )
+    }
+
+    #[test]
+    fn outcomes_of_one_batch_apply_in_stream_order() {
+        let mut paid = order(OrderStatus::Pending);
+        let payment_id = Uuid::now_v7();
+        let failed = outcome(
+            &paid,
+            Event::PaymentFailed(PaymentFailed {
+                order_id: paid.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+                reason: events::FailureReason::InsufficientFunds,
+            }),
+        );
+        assert_eq!(
+            completed(&paid, payment_id).apply(&mut paid),
+            Change::Status
+        );
+        assert_eq!(
+            failed.apply(&mut paid),
+            Change::Nothing,
+            "the first outcome stands"
+        );
+        assert_eq!(
+            (paid.status, paid.payment_id, paid.failure_reason),
+            (OrderStatus::Paid, Some(payment_id), None)
+        );
+    }
+
+    #[test]
+    fn a_cancelled_order_records_the_late_payment_and_its_refund() {
+        let mut cancelled = order(OrderStatus::Cancelled);
+        let payment_id = Uuid::now_v7();
+        let refunded = outcome(
+            &cancelled,
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id,
+                order_id: cancelled.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        );
+        let late = completed(&cancelled, payment_id);
+        assert_eq!(late.apply(&mut cancelled), Change::Details);
+        assert_eq!(refunded.apply(&mut cancelled), Change::Details);
+        assert_eq!(refunded.apply(&mut cancelled), Change::Nothing, "once");
+        assert_eq!(late.apply(&mut cancelled), Change::Nothing, "once");
+        assert_eq!(cancelled.status, OrderStatus::Cancelled);
+        assert_eq!(cancelled.payment_id, Some(payment_id));
+        assert!(cancelled.refunded_at.is_some());
+    }
+}

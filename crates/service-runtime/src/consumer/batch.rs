@@ -1,0 +1,308 @@
+//! One batch, from read to ack: `XREADGROUP`, decide what each entry needs ([`Plan`]),
+//! apply the events ([`apply`](super::apply)), settle each entry's [`Outcome`] (dead
+//! letter, retry in place, leave pending), then one `XACK` for everything finished.
+
+use std::collections::HashMap;
+
+use events::Envelope;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{BatchReport, ConsumeError, Consumer, EventHandler, HandleError, ReadFrom};
+use crate::backoff::Backoff;
+use crate::dead_letters::Verdict;
+use crate::observability::{EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED, EVENTS_SKIPPED};
+use crate::stream_reply::{RawEntry, parse_read_reply};
+use crate::{database, telemetry};
+
+/// What became of one entry of a batch: the one description every step uses, from the
+/// transaction that applied it to the ack.
+pub(super) enum Outcome {
+    /// Its effect committed now, for the first time.
+    Applied,
+    /// It had been applied before (the inbox knew it): committed without a second effect.
+    Duplicate,
+    /// Acked without handling (deleted while pending, or an unknown event type).
+    Skipped,
+    /// Copied to the dead-letter stream.
+    DeadLettered,
+    /// Its handler failed on it; nothing of it committed. Settled into one of the others.
+    Failed(HandleError),
+    /// Nothing of it committed and it is not acked: it stays pending. `transient`: the
+    /// database could not take it now (it is retried in place, not redelivered).
+    Unfinished { transient: bool },
+}
+
+impl Outcome {
+    /// A committed event: applied now, or a duplicate.
+    pub(super) fn committed(first_time: bool) -> Self {
+        if first_time {
+            Self::Applied
+        } else {
+            Self::Duplicate
+        }
+    }
+}
+
+/// What to do with an entry, decided before touching the database.
+enum Plan {
+    /// Ack without handling (deleted while pending, or an unknown event type).
+    Skip,
+    /// Can never be handled: dead-letter with this error.
+    DeadLetter(String),
+    /// Handle it, in this span.
+    Apply(Box<Envelope>, tracing::Span),
+}
+
+/// An event of the batch waiting to be applied.
+pub(super) struct Pending {
+    /// Its place in the batch.
+    pub(super) index: usize,
+    pub(super) envelope: Box<Envelope>,
+    pub(super) span: tracing::Span,
+}
+
+impl<H: EventHandler> Consumer<H> {
+    /// Reads a batch and processes it: every event that can be applied is applied in
+    /// one transaction (redone one event at a time, a savepoint each, if any fails, so
+    /// a failing event undoes only itself), then everything finished is acked at once.
+    /// With `retry_until`, events that met a transient database failure are retried in
+    /// place with backoff until they commit or `retry_until` fires (then they stay
+    /// pending).
+    pub(super) async fn consume(
+        &self,
+        from: ReadFrom,
+        retry_until: Option<&CancellationToken>,
+    ) -> Result<BatchReport, ConsumeError> {
+        let entries = self.read(from).await?;
+        let delivery_counts = match from {
+            ReadFrom::New => HashMap::new(),
+            ReadFrom::OwnPending => self.delivery_counts(&entries).await?,
+        };
+        let deliveries = |entry: &RawEntry| delivery_counts.get(&entry.id).copied().unwrap_or(1);
+
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(entries.len());
+        let mut to_apply = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            match self.plan(entry, deliveries(entry)) {
+                Plan::Skip => outcomes.push(Some(Outcome::Skipped)),
+                Plan::DeadLetter(error) => {
+                    outcomes.push(Some(
+                        self.dead_letter(entry, deliveries(entry), &error).await,
+                    ));
+                }
+                Plan::Apply(envelope, span) => {
+                    outcomes.push(None);
+                    to_apply.push(Pending {
+                        index: i,
+                        envelope,
+                        span,
+                    });
+                }
+            }
+        }
+
+        let mut backoff = Backoff::new();
+        while !to_apply.is_empty() {
+            let results = self.apply_batch(&to_apply).await;
+            let mut again = Vec::new();
+            for (pending, result) in to_apply.into_iter().zip(results) {
+                let entry = &entries[pending.index];
+                let span = pending.span.clone();
+                match self
+                    .settle(entry, deliveries(entry), &pending.envelope, result)
+                    .instrument(span)
+                    .await
+                {
+                    Outcome::Unfinished { transient: true } => again.push(pending),
+                    outcome => outcomes[pending.index] = Some(outcome),
+                }
+            }
+            to_apply = again;
+            if to_apply.is_empty() {
+                break;
+            }
+            let retry = match retry_until {
+                Some(shutdown) => backoff.wait(shutdown).await,
+                None => false,
+            };
+            if !retry {
+                for pending in to_apply.drain(..) {
+                    outcomes[pending.index] = Some(Outcome::Unfinished { transient: false });
+                }
+            }
+        }
+        self.ack(&entries, outcomes).await
+    }
+
+    /// Acks every finished entry in one `XACK` and counts what the batch came to.
+    async fn ack(
+        &self,
+        entries: &[RawEntry],
+        outcomes: Vec<Option<Outcome>>,
+    ) -> Result<BatchReport, ConsumeError> {
+        let mut report = BatchReport {
+            delivered: entries.len(),
+            ..BatchReport::default()
+        };
+        let mut acks = Vec::with_capacity(entries.len());
+        for (entry, outcome) in entries.iter().zip(outcomes) {
+            match outcome {
+                Some(Outcome::Applied) => report.applied += 1,
+                Some(Outcome::Duplicate) => report.duplicates += 1,
+                Some(Outcome::Skipped) => report.skipped += 1,
+                Some(Outcome::DeadLettered) => report.dead_lettered += 1,
+                Some(Outcome::Failed(_) | Outcome::Unfinished { .. }) | None => {
+                    report.retry_later += 1;
+                    continue;
+                }
+            }
+            acks.push(entry.id.as_str());
+        }
+        if !acks.is_empty() {
+            redis::cmd("XACK")
+                .arg(&self.stream_key)
+                .arg(self.config.group)
+                .arg(&acks)
+                .exec_async(&mut self.redis.commands.clone())
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn read(&self, from: ReadFrom) -> Result<Vec<RawEntry>, ConsumeError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(self.config.group)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(self.config.read_count);
+        if from == ReadFrom::New {
+            cmd.arg("BLOCK").arg(self.config.block.as_millis() as u64);
+        }
+        let id = match from {
+            ReadFrom::New => ">",
+            ReadFrom::OwnPending => "0",
+        };
+        cmd.arg("STREAMS").arg(&self.stream_key).arg(id);
+        let reply: redis::Value = cmd.query_async(&mut self.redis.reader.clone()).await?;
+        parse_read_reply(reply).map_err(ConsumeError::Reply)
+    }
+
+    /// What an event's outcome means for its entry: a failure becomes a dead letter, a
+    /// retry in place (`Unfinished { transient: true }`) or an entry left pending.
+    async fn settle(
+        &self,
+        entry: &RawEntry,
+        deliveries: u64,
+        envelope: &Envelope,
+        outcome: Outcome,
+    ) -> Outcome {
+        let event_type = envelope.event_type().as_str();
+        let max = self.config.max_deliveries;
+        match outcome {
+            Outcome::Applied => {
+                self.count_consumed(event_type, "applied");
+                Outcome::Applied
+            }
+            Outcome::Duplicate => {
+                debug!("already applied; acking without a second effect");
+                self.count_consumed(event_type, "duplicate");
+                Outcome::Duplicate
+            }
+            Outcome::Failed(HandleError::Rejected(reason)) => {
+                self.dead_letter(entry, deliveries, &reason).await
+            }
+            Outcome::Failed(HandleError::Database(e)) if database::is_transient(&e) => {
+                warn!(error = %e, "the database could not take the event now; it waits");
+                self.count_failed(event_type);
+                Outcome::Unfinished { transient: true }
+            }
+            Outcome::Failed(e) if deliveries >= max => {
+                let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
+                self.dead_letter(entry, deliveries, &error).await
+            }
+            Outcome::Failed(e) => {
+                warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
+                self.count_failed(event_type);
+                Outcome::Unfinished { transient: false }
+            }
+            other @ (Outcome::Skipped | Outcome::DeadLettered | Outcome::Unfinished { .. }) => {
+                other
+            }
+        }
+    }
+
+    /// Decides what to do with an entry before touching the database. An event gets a
+    /// span that continues its producer's trace.
+    fn plan(&self, entry: &RawEntry, deliveries: u64) -> Plan {
+        let stream = self.stream_key.as_str();
+        let skip = |reason: &'static str| {
+            metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => reason)
+                .increment(1);
+            Plan::Skip
+        };
+        let Some(fields) = &entry.fields else {
+            debug!(entry_id = %entry.id, "entry was deleted from the stream while pending; acking");
+            return skip("deleted");
+        };
+        let mut envelope = match Envelope::from_fields(
+            fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ) {
+            Ok(envelope) => envelope,
+            Err(e) if e.is_unknown_event_type() => {
+                info!(entry_id = %entry.id, error = %e, "skipping an event type this version does not know");
+                return skip("unknown_type");
+            }
+            Err(e) => return Plan::DeadLetter(e.to_string()),
+        };
+        let max = self.config.max_deliveries;
+        if deliveries > max {
+            // Only reached when a consumer died while handling it (a crash loop).
+            return Plan::DeadLetter(format!(
+                "delivered {deliveries} times, more than MAX_DELIVERIES={max}"
+            ));
+        }
+        let span = info_span!("consume", stream, entry_id = %entry.id,
+            event_type = envelope.event_type().as_str(), event_id = %envelope.event_id, order_id = %envelope.order_id);
+        if let Some(traceparent) = &envelope.traceparent {
+            telemetry::continue_trace(&span, traceparent);
+        }
+        // Handlers see the consuming span's context, for the events they publish in answer.
+        envelope.traceparent = telemetry::traceparent_of(&span).or(envelope.traceparent);
+        Plan::Apply(Box::new(envelope), span)
+    }
+
+    fn count_consumed(&self, event_type: &'static str, result: &'static str) {
+        metrics::counter!(EVENTS_CONSUMED, "stream" => self.stream_key.clone(), "event_type" => event_type, "result" => result)
+            .increment(1);
+    }
+
+    fn count_failed(&self, event_type: &'static str) {
+        metrics::counter!(EVENTS_FAILED, "stream" => self.stream_key.clone(), "event_type" => event_type).increment(1);
+    }
+
+    /// Copies an entry that can never be processed to the dead-letter stream, with why.
+    /// Only when that copy is written is the original acked.
+    async fn dead_letter(&self, entry: &RawEntry, deliveries: u64, error: &str) -> Outcome {
+        warn!(error, deliveries, "dead-lettering the entry");
+        let verdict = Verdict {
+            source: &self.stream_key,
+            group: self.config.group,
+            consumer: &self.config.consumer,
+            deliveries,
+            error,
+        };
+        match self.dead_letters.write(entry, verdict).await {
+            Ok(()) => {
+                metrics::counter!(EVENTS_DEAD_LETTERED, "stream" => self.stream_key.clone())
+                    .increment(1);
+                Outcome::DeadLettered
+            }
+            Err(e) => {
+                warn!(error = %e, "could not write the dead letter; the entry stays pending");
+                Outcome::Unfinished { transient: false }
+            }
+        }
+    }
+}

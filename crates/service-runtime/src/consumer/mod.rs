@@ -1,0 +1,273 @@
+//! The consumer loop: `XREADGROUP` a batch → decode → apply the batch in one transaction
+//! (inbox records of all its events in one statement, then the handler's effects of the
+//! new ones, set-based) → commit → `XACK` the batch (SPEC §4.2, §4.4). A few statements
+//! and one commit per batch rather than per event is what lets the consumers keep up with
+//! the rate at which orders are created.
+//!
+//! Guarantees kept here:
+//! - an entry is acked only after the transaction holding its effect and its inbox row
+//!   committed, so a crash at any point leaves it pending and it is delivered again;
+//! - a redelivered event finds its inbox row and has no second effect;
+//! - an entry that cannot be decoded, or that its handler rejects, is copied to the
+//!   dead-letter stream and acked: one bad entry never blocks the ones behind it;
+//! - an unknown `event_type` is acked and skipped (tolerant reader);
+//! - an event that fails undoes only itself: the batch is redone one event at a time, a
+//!   savepoint each, and the rest of it commits;
+//! - while the database is unreachable (or the event lost a deadlock) nothing of it is
+//!   acked: it is retried in place with backoff (not redelivered, so an outage does not
+//!   use up its deliveries);
+//! - an event that fails otherwise stays pending and is read again from this consumer's
+//!   pending list; failing on its `MAX_DELIVERIES`th delivery (or arriving past it, after
+//!   crash loops) sends it to the dead-letter stream;
+//! - entries left pending by a consumer that died are reclaimed (`XAUTOCLAIM`) by any live
+//!   one once idle longer than `CLAIM_MIN_IDLE_MS`, and processed like its own;
+//! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
+//!
+//! Here: the handler contract, the settings and the run loop. A batch from read to ack
+//! is in [`batch`], the database side of it in [`apply`], reclaiming in [`reclaim`], and
+//! dead letters in [`crate::dead_letters`].
+
+mod apply;
+mod batch;
+mod reclaim;
+
+use std::future::Future;
+use std::time::Duration;
+
+use events::Envelope;
+use redis::RedisError;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::dead_letters::DeadLetterStream;
+use crate::keys::StreamKeys;
+use crate::redis_conn::RedisConnections;
+
+/// What a service does with events. Called inside the transaction that also records the
+/// events in the inbox; whatever it writes on `tx` commits together with those records.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `events`, all seen for the first time, in stream order. Never called
+    /// twice for one `event_id` with both committing. Meant to be set-based: a few
+    /// statements for the whole slice, not a round trip per event.
+    ///
+    /// An error undoes the whole slice; the consumer then applies its events one at a
+    /// time (slices of one), so that only the failing one is held back. Each event's
+    /// `traceparent` is that of the span consuming it: an event published in answer
+    /// should carry it on (see [`Envelope::caused_by`]).
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+
+    /// Events with the same key are applied in stream order, in one transaction; events
+    /// with different keys may be applied concurrently. Choose a key under which two
+    /// events never lock the same rows (the default, the order, suits handlers that only
+    /// touch their order's rows).
+    fn partition_key(&self, envelope: &Envelope) -> String {
+        envelope.order_id.to_string()
+    }
+
+    /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
+    /// applied before (a redelivery or a re-publish), in a transaction of its own. The
+    /// default does nothing; a service may re-publish what it answered back then, for a
+    /// producer that lost the answer (SPEC §4.6).
+    fn on_duplicate(
+        &self,
+        _tx: &mut PgConnection,
+        _envelope: &Envelope,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The database failed: transient, the entry is retried.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event can never be applied (e.g. a type this consumer does not expect on this
+    /// stream): it is dead-lettered.
+    #[error("rejected: {0}")]
+    Rejected(String),
+}
+
+/// Why a read or an ack failed. Entries are never lost by it: what was not acked stays
+/// pending.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("unexpected reply: {0}")]
+    Reply(String),
+}
+
+impl ConsumeError {
+    /// The group (or the whole stream) is gone: Redis restarted empty or was flushed.
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
+    }
+}
+
+/// Where a consumer reads in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFrom {
+    /// Entries never delivered to the group (`>`), blocking up to `BLOCK`.
+    New,
+    /// This consumer's own pending entries (`0`): ones it failed to finish.
+    OwnPending,
+}
+
+/// Which stream a consumer reads, as whom, and how much at once.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Logical stream name, e.g. `order-events`.
+    pub stream: &'static str,
+    pub group: &'static str,
+    /// Unique within the group (SPEC §3.1).
+    pub consumer: String,
+    /// `COUNT` of each read.
+    pub read_count: usize,
+    /// `BLOCK` of each read; also bounds how long shutdown waits for the read.
+    pub block: Duration,
+    /// An entry delivered more often than this is dead-lettered instead of retried.
+    pub max_deliveries: u64,
+    /// Entries idle this long in another consumer's pending list are reclaimed.
+    pub claim_min_idle: Duration,
+    /// How many transactions (and connections) a batch is spread over at most.
+    pub parallelism: usize,
+}
+
+/// Counts of what one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Entries read.
+    pub delivered: usize,
+    /// Events whose effect committed now.
+    pub applied: usize,
+    /// Events already in the inbox: acked without a second effect.
+    pub duplicates: usize,
+    /// Unknown event types and entries deleted while pending: acked and skipped.
+    pub skipped: usize,
+    /// Copied to the dead-letter stream and acked.
+    pub dead_lettered: usize,
+    /// Not acked because of a transient failure: they stay pending.
+    pub retry_later: usize,
+}
+
+/// A consumer of one stream in one group.
+pub struct Consumer<H> {
+    pool: PgPool,
+    redis: RedisConnections,
+    config: ConsumerConfig,
+    stream_key: String,
+    dead_letters: DeadLetterStream,
+    handler: H,
+}
+
+impl<H: EventHandler> Consumer<H> {
+    pub fn new(
+        pool: PgPool,
+        redis: RedisConnections,
+        keys: &StreamKeys,
+        config: ConsumerConfig,
+        handler: H,
+    ) -> Self {
+        Self {
+            stream_key: keys.stream(config.stream),
+            dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
+            pool,
+            redis,
+            config,
+            handler,
+        }
+    }
+
+    /// `XGROUP CREATE <stream> <group> 0 MKSTREAM`: from id 0, so events published before
+    /// the group existed are still processed. An existing group is fine.
+    pub async fn ensure_group(&self) -> Result<(), ConsumeError> {
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream_key)
+            .arg(self.config.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .exec_async(&mut self.redis.commands.clone())
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the next batch of new entries (blocking up to `BLOCK`) and processes it.
+    pub async fn consume_once(&self) -> Result<BatchReport, ConsumeError> {
+        self.consume(ReadFrom::New, None).await
+    }
+
+    /// Re-reads and processes this consumer's own pending entries: those a previous
+    /// attempt could not finish, or that a process with the same consumer name left.
+    pub async fn consume_own_pending_once(&self) -> Result<BatchReport, ConsumeError> {
+        self.consume(ReadFrom::OwnPending, None).await
+    }
+
+    /// Runs until `shutdown`: first its own pending entries, then new ones. A read in
+    /// progress is let finish (at most `BLOCK`) and its entries are processed and acked
+    /// before returning, so nothing delivered is left half done.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut from = ReadFrom::OwnPending;
+        let mut group_ready = false;
+        let reclaim_every = (self.config.claim_min_idle / 2)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
+        let mut next_reclaim = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            if !group_ready {
+                match self.ensure_group().await {
+                    Ok(()) => group_ready = true,
+                    Err(e) => {
+                        warn!(stream = %self.stream_key, error = %e, "cannot create consumer group; retrying");
+                        backoff.wait(&shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= next_reclaim {
+                next_reclaim = tokio::time::Instant::now() + reclaim_every;
+                match self.reclaim_stuck_entries().await {
+                    Ok(0) => {}
+                    Ok(_) => from = ReadFrom::OwnPending,
+                    Err(e) if e.is_missing_group() => group_ready = false,
+                    Err(e) => {
+                        warn!(stream = %self.stream_key, error = %e, "reclaiming stuck entries failed")
+                    }
+                }
+            }
+            match self.consume(from, Some(&shutdown)).await {
+                Ok(report) if report.retry_later > 0 => {
+                    from = ReadFrom::OwnPending;
+                    backoff.wait(&shutdown).await;
+                }
+                Ok(report) => {
+                    backoff.reset();
+                    if from == ReadFrom::OwnPending && report.delivered == 0 {
+                        from = ReadFrom::New;
+                    }
+                }
+                Err(e) if e.is_missing_group() => {
+                    warn!(stream = %self.stream_key, group = self.config.group, "consumer group is gone (Redis lost its data?); creating it again");
+                    group_ready = false;
+                }
+                Err(e) => {
+                    warn!(stream = %self.stream_key, error = %e, "stream read failed; retrying");
+                    from = ReadFrom::OwnPending;
+                    backoff.wait(&shutdown).await;
+                }
+            }
+        }
+        info!(stream = %self.stream_key, consumer = %self.config.consumer, "consumer stopped");
+    }
+}
