@@ -8,10 +8,10 @@ use service_runtime::service::{self, Infrastructure, PeriodicJob, RunningService
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::http::{self, AppState};
-use crate::payment_events::PaymentEvents;
 use crate::db::MIGRATOR;
+use crate::http::{self, AppState};
 use crate::orders;
+use crate::payment_events::PaymentEvents;
 use crate::settings::Settings;
 
 /// Connects, migrates, and starts HTTP, the outbox relay, the `payment-events`

@@ -5,10 +5,10 @@ use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
 
+use crate::db::MIGRATOR;
 use crate::http::{self, AppState};
 use crate::order_events::OrderEvents;
 use crate::settings::Settings;
-use crate::db::MIGRATOR;
 
 /// Connects, migrates, and starts HTTP, the outbox relay and the `order-events`
 /// consumer; they run until `shutdown` fires.

@@ -201,7 +201,10 @@ mod tests {
         }
         assert!(OrderPaymentState::try_from("NEW".to_owned()).is_err());
         for status in [PaymentStatus::Completed, PaymentStatus::Refunded] {
-            assert_eq!(PaymentStatus::try_from(status.as_str().to_owned()), Ok(status));
+            assert_eq!(
+                PaymentStatus::try_from(status.as_str().to_owned()),
+                Ok(status)
+            );
             assert_eq!(
                 serde_json::to_value(status).ok(),
                 Some(serde_json::json!(status.as_str()))

@@ -304,8 +304,8 @@ impl Ledger {
             OrderPaymentState::Refunded,
             Some(payment_id),
         );
-        let currency = Currency::parse(&currency)
-            .map_err(|_| LedgerError::InvalidCurrency(payment_id))?;
+        let currency =
+            Currency::parse(&currency).map_err(|_| LedgerError::InvalidCurrency(payment_id))?;
         self.publish(
             cause,
             Event::PaymentRefunded(PaymentRefunded {

@@ -30,8 +30,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::admin;
-use crate::dead_letters::DeadLetterStream;
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
+use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
 use crate::keys::StreamKeys;
 use crate::observability::{self, GAUGE_REFRESH};
@@ -190,7 +190,8 @@ pub async fn start<H: EventHandler>(
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
     };
-    let dead_letters = DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
+    let dead_letters =
+        DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
     let (routes, openapi) = OpenApiRouter::new()
         .merge(parts.routes)
         .merge(admin::router(

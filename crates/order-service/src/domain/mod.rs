@@ -73,8 +73,8 @@ pub enum Transition {
 /// payment for a cancelled order is refunded because payment-service sees the
 /// cancellation too.
 pub fn transition(status: OrderStatus, event: OrderTrigger) -> Transition {
-    use OrderTrigger as E;
     use OrderStatus as S;
+    use OrderTrigger as E;
     match (status, event) {
         (S::Pending, E::PaymentCompleted) => Transition::To(S::Paid),
         (S::Pending, E::PaymentFailed) => Transition::To(S::PaymentFailed),
@@ -197,8 +197,8 @@ mod tests {
 
     #[test]
     fn every_status_and_event() {
-        use OrderTrigger as E;
         use OrderStatus as S;
+        use OrderTrigger as E;
         use Transition::{Conflict, Keep, To};
         let expected = [
             (S::Pending, E::PaymentCompleted, To(S::Paid)),

@@ -47,7 +47,6 @@ impl<H: EventHandler> Consumer<H> {
         Ok(claimed)
     }
 
-
     /// How often each of `entries` (this consumer's pending ones) has been delivered,
     /// counting the read that just returned them.
     pub(super) async fn delivery_counts(

@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 use testkit::{ADMIN_TOKEN, TestContext, eventually};
 use uuid::Uuid;
 
-mod support;
-
-use support::{alice_order, completed, count, eur, order_when, place, spawn};
+use crate::support::{alice_order, completed, count, eur, order_when, place, spawn};
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields

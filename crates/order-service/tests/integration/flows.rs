@@ -1,15 +1,13 @@
 //! order-service business flows (SPEC §5.1, §6.1): cancellation, races between a
 //! cancellation and payment outcomes, Idempotency-Key, and the paginated listing.
 
-mod support;
-
 use std::collections::HashSet;
 
+use crate::support::{alice_order, completed, count, eur, order_when, place, publish, spawn};
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, FailureReason, PaymentFailed, PaymentRefunded, Producer};
 use futures::future::join_all;
 use serde_json::{Value, json};
-use support::{alice_order, completed, count, eur, order_when, place, publish, spawn};
 use testkit::{Spawned, TestContext, eventually};
 use uuid::Uuid;
 

@@ -1,0 +1,6 @@
+//! payment-service's integration tests against real Postgres and Redis, in one test
+//! binary (one link step): the service end to end, and its handler under every
+//! interleaving.
+
+mod payments;
+mod races;

@@ -1,0 +1,9 @@
+//! Cross-service tests, in one test binary (one link step): both services against real
+//! Postgres and Redis, in-process and as real processes.
+
+mod chaos;
+mod flows;
+mod happy_path;
+mod observability;
+mod openapi;
+mod packaging;
