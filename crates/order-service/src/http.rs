@@ -7,6 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use service_runtime::problem::responses::{DatabaseDown, JsonBody, NotAUuid};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
@@ -88,10 +89,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
         (status = 201, body = Order, description = "Placed (or replayed)",
          headers(("Location" = String, description = "/orders/{id}"))),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON or Idempotency-Key"),
-        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB"),
-        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not application/json"),
+        JsonBody,
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid fields, or the key was used with another body"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn create_order(
     State(state): State<AppState>,
@@ -121,9 +121,9 @@ async fn create_order(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = Order),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        NotAUuid,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such order"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn get_order(
     State(state): State<AppState>,
@@ -140,10 +140,10 @@ async fn get_order(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = Order, description = "Cancelled"),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        NotAUuid,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such order"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "Already PAYMENT_FAILED or CANCELLED"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn cancel_order(
     State(state): State<AppState>,
@@ -180,7 +180,7 @@ struct OrderPage {
     responses(
         (status = 200, body = OrderPage),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "An invalid parameter"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn list_orders(
     State(state): State<AppState>,

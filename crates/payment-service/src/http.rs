@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use service_runtime::problem::responses::{DatabaseDown, JsonBody, NotAUuid, Unauthorized};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
@@ -54,7 +55,7 @@ struct PaymentsQuery {
     responses(
         (status = 200, body = Vec<Payment>),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "order_id missing or not a UUID"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn list_payments(
     State(state): State<AppState>,
@@ -76,9 +77,9 @@ async fn list_payments(
     params(("id" = Uuid, Path, description = "Payment id")),
     responses(
         (status = 200, body = Payment),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a UUID"),
+        NotAUuid,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such payment"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn get_payment(
     State(state): State<AppState>,
@@ -96,7 +97,7 @@ async fn get_payment(
     responses(
         (status = 200, body = Account),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Not a valid customer id"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn get_account(
     State(state): State<AppState>,
@@ -146,11 +147,10 @@ impl From<DepositError> for Problem {
     responses(
         (status = 200, body = Account, description = "The account after the deposit"),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON"),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
-        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body over 64 KiB"),
-        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not application/json"),
+        Unauthorized,
+        JsonBody,
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid amount or customer id, or the balance would pass its ceiling"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "The database is down"),
+        DatabaseDown,
     ))]
 async fn deposit(
     State(state): State<AppState>,

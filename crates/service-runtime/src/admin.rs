@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::dead_letters::{DeadLetter, DeadLetterStream, ReplayError, Replayed};
+use crate::problem::responses::{RedisDown, Unauthorized};
 use crate::problem::{Json, Path, Problem, route_not_found};
 use crate::settings::Secret;
 
@@ -86,8 +87,8 @@ fn redis_problem(error: redis::RedisError) -> Problem {
 #[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(ListQuery), security(("admin_token" = [])),
     responses(
         (status = 200, body = Vec<DeadLetter>),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
+        Unauthorized,
+        RedisDown,
     ))]
 async fn list_dead_letters(
     State(dead): State<DeadLetterStream>,
@@ -106,10 +107,10 @@ async fn list_dead_letters(
     responses(
         (status = 200, body = Replayed),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Not an entry id"),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "No or a wrong admin token"),
+        Unauthorized,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "It does not name its stream"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis is down"),
+        RedisDown,
     ))]
 async fn replay_dead_letter(
     State(dead): State<DeadLetterStream>,

@@ -181,3 +181,42 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub async fn route_not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route")
 }
+
+/// The problem responses that many operations share, for their OpenAPI documents:
+/// `responses((status = 200, body = Order), problem::responses::DatabaseDown)`. Answers
+/// particular to one operation stay written out at the operation.
+pub mod responses {
+    use super::Problem;
+
+    /// The database is down
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 503, content_type = "application/problem+json")]
+    pub struct DatabaseDown(pub Problem);
+
+    /// Redis is down
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 503, content_type = "application/problem+json")]
+    pub struct RedisDown(pub Problem);
+
+    /// No or a wrong admin token
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 401, content_type = "application/problem+json")]
+    pub struct Unauthorized(pub Problem);
+
+    /// Not a UUID
+    #[derive(utoipa::IntoResponses)]
+    #[response(status = 400, content_type = "application/problem+json")]
+    pub struct NotAUuid(pub Problem);
+
+    /// A JSON body that is too large or not JSON: 413 over 64 KiB, 415 not
+    /// `application/json`.
+    #[derive(utoipa::IntoResponses)]
+    pub enum JsonBody {
+        /// Body over 64 KiB
+        #[response(status = 413, content_type = "application/problem+json")]
+        TooLarge(Problem),
+        /// Not application/json
+        #[response(status = 415, content_type = "application/problem+json")]
+        NotJson(Problem),
+    }
+}

@@ -7,10 +7,11 @@
 //! `SHUTDOWN_TIMEOUT_MS`, after which what is left is abandoned (nothing is lost: it is
 //! still pending in Redis or unpublished in the outbox).
 
-use std::future::Future;
+mod infrastructure;
+mod jobs;
+mod process;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,26 +19,25 @@ use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::get;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
+
+pub use infrastructure::Infrastructure;
+pub use jobs::PeriodicJob;
+pub use process::{run_main, shutdown_signal};
 
 use crate::admin;
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
-use crate::keys::StreamKeys;
-use crate::observability::{self, GAUGE_REFRESH};
-use crate::outbox;
+use crate::observability;
 use crate::problem::{self, BODY_LIMIT_BYTES};
-use crate::redis_conn::RedisConnections;
 use crate::relay::OutboxRelay;
 use crate::request;
 use crate::settings::CommonSettings;
@@ -46,85 +46,6 @@ use crate::settings::CommonSettings;
 const RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Outbox rows per relay pass.
 const RELAY_BATCH_SIZE: usize = 500;
-
-/// The connections a service runs on, made and migrated.
-#[derive(Clone)]
-pub struct Infrastructure {
-    pub pool: PgPool,
-    pub redis: RedisConnections,
-    pub keys: StreamKeys,
-}
-
-impl Infrastructure {
-    /// Connects to Postgres and Redis and applies `migrator`.
-    pub async fn connect(
-        settings: &CommonSettings,
-        migrator: &'static Migrator,
-    ) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(settings.database_url.expose())
-            .await
-            .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
-        migrator
-            .run(&pool)
-            .await
-            .context("cannot apply database migrations")?;
-        let block = Duration::from_millis(settings.stream.read_block_ms);
-        let redis = RedisConnections::connect(settings.redis_url.expose(), block)
-            .await
-            .with_context(|| format!("cannot connect to Redis at {}", settings.redis_url))?;
-        Ok(Self {
-            pool,
-            redis,
-            keys: StreamKeys::new(settings.stream.stream_namespace.clone()),
-        })
-    }
-}
-
-/// How often the outbox sweeper looks for rows past their retention.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
-
-type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
-
-/// A job run every `every` until shutdown (the outbox sweeper, the order reconciler).
-/// Each run returns how many things it did, logged when not zero.
-pub struct PeriodicJob {
-    name: &'static str,
-    every: Duration,
-    run: Box<dyn FnMut() -> JobFuture + Send>,
-}
-
-impl PeriodicJob {
-    /// A job named `name` that calls `run` every `every`, first right at start.
-    pub fn new<F, Fut>(name: &'static str, every: Duration, mut run: F) -> Self
-    where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
-    {
-        Self {
-            name,
-            every,
-            run: Box::new(move || Box::pin(run())),
-        }
-    }
-
-    async fn run_until(mut self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticks.tick() => match (self.run)().await {
-                    Ok(0) => {}
-                    Ok(done) => info!(job = self.name, done, "periodic job did work"),
-                    Err(e) => warn!(job = self.name, error = format!("{e:#}"), "periodic job failed; next run retries"),
-                },
-            }
-        }
-    }
-}
 
 /// What a service brings to the shell.
 pub struct ServiceParts<H> {
@@ -261,30 +182,8 @@ pub async fn start<H: EventHandler>(
         consumer.run(stop).await;
         "consumer"
     });
-    let (pool, retention) = (infra.pool.clone(), settings.outbox_retention());
-    let sweeper = PeriodicJob::new("outbox sweeper", SWEEP_INTERVAL, move || {
-        let pool = pool.clone();
-        async move { Ok(outbox::sweep_published(&pool, retention).await?) }
-    });
-    let pool = infra.pool.clone();
-    let outbox_gauges = PeriodicJob::new("outbox gauges", GAUGE_REFRESH, move || {
-        let pool = pool.clone();
-        async move { observability::refresh_outbox_gauges(&pool).await }
-    });
-    let (redis, stream, group) = (
-        infra.redis.commands.clone(),
-        infra.keys.stream(parts.consumes),
-        parts.group,
-    );
-    let group_gauges = PeriodicJob::new("consumer group gauges", GAUGE_REFRESH, move || {
-        let (redis, stream) = (redis.clone(), stream.clone());
-        async move { observability::refresh_group_gauges(redis, &stream, group).await }
-    });
-    for job in parts
-        .jobs
-        .into_iter()
-        .chain([sweeper, outbox_gauges, group_gauges])
-    {
+    let runtime_jobs = jobs::runtime_jobs(&infra, settings, parts.consumes, parts.group);
+    for job in parts.jobs.into_iter().chain(runtime_jobs) {
         let (stop, name) = (shutdown.clone(), job.name);
         tasks.spawn(async move {
             job.run_until(stop).await;
@@ -337,76 +236,6 @@ impl RunningService {
         match failed {
             Some(task) => anyhow::bail!("{task} stopped unexpectedly"),
             None => Ok(()),
-        }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the service");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// The whole `main` of a service: parse settings (exit 2 on bad ones), set up logs and
-/// traces, start, run until SIGINT/SIGTERM, shut down. Exit code 1 when it cannot start
-/// or a part of it stopped on its own.
-pub async fn run_main<S, F, Fut>(
-    service: &'static str,
-    common: impl Fn(&S) -> &CommonSettings,
-    start: F,
-) -> ExitCode
-where
-    S: clap::Parser + std::fmt::Debug,
-    F: FnOnce(S, CancellationToken) -> Fut,
-    Fut: Future<Output = anyhow::Result<RunningService>>,
-{
-    let settings: S = crate::settings::parse_or_exit(service);
-    let _telemetry = crate::telemetry::init(&crate::telemetry::TelemetryConfig {
-        service_name: service,
-        log_format: common(&settings).log_format,
-        print_logs: true,
-        otlp_endpoint: common(&settings)
-            .otel_exporter_otlp_endpoint
-            .clone()
-            .filter(|e| !e.is_empty()),
-    });
-    info!(?settings, "{service} starting");
-    let shutdown = CancellationToken::new();
-    let running = match start(settings, shutdown.clone()).await {
-        Ok(running) => running,
-        Err(e) => {
-            error!("{service} cannot start: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown requested");
-        stop.cancel();
-    });
-    match running.stopped().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{service} failed: {e:#}");
-            ExitCode::FAILURE
         }
     }
 }
