@@ -74,8 +74,9 @@ pub async fn place_orders(base_url: &str, n: usize, concurrency: usize) -> Place
 
 /// `(id, order_id, customer_id, amount_cents, status)` of a payment.
 type PaymentRow = (Uuid, Uuid, String, i64, String);
-/// `(id, customer_id, total_cents, status, payment_id)` of an order.
-type OrderRow = (Uuid, String, i64, String, Option<Uuid>);
+/// `(id, customer_id, total_cents, status, payment_id, cancellation confirmed)` of an
+/// order.
+type OrderRow = (Uuid, String, i64, String, Option<Uuid>, bool);
 
 /// How the orders ended.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -87,8 +88,9 @@ pub struct Outcome {
 
 /// Waits (up to `timeout`) until the system is quiet and consistent, and fails with
 /// what was wrong last if it never is. The SPEC §4.8 invariants, checked against both
-/// databases: every order final; at most one payment per order, a standing one exactly
-/// for each `PAID` order and for its total; each balance equal to the initial credit plus
+/// databases: every order final, every cancellation confirmed by payment-service; at
+/// most one payment per order, a standing one exactly for each `PAID` order and for its
+/// total; each balance equal to the initial credit plus
 /// deposits less the totals of its `PAID` orders; no payment for an unknown order.
 pub async fn assert_invariants(
     orders_db: &PgPool,
@@ -104,11 +106,13 @@ pub async fn assert_invariants(
 /// One check of the invariants; `Err` says what does not hold (yet).
 pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Result<Outcome, String> {
     let db = |e: sqlx::Error| e.to_string();
-    let orders: Vec<OrderRow> =
-        sqlx::query_as("SELECT id, customer_id, total_cents, status, payment_id FROM orders")
-            .fetch_all(orders_db)
-            .await
-            .map_err(db)?;
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, customer_id, total_cents, status, payment_id,
+                    cancellation_confirmed_at IS NOT NULL FROM orders",
+    )
+    .fetch_all(orders_db)
+    .await
+    .map_err(db)?;
     let payments: Vec<PaymentRow> =
         sqlx::query_as("SELECT id, order_id, customer_id, amount_cents, status FROM payments")
             .fetch_all(payments_db)
@@ -146,7 +150,7 @@ pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Resul
 
     let mut outcome = Outcome::default();
     let mut spent: HashMap<&str, i64> = HashMap::new();
-    for (id, customer, total, status, payment_id) in &orders {
+    for (id, customer, total, status, payment_id, confirmed) in &orders {
         let charges = payments_by_order.get(id).map_or(&[][..], Vec::as_slice);
         if charges.len() > 1 {
             return Err(format!("order {id} has {} payments", charges.len()));
@@ -166,7 +170,12 @@ pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Resul
             ("PENDING", _) => return Err(format!("order {id} is still PENDING")),
             (other, Some(_)) => return Err(format!("{other} order {id} has a standing charge")),
             ("PAYMENT_FAILED", None) => outcome.payment_failed += 1,
-            ("CANCELLED", None) => outcome.cancelled += 1,
+            ("CANCELLED", None) if *confirmed => outcome.cancelled += 1,
+            ("CANCELLED", None) => {
+                return Err(format!(
+                    "the cancellation of order {id} is not confirmed by payment-service yet"
+                ));
+            }
             (other, None) => return Err(format!("order {id} is {other}")),
         }
     }

@@ -33,16 +33,18 @@ pub enum EventType {
     PaymentCompleted,
     PaymentFailed,
     PaymentRefunded,
+    PaymentCancelled,
 }
 
 impl EventType {
     /// Every type this version knows.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::OrderCreated,
         Self::OrderCancelled,
         Self::PaymentCompleted,
         Self::PaymentFailed,
         Self::PaymentRefunded,
+        Self::PaymentCancelled,
     ];
 
     /// The wire name, e.g. `OrderCreated`.
@@ -53,6 +55,7 @@ impl EventType {
             Self::PaymentCompleted => "PaymentCompleted",
             Self::PaymentFailed => "PaymentFailed",
             Self::PaymentRefunded => "PaymentRefunded",
+            Self::PaymentCancelled => "PaymentCancelled",
         }
     }
 }

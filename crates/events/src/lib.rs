@@ -7,6 +7,8 @@
 //! Decoding is a tolerant reader: an `event_type` this version does not know is reported
 //! as [`DecodeError::UnknownEventType`] so consumers can skip it (producers may add types
 //! first), while a known type that does not decode is poison (every other error).
+//! [`PaymentCancelled`] came that way: added after the first five types, skipped by
+//! consumers built before it.
 
 mod envelope;
 mod money;
@@ -17,6 +19,6 @@ pub mod text;
 pub use envelope::{DecodeError, Envelope, EventType, Producer, SCHEMA_VERSION, fields};
 pub use money::{Currency, InvalidCurrency};
 pub use payloads::{
-    Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCompleted, PaymentFailed,
-    PaymentRefunded,
+    Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCancelled,
+    PaymentCompleted, PaymentFailed, PaymentRefunded,
 };

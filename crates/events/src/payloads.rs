@@ -1,4 +1,4 @@
-//! The bodies of the five event types (SPEC §3.3, schema_version 1), carried as the JSON
+//! The bodies of the six event types (SPEC §3.3, schema_version 1), carried as the JSON
 //! `payload` field of a stream entry.
 //!
 //! Payloads ignore fields they do not know, so a producer can add an optional field
@@ -68,6 +68,19 @@ pub struct PaymentRefunded {
     pub currency: Currency,
 }
 
+/// The answer to an `OrderCancelled` when nothing was charged and nothing ever will be
+/// (the order was declined, or cancelled before payment-service saw it): the
+/// cancellation is settled. (A charged order is answered with [`PaymentRefunded`].)
+///
+/// Added to schema version 1 after the first five types: a consumer built before it
+/// skips it as an unknown `event_type` (tolerant reader), so payment-service can publish
+/// it before every order-service reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCancelled {
+    pub order_id: Uuid,
+    pub customer_id: String,
+}
+
 /// Why a payment failed. Reasons this version does not know are kept as text rather than
 /// rejected, so payment-service can add reasons without poisoning order-service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +135,7 @@ pub enum Event {
     PaymentCompleted(PaymentCompleted),
     PaymentFailed(PaymentFailed),
     PaymentRefunded(PaymentRefunded),
+    PaymentCancelled(PaymentCancelled),
 }
 
 impl Event {
@@ -133,6 +147,7 @@ impl Event {
             Self::PaymentCompleted(_) => EventType::PaymentCompleted,
             Self::PaymentFailed(_) => EventType::PaymentFailed,
             Self::PaymentRefunded(_) => EventType::PaymentRefunded,
+            Self::PaymentCancelled(_) => EventType::PaymentCancelled,
         }
     }
 
@@ -144,6 +159,7 @@ impl Event {
             Self::PaymentCompleted(e) => e.order_id,
             Self::PaymentFailed(e) => e.order_id,
             Self::PaymentRefunded(e) => e.order_id,
+            Self::PaymentCancelled(e) => e.order_id,
         }
     }
 
@@ -155,6 +171,7 @@ impl Event {
             Self::PaymentCompleted(e) => serde_json::to_string(e),
             Self::PaymentFailed(e) => serde_json::to_string(e),
             Self::PaymentRefunded(e) => serde_json::to_string(e),
+            Self::PaymentCancelled(e) => serde_json::to_string(e),
         };
         // Plain structs of strings, integers and UUIDs always serialize.
         json.unwrap_or_else(|_| "{}".to_owned())
@@ -171,6 +188,7 @@ impl Event {
             EventType::PaymentCompleted => Self::PaymentCompleted(serde_json::from_str(payload)?),
             EventType::PaymentFailed => Self::PaymentFailed(serde_json::from_str(payload)?),
             EventType::PaymentRefunded => Self::PaymentRefunded(serde_json::from_str(payload)?),
+            EventType::PaymentCancelled => Self::PaymentCancelled(serde_json::from_str(payload)?),
         })
     }
 }

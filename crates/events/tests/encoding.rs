@@ -3,7 +3,8 @@
 
 use events::{
     Currency, DecodeError, Envelope, Event, EventType, FailureReason, OrderCancelled, OrderCreated,
-    OrderItem, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer, fields,
+    OrderItem, PaymentCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
+    fields,
 };
 use uuid::Uuid;
 
@@ -55,9 +56,13 @@ fn one_of_each() -> Vec<Event> {
         Event::PaymentRefunded(PaymentRefunded {
             payment_id: Uuid::now_v7(),
             order_id,
-            customer_id,
+            customer_id: customer_id.clone(),
             amount_cents: 2500,
             currency: eur(),
+        }),
+        Event::PaymentCancelled(PaymentCancelled {
+            order_id,
+            customer_id,
         }),
     ]
 }

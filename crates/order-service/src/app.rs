@@ -26,9 +26,9 @@ pub async fn start(
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
     let pool = infra.pool.clone();
-    let reconciler = PeriodicJob::new("pending order reconciler", after / 2, move || {
+    let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
         let pool = pool.clone();
-        async move { Ok(orders::republish_stale_pending(&pool, after).await?) }
+        async move { Ok(orders::republish_unanswered(&pool, after).await?) }
     });
     let parts = ServiceParts {
         name: "order-service",
@@ -40,6 +40,7 @@ pub async fn start(
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,
         handler: PaymentEvents,
+        awaiting_answer: Some(orders::AWAITING_ANSWER),
     };
     service::start(infra, &settings.common, parts, shutdown).await
 }

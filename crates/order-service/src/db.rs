@@ -67,7 +67,8 @@ pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<
         .await
 }
 
-/// Writes back the status, payment id, failure reason and refund time of `orders`
+/// Writes back the status, payment id, failure reason, refund and confirmation times of
+/// `orders`
 /// (locked by [`lock_orders`]), in one statement. Returns them as stored.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::Result<Vec<Order>> {
@@ -77,9 +78,11 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
     sqlx::query_as(
         "UPDATE orders o
          SET status = t.status, payment_id = t.payment_id, failure_reason = t.failure_reason,
-             refunded_at = t.refunded_at, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[])
-              AS t(id, status, payment_id, failure_reason, refunded_at)
+             refunded_at = t.refunded_at, cancellation_confirmed_at = t.confirmed_at,
+             updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
+                     $6::timestamptz[])
+              AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at)
          WHERE o.id = t.id
          RETURNING o.*",
     )
@@ -93,6 +96,12 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
             .collect::<Vec<_>>(),
     )
     .bind(orders.iter().map(|o| o.refunded_at).collect::<Vec<_>>())
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.cancellation_confirmed_at)
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(conn)
     .await
 }
@@ -181,6 +190,23 @@ pub async fn find_idempotency_key(
         .bind(key)
         .fetch_optional(conn)
         .await
+}
+
+/// The cancelled orders whose cancellation payment-service has not confirmed, last
+/// changed more than `after` ago.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn unconfirmed_cancellations(
+    conn: &mut PgConnection,
+    after: Duration,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM orders
+         WHERE status = 'CANCELLED' AND cancellation_confirmed_at IS NULL
+           AND updated_at < now() - make_interval(secs => $1)",
+    )
+    .bind(after.as_secs_f64())
+    .fetch_all(conn)
+    .await
 }
 
 /// The orders still `PENDING` that were placed more than `after` ago.

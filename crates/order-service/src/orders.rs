@@ -6,21 +6,33 @@
 //!   the order of the first and publishes nothing new.
 //! - Cancelling: the order is locked, the state machine decides, and `OrderCancelled`
 //!   commits with the new status; payment-service refunds a paid order.
-//! - Reconciling: an order that stays `PENDING` may have lost its event to a broker wipe
-//!   (SPEC §4.6). Its `OrderCreated` is published again, with the same `event_id`, until
-//!   the order is decided; payment-service answers a repeat with the outcome it recorded.
+//! - Reconciling: an order that stays `PENDING`, or stays cancelled without
+//!   payment-service confirming it, may have lost its event to a broker wipe or a dead
+//!   letter (SPEC §4.6). Its `OrderCreated` or `OrderCancelled` is published again, with
+//!   the same `event_id`, until the answer arrives; payment-service answers a repeat with
+//!   the outcome it recorded.
 
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, EventType, OrderCancelled, OrderCreated, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox::{self, OutboxRow};
+use service_runtime::outbox::{self, AwaitingAnswer, OutboxRow};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db;
 use crate::domain::{NewOrder, Order, OrderStatus, OrderTrigger, Transition, transition};
+
+/// The outbox rows whose answer has not arrived: the `OrderCreated` of an order still
+/// `PENDING`, the `OrderCancelled` of a cancellation not confirmed. The sweeper keeps them.
+pub const AWAITING_ANSWER: AwaitingAnswer = AwaitingAnswer(
+    "(outbox.event_type = 'OrderCreated' AND EXISTS (
+         SELECT 1 FROM orders o WHERE o.id = outbox.order_id AND o.status = 'PENDING'))
+     OR (outbox.event_type = 'OrderCancelled' AND EXISTS (
+         SELECT 1 FROM orders o WHERE o.id = outbox.order_id
+           AND o.cancellation_confirmed_at IS NULL))",
+);
 
 /// The reason `OrderCancelled` carries for a cancellation through the API.
 pub const CANCEL_REASON: &str = "customer_request";
@@ -137,13 +149,18 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
     }
 }
 
-/// Re-publishes the `OrderCreated` of orders still `PENDING` whose event went out more
-/// than `after` ago. Returns how many.
-pub async fn republish_stale_pending(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
+/// Asks payment-service again what it has not answered: re-publishes (same `event_id`)
+/// the `OrderCreated` of orders still `PENDING`, and the `OrderCancelled` of cancelled
+/// orders whose cancellation is not confirmed, whose event went out more than `after`
+/// ago. Returns how many.
+pub async fn republish_unanswered(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
-    let stale = db::stale_pending_orders(&mut tx, after).await?;
-    let rearmed =
-        outbox::republish(&mut tx, &stale, Some(&[EventType::OrderCreated]), after).await?;
+    let pending = db::stale_pending_orders(&mut tx, after).await?;
+    let created = [EventType::OrderCreated];
+    let mut rearmed = outbox::republish(&mut tx, &pending, Some(&created), after).await?;
+    let cancelled = db::unconfirmed_cancellations(&mut tx, after).await?;
+    let cancellation = [EventType::OrderCancelled];
+    rearmed += outbox::republish(&mut tx, &cancelled, Some(&cancellation), after).await?;
     tx.commit().await?;
     Ok(rearmed)
 }

@@ -33,6 +33,7 @@ pub async fn start(
         handler: OrderEvents {
             initial_credit_cents: settings.initial_credit_cents,
         },
+        awaiting_answer: None,
     };
     service::start(infra, &settings.common, parts, shutdown).await
 }

@@ -2,7 +2,14 @@
 //! given what was already decided for that order, and whether an account can pay.
 //! Handlers lock the order, read its state, ask these functions, and carry out the answer.
 
-use events::FailureReason;
+use events::{EventType, FailureReason};
+
+/// The events that answer an `OrderCreated`.
+pub const ANSWERS_TO_CREATED: [EventType; 2] =
+    [EventType::PaymentCompleted, EventType::PaymentFailed];
+/// The events that answer an `OrderCancelled`.
+pub const ANSWERS_TO_CANCELLED: [EventType; 2] =
+    [EventType::PaymentRefunded, EventType::PaymentCancelled];
 
 /// What payment-service has decided for an order so far (`None`: never seen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +83,9 @@ pub enum OnOrderCreated {
     TryCharge,
     /// Cancelled first: publish `PaymentFailed(order_cancelled)`, charge nothing.
     DeclineAsCancelled,
-    /// Already decided: no second effect.
-    AlreadyDecided,
+    /// Already decided: no second effect; the question came again, so the recorded
+    /// outcome is published again.
+    AnswerAgain,
 }
 
 /// What to do with an `OrderCreated`, given the order's state.
@@ -87,19 +95,24 @@ pub fn on_order_created(state: Option<OrderPaymentState>) -> OnOrderCreated {
         Some(OrderPaymentState::Cancelled) => OnOrderCreated::DeclineAsCancelled,
         Some(
             OrderPaymentState::Paid | OrderPaymentState::Declined | OrderPaymentState::Refunded,
-        ) => OnOrderCreated::AlreadyDecided,
+        ) => OnOrderCreated::AnswerAgain,
     }
 }
 
-/// What to do with an `OrderCancelled`.
+/// What to do with an `OrderCancelled`. Every cancellation gets exactly one answer
+/// (SPEC §4.6): `PaymentRefunded`, or `PaymentCancelled` when nothing was or ever will be
+/// charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnOrderCancelled {
-    /// Not seen yet: remember, so a later `OrderCreated` is not charged.
+    /// Not seen yet: remember, so a later `OrderCreated` is not charged, and answer
+    /// `PaymentCancelled`.
     Remember,
-    /// Paid: credit the payment back and publish `PaymentRefunded`.
+    /// Paid: credit the payment back and answer `PaymentRefunded`.
     Refund,
-    /// Nothing was charged, or it was refunded already.
-    Nothing,
+    /// Declined: nothing was charged; answer `PaymentCancelled`.
+    Confirm,
+    /// Settled by an earlier cancellation: publish its answer again.
+    AnswerAgain,
 }
 
 /// What to do with an `OrderCancelled`, given the order's state.
@@ -107,11 +120,10 @@ pub fn on_order_cancelled(state: Option<OrderPaymentState>) -> OnOrderCancelled 
     match state {
         None => OnOrderCancelled::Remember,
         Some(OrderPaymentState::Paid) => OnOrderCancelled::Refund,
-        Some(
-            OrderPaymentState::Declined
-            | OrderPaymentState::Cancelled
-            | OrderPaymentState::Refunded,
-        ) => OnOrderCancelled::Nothing,
+        Some(OrderPaymentState::Declined) => OnOrderCancelled::Confirm,
+        Some(OrderPaymentState::Cancelled | OrderPaymentState::Refunded) => {
+            OnOrderCancelled::AnswerAgain
+        }
     }
 }
 
@@ -154,7 +166,7 @@ mod tests {
         for state in [Paid, Declined, Refunded] {
             assert_eq!(
                 on_order_created(Some(state)),
-                OnOrderCreated::AlreadyDecided,
+                OnOrderCreated::AnswerAgain,
                 "{state:?}"
             );
         }
@@ -164,10 +176,14 @@ mod tests {
     fn order_cancelled_in_every_state() {
         assert_eq!(on_order_cancelled(None), OnOrderCancelled::Remember);
         assert_eq!(on_order_cancelled(Some(Paid)), OnOrderCancelled::Refund);
-        for state in [Declined, Cancelled, Refunded] {
+        assert_eq!(
+            on_order_cancelled(Some(Declined)),
+            OnOrderCancelled::Confirm
+        );
+        for state in [Cancelled, Refunded] {
             assert_eq!(
                 on_order_cancelled(Some(state)),
-                OnOrderCancelled::Nothing,
+                OnOrderCancelled::AnswerAgain,
                 "{state:?}"
             );
         }

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use events::{
-    Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCompleted,
-    PaymentFailed, PaymentRefunded, Producer,
+    Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
+    PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
 };
 use tracing::info;
 use uuid::Uuid;
@@ -47,7 +47,10 @@ impl<'a> OrderEvent<'a> {
         match &envelope.event {
             Event::OrderCreated(order) => Ok(Self::Created(envelope, order)),
             Event::OrderCancelled(cancel) => Ok(Self::Cancelled(envelope, cancel)),
-            Event::PaymentCompleted(_) | Event::PaymentFailed(_) | Event::PaymentRefunded(_) => {
+            Event::PaymentCompleted(_)
+            | Event::PaymentFailed(_)
+            | Event::PaymentRefunded(_)
+            | Event::PaymentCancelled(_) => {
                 Err(LedgerError::WrongStream(envelope.event_type().as_str()))
             }
         }
@@ -119,14 +122,32 @@ pub fn accounts_of<'a>(
     accounts
 }
 
+/// The orders whose question came again after it was answered (the inbox forgot it, or
+/// another event asked the same): the recorded answers are to be published again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AskedAgain {
+    /// Orders whose `OrderCreated` came again.
+    pub created: Vec<Uuid>,
+    /// Orders whose cancellation came again.
+    pub cancelled: Vec<Uuid>,
+}
+
+/// What a batch came to: what to write, what to publish (in stream order), and which
+/// answers to publish again.
+#[derive(Debug)]
+pub struct Settled {
+    pub settlement: Settlement,
+    pub published: Vec<Envelope>,
+    pub asked_again: AskedAgain,
+}
+
 /// The state of a batch's orders and accounts, changed event by event.
 #[derive(Debug)]
 pub struct Ledger {
     states: HashMap<Uuid, Option<OrderPayment>>,
     accounts: HashMap<String, Account>,
     earlier_payments: HashMap<Uuid, Payment>,
-    settlement: Settlement,
-    published: Vec<Envelope>,
+    settled: Settled,
 }
 
 impl Ledger {
@@ -144,8 +165,11 @@ impl Ledger {
                 .map(|a| (a.customer_id.clone(), a))
                 .collect(),
             earlier_payments: earlier_payments.into_iter().map(|p| (p.id, p)).collect(),
-            settlement: Settlement::default(),
-            published: Vec::new(),
+            settled: Settled {
+                settlement: Settlement::default(),
+                published: Vec::new(),
+                asked_again: AskedAgain::default(),
+            },
         }
     }
 
@@ -159,8 +183,9 @@ impl Ledger {
             .map(|decided| decided.state);
         match event {
             OrderEvent::Created(cause, order) => match on_order_created(state) {
-                OnOrderCreated::AlreadyDecided => {
-                    info!(order_id = %order.order_id, ?state, "order already decided; no second charge");
+                OnOrderCreated::AnswerAgain => {
+                    info!(order_id = %order.order_id, ?state, "order already decided; no second charge, the outcome again");
+                    self.settled.asked_again.created.push(order.order_id);
                     Ok(())
                 }
                 OnOrderCreated::DeclineAsCancelled => {
@@ -171,9 +196,17 @@ impl Ledger {
                 OnOrderCreated::TryCharge => self.try_charge(cause, order),
             },
             OrderEvent::Cancelled(cause, cancel) => match on_order_cancelled(state) {
-                OnOrderCancelled::Nothing => Ok(()),
                 OnOrderCancelled::Remember => {
                     self.set_state(cancel.order_id, OrderPaymentState::Cancelled, None);
+                    self.confirm_cancellation(cause, cancel);
+                    Ok(())
+                }
+                OnOrderCancelled::Confirm => {
+                    self.confirm_cancellation(cause, cancel);
+                    Ok(())
+                }
+                OnOrderCancelled::AnswerAgain => {
+                    self.settled.asked_again.cancelled.push(cancel.order_id);
                     Ok(())
                 }
                 OnOrderCancelled::Refund => self.refund(cause, cancel),
@@ -181,9 +214,9 @@ impl Ledger {
         }
     }
 
-    /// What to write, and what to publish, in stream order.
-    pub fn finish(self) -> (Settlement, Vec<Envelope>) {
-        (self.settlement, self.published)
+    /// What the batch came to.
+    pub fn finish(self) -> Settled {
+        self.settled
     }
 
     fn try_charge(&mut self, cause: &Envelope, order: &OrderCreated) -> Result<(), LedgerError> {
@@ -207,12 +240,13 @@ impl Ledger {
             Charge::Approve => {
                 account.balance_cents -= order.total_cents;
                 *self
+                    .settled
                     .settlement
                     .balance_deltas
                     .entry(order.customer_id.clone())
                     .or_default() -= order.total_cents;
                 let payment_id = Uuid::now_v7();
-                self.settlement.new_payments.push(NewPayment {
+                self.settled.settlement.new_payments.push(NewPayment {
                     id: payment_id,
                     order_id: order.order_id,
                     customer_id: order.customer_id.clone(),
@@ -257,6 +291,17 @@ impl Ledger {
         );
     }
 
+    /// Answers a cancellation of an order that was not and will not be charged.
+    fn confirm_cancellation(&mut self, cause: &Envelope, cancel: &OrderCancelled) {
+        self.publish(
+            cause,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: cancel.order_id,
+                customer_id: cancel.customer_id.clone(),
+            }),
+        );
+    }
+
     /// Credits the order's payment back and publishes `PaymentRefunded`.
     fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), LedgerError> {
         let payment_id = self
@@ -267,6 +312,7 @@ impl Ledger {
             .and_then(|decided| decided.payment_id)
             .ok_or(LedgerError::NoPaymentId(cancel.order_id))?;
         let (customer_id, amount_cents, currency) = if let Some(made_now) = self
+            .settled
             .settlement
             .new_payments
             .iter_mut()
@@ -284,7 +330,7 @@ impl Ledger {
                 .get(&payment_id)
                 .filter(|p| p.status == PaymentStatus::Completed)
                 .ok_or(LedgerError::NotAStandingCharge(payment_id))?;
-            self.settlement.refunded.push(payment_id);
+            self.settled.settlement.refunded.push(payment_id);
             (
                 earlier.customer_id.clone(),
                 earlier.amount_cents,
@@ -295,6 +341,7 @@ impl Ledger {
             account.balance_cents += amount_cents;
         }
         *self
+            .settled
             .settlement
             .balance_deltas
             .entry(customer_id.clone())
@@ -323,11 +370,15 @@ impl Ledger {
         let decided = self.states.entry(order_id).or_default();
         let payment_id = payment_id.or(decided.and_then(|d| d.payment_id));
         *decided = Some(OrderPayment { state, payment_id });
-        self.settlement.orders.insert(order_id, (state, payment_id));
+        self.settled
+            .settlement
+            .orders
+            .insert(order_id, (state, payment_id));
     }
 
     fn publish(&mut self, cause: &Envelope, event: Event) {
-        self.published
+        self.settled
+            .published
             .push(Envelope::caused_by(cause, Producer::PaymentService, event));
     }
 }
@@ -424,7 +475,11 @@ mod tests {
         for event in batch {
             ledger.apply(event).expect("applies");
         }
-        let (settlement, published) = ledger.finish();
+        let Settled {
+            settlement,
+            published,
+            ..
+        } = ledger.finish();
         assert_eq!(
             settlement.balance_deltas.get("ann"),
             Some(&0),

@@ -11,6 +11,11 @@
 //! 4. settle the events in stream order in memory ([`Ledger`]);
 //! 5. write payments, balances and saga states in one statement, and the outcomes to the
 //!    outbox in another.
+//!
+//! Every question gets exactly one answer (SPEC §4.6): `OrderCreated` a `PaymentCompleted`
+//! or `PaymentFailed`, `OrderCancelled` a `PaymentRefunded` or `PaymentCancelled`. A
+//! question asked again (the same event, or another about an order already settled) has
+//! its recorded answer published again, same `event_id`.
 
 use std::time::Duration;
 
@@ -21,6 +26,7 @@ use sqlx::PgConnection;
 use tracing::info;
 
 use crate::db;
+use crate::domain::{ANSWERS_TO_CANCELLED, ANSWERS_TO_CREATED};
 use crate::ledger::{Ledger, LedgerError, OrderEvent, accounts_of, orders_of, payments_to_refund};
 
 /// A ledger error is about the event itself: it can never be applied (dead-lettered).
@@ -68,25 +74,43 @@ impl EventHandler for OrderEvents {
         for event in events {
             ledger.apply(event).map_err(rejected)?;
         }
-        let (settlement, published) = ledger.finish();
-        db::settle(tx, &settlement).await?;
-        outbox::enqueue_all(tx, PAYMENT_EVENTS, &published).await?;
+        let settled = ledger.finish();
+        db::settle(tx, &settled.settlement).await?;
+        outbox::enqueue_all(tx, PAYMENT_EVENTS, &settled.published).await?;
+        let asked = &settled.asked_again;
+        outbox::republish(
+            tx,
+            &asked.created,
+            Some(&ANSWERS_TO_CREATED),
+            Duration::ZERO,
+        )
+        .await?;
+        outbox::republish(
+            tx,
+            &asked.cancelled,
+            Some(&ANSWERS_TO_CANCELLED),
+            Duration::ZERO,
+        )
+        .await?;
         Ok(())
     }
 
-    /// A repeated `OrderCreated` means order-service has not heard the outcome (its
-    /// reconciler re-published after a broker loss): publish the recorded outcome again,
-    /// same `event_id`, and never charge a second time (SPEC §4.6).
+    /// A repeated question means order-service has not heard the answer (its reconciler
+    /// asked again, e.g. after a broker loss): publish the recorded answer again, same
+    /// `event_id`, and never charge or refund a second time (SPEC §4.6).
     async fn on_duplicate(
         &self,
         tx: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<(), HandleError> {
-        if let Ok(OrderEvent::Created(_, order)) = OrderEvent::of(envelope) {
-            let rearmed = outbox::republish(tx, &[order.order_id], None, Duration::ZERO).await?;
-            if rearmed > 0 {
-                info!(order_id = %order.order_id, rearmed, "order-service asked again; re-publishing the recorded outcome");
-            }
+        let (order_id, answers) = match OrderEvent::of(envelope) {
+            Ok(OrderEvent::Created(_, order)) => (order.order_id, ANSWERS_TO_CREATED),
+            Ok(OrderEvent::Cancelled(_, cancel)) => (cancel.order_id, ANSWERS_TO_CANCELLED),
+            Err(_) => return Ok(()),
+        };
+        let rearmed = outbox::republish(tx, &[order_id], Some(&answers), Duration::ZERO).await?;
+        if rearmed > 0 {
+            info!(%order_id, rearmed, "order-service asked again; re-publishing the recorded answer");
         }
         Ok(())
     }

@@ -154,17 +154,43 @@ pub async fn republish(
     Ok(rearmed)
 }
 
-/// Deletes rows published more than `retention` ago; keeps every unpublished row.
-/// Published rows are kept that long so a broker loss can be repaired by re-publishing.
+/// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an
+/// `outbox` row, written in the service's code (never built from input). The sweeper keeps
+/// such rows whatever their age, so the question can always be asked again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwaitingAnswer(pub &'static str);
+
+/// Rows the sweeper deletes per statement: it never holds many locks or a long
+/// transaction.
+const SWEEP_BATCH: i64 = 1000;
+
+/// Deletes rows published more than `retention` ago, in batches; keeps every unpublished
+/// row, and every row `awaiting` an answer. Published rows are kept that long so a broker
+/// loss can be repaired by re-publishing. Returns how many were deleted.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn sweep_published(
     pool: &sqlx::PgPool,
-    retention: std::time::Duration,
+    retention: Duration,
+    awaiting: Option<AwaitingAnswer>,
 ) -> sqlx::Result<u64> {
-    let deleted =
-        sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+    let keep = awaiting.map_or("false", |a| a.0);
+    let statement = format!(
+        "DELETE FROM outbox WHERE id = ANY(ARRAY(
+             SELECT id FROM outbox
+             WHERE published_at < now() - make_interval(secs => $1) AND NOT ({keep})
+             ORDER BY id LIMIT $2))"
+    );
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
             .bind(retention.as_secs_f64())
+            .bind(SWEEP_BATCH)
             .execute(pool)
-            .await?;
-    Ok(deleted.rows_affected())
+            .await?
+            .rows_affected();
+        deleted += batch;
+        if batch < SWEEP_BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
 }

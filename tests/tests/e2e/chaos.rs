@@ -14,26 +14,26 @@ use sqlx::PgPool;
 use testkit::{FaultProxy, PrivateRedis, Spawned, TestContext, backends, eventually, host_port};
 
 /// Fast failure detection for tests: reclaim after 1 s idle, re-publish after 1.5 s.
-const ORDER_ARGS: &[&str] = &[
+pub(crate) const ORDER_ARGS: &[&str] = &[
     "--claim-min-idle-ms",
     "1000",
     "--pending-republish-after-ms",
     "1500",
 ];
-const PAYMENT_ARGS: &[&str] = &["--claim-min-idle-ms", "1000"];
-const QUIET: Duration = Duration::from_secs(60);
+pub(crate) const PAYMENT_ARGS: &[&str] = &["--claim-min-idle-ms", "1000"];
+pub(crate) const QUIET: Duration = Duration::from_secs(60);
 
-async fn order_service(ctx: &TestContext) -> Spawned {
+pub(crate) async fn order_service(ctx: &TestContext) -> Spawned {
     ctx.spawn("order-service", ORDER_ARGS, order_service::start)
         .await
 }
 
-async fn payment_service(ctx: &TestContext) -> Spawned {
+pub(crate) async fn payment_service(ctx: &TestContext) -> Spawned {
     ctx.spawn("payment-service", PAYMENT_ARGS, payment_service::start)
         .await
 }
 
-async fn published(ctx: &TestContext, logical: &str, n: usize) {
+pub(crate) async fn published(ctx: &TestContext, logical: &str, n: usize) {
     eventually(
         &format!("{n} entries on {logical}"),
         Duration::from_secs(10),

@@ -7,3 +7,4 @@ mod happy_path;
 mod observability;
 mod openapi;
 mod packaging;
+mod recovery;

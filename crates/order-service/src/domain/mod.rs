@@ -52,6 +52,8 @@ pub enum OrderTrigger {
     PaymentCompleted,
     PaymentFailed,
     PaymentRefunded,
+    /// payment-service settled a cancellation with nothing charged.
+    PaymentCancelled,
     /// `POST /orders/{id}/cancel`.
     CancelRequested,
 }
@@ -81,7 +83,7 @@ pub fn transition(status: OrderStatus, event: OrderTrigger) -> Transition {
         (S::Pending | S::Paid, E::CancelRequested) => Transition::To(S::Cancelled),
         (S::PaymentFailed | S::Cancelled, E::CancelRequested) => Transition::Conflict,
         (S::Paid | S::PaymentFailed | S::Cancelled, E::PaymentCompleted | E::PaymentFailed)
-        | (_, E::PaymentRefunded) => Transition::Keep,
+        | (_, E::PaymentRefunded | E::PaymentCancelled) => Transition::Keep,
     }
 }
 
@@ -107,6 +109,10 @@ pub struct Order {
     pub failure_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub refunded_at: Option<OffsetDateTime>,
+    /// When payment-service confirmed a cancellation: the charge refunded, or nothing
+    /// charged and nothing ever to be. Until then order-service keeps asking (SPEC §4.6).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub cancellation_confirmed_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -147,6 +153,7 @@ impl PaymentOutcome {
             Event::PaymentRefunded(refund) => {
                 (OrderTrigger::PaymentRefunded, Some(refund.payment_id), None)
             }
+            Event::PaymentCancelled(_) => (OrderTrigger::PaymentCancelled, None, None),
             Event::OrderCreated(_) | Event::OrderCancelled(_) => return None,
         };
         Some(Self {
@@ -157,38 +164,54 @@ impl PaymentOutcome {
         })
     }
 
-    /// Changes `order` as this outcome says: the state machine moves it, and an order
-    /// that moved on records only a late payment (cancelled meanwhile; payment-service
-    /// refunds it) and its refund, once each.
+    /// Changes `order` as this outcome says: the state machine moves it; an order that
+    /// moved on records only a late payment (cancelled meanwhile: payment-service refunds
+    /// it), its refund, and the confirmation of its cancellation, once each.
     pub fn apply(&self, order: &mut Order) -> Change {
-        match (transition(order.status, self.trigger), self.trigger) {
-            (Transition::To(status), _) => {
-                order.status = status;
-                order.payment_id = self.payment_id.or(order.payment_id);
-                if let Some(reason) = &self.failure_reason {
-                    order.failure_reason = Some(reason.clone());
-                }
-                Change::Status
+        if let Transition::To(status) = transition(order.status, self.trigger) {
+            order.status = status;
+            order.payment_id = self.payment_id.or(order.payment_id);
+            if let Some(reason) = &self.failure_reason {
+                order.failure_reason = Some(reason.clone());
             }
-            (_, OrderTrigger::PaymentRefunded) if order.refunded_at.is_none() => {
-                order.refunded_at = Some(OffsetDateTime::now_utc());
-                Change::Details
-            }
-            (_, OrderTrigger::PaymentCompleted)
-                if order.status == OrderStatus::Cancelled
-                    && order.payment_id.is_none()
-                    && self.payment_id.is_some() =>
+            return Change::Status;
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut changed = match self.trigger {
+            OrderTrigger::PaymentRefunded => record_once(&mut order.refunded_at, now),
+            OrderTrigger::PaymentCompleted
+                if order.status == OrderStatus::Cancelled && order.payment_id.is_none() =>
             {
                 order.payment_id = self.payment_id;
-                Change::Details
+                true
             }
-            _ => {
-                info!(order_id = %order.id, status = order.status.as_str(), trigger = ?self.trigger,
-                    "the order moved on; nothing to change");
-                Change::Nothing
-            }
+            _ => false,
+        };
+        let settles_cancellation = matches!(
+            self.trigger,
+            OrderTrigger::PaymentRefunded | OrderTrigger::PaymentCancelled
+        );
+        if settles_cancellation && order.status == OrderStatus::Cancelled {
+            changed |= record_once(&mut order.cancellation_confirmed_at, now);
         }
+        let change = if changed {
+            Change::Details
+        } else {
+            Change::Nothing
+        };
+        if change == Change::Nothing {
+            info!(order_id = %order.id, status = order.status.as_str(), trigger = ?self.trigger,
+                "the order moved on; nothing to change");
+        }
+        change
     }
+}
+
+/// Sets `field` to `now` unless it was set before; says whether it did.
+fn record_once(field: &mut Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+    let unset = field.is_none();
+    field.get_or_insert(now);
+    unset
 }
 
 #[cfg(test)]
@@ -204,18 +227,22 @@ mod tests {
             (S::Pending, E::PaymentCompleted, To(S::Paid)),
             (S::Pending, E::PaymentFailed, To(S::PaymentFailed)),
             (S::Pending, E::PaymentRefunded, Keep),
+            (S::Pending, E::PaymentCancelled, Keep),
             (S::Pending, E::CancelRequested, To(S::Cancelled)),
             (S::Paid, E::PaymentCompleted, Keep),
             (S::Paid, E::PaymentFailed, Keep),
             (S::Paid, E::PaymentRefunded, Keep),
+            (S::Paid, E::PaymentCancelled, Keep),
             (S::Paid, E::CancelRequested, To(S::Cancelled)),
             (S::PaymentFailed, E::PaymentCompleted, Keep),
             (S::PaymentFailed, E::PaymentFailed, Keep),
             (S::PaymentFailed, E::PaymentRefunded, Keep),
+            (S::PaymentFailed, E::PaymentCancelled, Keep),
             (S::PaymentFailed, E::CancelRequested, Conflict),
             (S::Cancelled, E::PaymentCompleted, Keep),
             (S::Cancelled, E::PaymentFailed, Keep),
             (S::Cancelled, E::PaymentRefunded, Keep),
+            (S::Cancelled, E::PaymentCancelled, Keep),
             (S::Cancelled, E::CancelRequested, Conflict),
         ];
         for (status, event, outcome) in expected {
@@ -240,7 +267,9 @@ mod tests {
         assert_eq!(OrderStatus::parse("SHIPPED"), None);
     }
 
-    use events::{Currency, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer};
+    use events::{
+        Currency, PaymentCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
+    };
 
     fn order(status: OrderStatus) -> Order {
         let now = OffsetDateTime::now_utc();
@@ -254,6 +283,7 @@ mod tests {
             payment_id: None,
             failure_reason: None,
             refunded_at: None,
+            cancellation_confirmed_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -333,5 +363,42 @@ mod tests {
         assert_eq!(cancelled.status, OrderStatus::Cancelled);
         assert_eq!(cancelled.payment_id, Some(payment_id));
         assert!(cancelled.refunded_at.is_some());
+        assert!(
+            cancelled.cancellation_confirmed_at.is_some(),
+            "a refund confirms the cancellation"
+        );
+    }
+
+    #[test]
+    fn payment_cancelled_confirms_a_cancellation_once_and_nothing_else() {
+        let mut cancelled = order(OrderStatus::Cancelled);
+        let settled = outcome(
+            &cancelled,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: cancelled.id,
+                customer_id: "alice".into(),
+            }),
+        );
+        assert_eq!(settled.apply(&mut cancelled), Change::Details);
+        let confirmed = cancelled.cancellation_confirmed_at;
+        assert!(confirmed.is_some());
+        assert_eq!(settled.apply(&mut cancelled), Change::Nothing, "once");
+        assert_eq!(cancelled.cancellation_confirmed_at, confirmed);
+        assert_eq!(cancelled.refunded_at, None, "nothing was refunded");
+
+        let mut pending = order(OrderStatus::Pending);
+        let forged = outcome(
+            &pending,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: pending.id,
+                customer_id: "alice".into(),
+            }),
+        );
+        assert_eq!(forged.apply(&mut pending), Change::Nothing);
+        assert_eq!(
+            (pending.status, pending.cancellation_confirmed_at),
+            (OrderStatus::Pending, None),
+            "only a cancelled order has a cancellation to confirm"
+        );
     }
 }

@@ -2,14 +2,20 @@
 //! cancellation and payment outcomes, Idempotency-Key, and the paginated listing.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use crate::support::{alice_order, completed, count, eur, order_when, place, publish, spawn};
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, FailureReason, PaymentFailed, PaymentRefunded, Producer};
+use events::{
+    Envelope, Event, FailureReason, PaymentCancelled, PaymentFailed, PaymentRefunded, Producer,
+};
 use futures::future::join_all;
+use order_service::orders;
 use serde_json::{Value, json};
+use service_runtime::outbox;
 use testkit::{Spawned, TestContext, eventually};
 use uuid::Uuid;
+
+use crate::support::{alice_order, completed, count, eur, order_when, place, publish, spawn};
 
 async fn cancel(app: &Spawned, id: Uuid) -> (u16, Value) {
     let response = app
@@ -310,4 +316,151 @@ async fn orders_are_listed_in_stable_pages() {
         let (status, problem) = page(&app, bad).await;
         assert_eq!((status, &problem["status"]), (400, &json!(400)), "{bad}");
     }
+}
+
+/// The `OrderCancelled` entries on `order-events` for `id`, as (entry id, event id).
+async fn cancellations_of(ctx: &TestContext, id: Uuid) -> Vec<(String, Uuid)> {
+    ctx.entries(ORDER_EVENTS)
+        .await
+        .into_iter()
+        .filter_map(|(entry, f)| {
+            let e = Envelope::from_fields(f.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+            e.ok()
+                .filter(|e| matches!(e.event, Event::OrderCancelled(_)) && e.order_id == id)
+                .map(|e| (entry, e.event_id))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cancellation_is_sent_again_until_payment_service_confirms_it() {
+    let ctx = TestContext::new();
+    let app = ctx
+        .spawn(
+            "order-service",
+            &["--pending-republish-after-ms", "200"],
+            order_service::start,
+        )
+        .await;
+    let (_, id) = place(&app, &alice_order()).await;
+    let (status, order) = cancel(&app, id).await;
+    assert_eq!(status, 200);
+    assert_eq!(order["cancellation_confirmed_at"], Value::Null);
+
+    // No answer: the same OrderCancelled (same event_id) goes out again and again.
+    let asked = eventually(
+        "OrderCancelled sent again",
+        std::time::Duration::from_secs(5),
+        || async {
+            let sent = cancellations_of(&ctx, id).await;
+            if sent.len() >= 2 {
+                Ok(sent)
+            } else {
+                Err(format!("{sent:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(asked.iter().all(|(_, event_id)| *event_id == asked[0].1));
+
+    let answer = Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCancelled(PaymentCancelled {
+            order_id: id,
+            customer_id: "alice".into(),
+        }),
+    );
+    publish(&ctx, &answer).await;
+    let confirmed = order_when(&app, id, "the cancellation to be confirmed", |o| {
+        o["cancellation_confirmed_at"].is_string()
+    })
+    .await;
+    assert_eq!(confirmed["status"], "CANCELLED");
+    assert_eq!(confirmed["refunded_at"], Value::Null, "nothing was charged");
+
+    // Confirmed: asked no more (within several reconciler rounds).
+    let settled = cancellations_of(&ctx, id).await.len();
+    let mut rounds = tokio::time::interval(std::time::Duration::from_millis(200));
+    for _ in 0..6 {
+        rounds.tick().await; // the scenario: let the reconciler run, and see it stay quiet
+    }
+    assert_eq!(cancellations_of(&ctx, id).await.len(), settled);
+}
+
+#[tokio::test]
+async fn the_sweeper_keeps_every_question_whose_answer_has_not_arrived() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let (_, paid) = place(&app, &alice_order()).await;
+    let (_, waiting) = place(&app, &alice_order()).await;
+    let (_, cancelled) = place(&app, &alice_order()).await;
+    publish(&ctx, &completed(paid, Uuid::now_v7(), 2800)).await;
+    order_when(&app, paid, "PAID", |o| o["status"] == "PAID").await;
+    cancel(&app, cancelled).await;
+    eventually(
+        "every event published",
+        std::time::Duration::from_secs(5),
+        || async {
+            let unpublished: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&app.pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if unpublished == 0 {
+                Ok(())
+            } else {
+                Err(format!("{unpublished} unpublished"))
+            }
+        },
+    )
+    .await;
+
+    let sweep =
+        || outbox::sweep_published(&app.pool, Duration::ZERO, Some(orders::AWAITING_ANSWER));
+    assert_eq!(
+        sweep().await.expect("sweeps"),
+        2,
+        "the answered OrderCreated of paid and cancelled"
+    );
+    let left = || async {
+        let mut rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT order_id, event_type FROM outbox ORDER BY id")
+                .fetch_all(&app.pool)
+                .await
+                .expect("rows");
+        rows.sort();
+        rows
+    };
+    let mut expected = vec![
+        (waiting, "OrderCreated".to_owned()),
+        (cancelled, "OrderCancelled".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(
+        left().await,
+        expected,
+        "unanswered questions are kept whatever their age"
+    );
+
+    publish(
+        &ctx,
+        &Envelope::new(
+            Producer::PaymentService,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: cancelled,
+                customer_id: "alice".into(),
+            }),
+        ),
+    )
+    .await;
+    order_when(&app, cancelled, "confirmed", |o| {
+        o["cancellation_confirmed_at"].is_string()
+    })
+    .await;
+    assert_eq!(
+        sweep().await.expect("sweeps"),
+        1,
+        "the answered OrderCancelled"
+    );
+    assert_eq!(left().await, vec![(waiting, "OrderCreated".to_owned())]);
 }

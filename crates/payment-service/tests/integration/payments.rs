@@ -213,13 +213,70 @@ async fn a_cancellation_seen_first_means_the_order_is_never_charged() {
         .await;
     ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
 
-    let outcome = wait_for_outcomes(&ctx, 1).await.remove(0);
-    let Event::PaymentFailed(failed) = &outcome.event else {
-        panic!("not PaymentFailed: {outcome:?}")
+    let outcomes = wait_for_outcomes(&ctx, 2).await;
+    let Event::PaymentCancelled(settled) = &outcomes[0].event else {
+        panic!("the cancellation is answered first: {outcomes:?}")
+    };
+    assert_eq!(settled.order_id, order.order_id);
+    let Event::PaymentFailed(failed) = &outcomes[1].event else {
+        panic!("not PaymentFailed: {outcomes:?}")
     };
     assert_eq!(failed.reason.as_str(), "order_cancelled");
     assert!(payments(&app, &order).await.is_empty());
     assert_eq!(balance(&app, "fay").await, 100_000);
+}
+
+#[tokio::test]
+async fn every_cancellation_is_answered_once_and_a_repeat_gets_the_same_answer() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let unseen = created("hal", 100);
+    let paid = created("hal", 4200);
+    let declined = created("hal", 1_000_000);
+    for order in [&paid, &declined] {
+        ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    }
+    wait_for_outcomes(&ctx, 2).await;
+    let cancels: Vec<Envelope> = [&unseen, &paid, &declined]
+        .iter()
+        .map(|order| cancelled(order, "hal"))
+        .collect();
+    for cancel in &cancels {
+        ctx.xadd(ORDER_EVENTS, &cancel.to_fields()).await;
+    }
+    let answers: Vec<Envelope> = wait_for_outcomes(&ctx, 5).await.split_off(2);
+    let kinds: Vec<(uuid::Uuid, &str)> = answers
+        .iter()
+        .map(|a| (a.order_id, a.event_type().as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (unseen.order_id, "PaymentCancelled"),
+            (paid.order_id, "PaymentRefunded"),
+            (declined.order_id, "PaymentCancelled"),
+        ],
+        "one answer per cancellation: refunded, or nothing was or will be charged"
+    );
+    assert_eq!(balance(&app, "hal").await, 100_000);
+
+    // order-service did not hear the answers and asks again, same events.
+    for cancel in &cancels {
+        ctx.xadd(ORDER_EVENTS, &cancel.to_fields()).await;
+    }
+    let again: Vec<Envelope> = wait_for_outcomes(&ctx, 8).await.split_off(5);
+    let ids = |events: &[Envelope]| {
+        let mut ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&again),
+        ids(&answers),
+        "the recorded answers, same event_ids"
+    );
+    assert_eq!(balance(&app, "hal").await, 100_000, "no second refund");
+    assert_eq!(payments(&app, &paid).await[0]["status"], "REFUNDED");
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::Infrastructure;
 use crate::observability::{self, GAUGE_REFRESH};
-use crate::outbox;
+use crate::outbox::{self, AwaitingAnswer};
 use crate::settings::CommonSettings;
 
 /// How often the outbox sweeper looks for rows past their retention.
@@ -63,11 +63,12 @@ pub(super) fn runtime_jobs(
     settings: &CommonSettings,
     consumes: &str,
     group: &'static str,
+    awaiting: Option<AwaitingAnswer>,
 ) -> [PeriodicJob; 3] {
     let (pool, retention) = (infra.pool.clone(), settings.outbox_retention());
     let sweeper = PeriodicJob::new("outbox sweeper", SWEEP_INTERVAL, move || {
         let pool = pool.clone();
-        async move { Ok(outbox::sweep_published(&pool, retention).await?) }
+        async move { Ok(outbox::sweep_published(&pool, retention, awaiting).await?) }
     });
     let pool = infra.pool.clone();
     let outbox_gauges = PeriodicJob::new("outbox gauges", GAUGE_REFRESH, move || {

@@ -37,6 +37,7 @@ use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
 use crate::observability;
+use crate::outbox::AwaitingAnswer;
 use crate::problem::{self, BODY_LIMIT_BYTES};
 use crate::relay::OutboxRelay;
 use crate::request;
@@ -66,6 +67,8 @@ pub struct ServiceParts<H> {
     pub group: &'static str,
     /// What it does with each event.
     pub handler: H,
+    /// Which of its outbox rows still wait for an answer: kept by the sweeper.
+    pub awaiting_answer: Option<AwaitingAnswer>,
 }
 
 /// Completes a service's OpenAPI document: title, version, the admin token scheme.
@@ -182,7 +185,13 @@ pub async fn start<H: EventHandler>(
         consumer.run(stop).await;
         "consumer"
     });
-    let runtime_jobs = jobs::runtime_jobs(&infra, settings, parts.consumes, parts.group);
+    let runtime_jobs = jobs::runtime_jobs(
+        &infra,
+        settings,
+        parts.consumes,
+        parts.group,
+        parts.awaiting_answer,
+    );
     for job in parts.jobs.into_iter().chain(runtime_jobs) {
         let (stop, name) = (shutdown.clone(), job.name);
         tasks.spawn(async move {

@@ -397,14 +397,14 @@ async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() 
     enqueue(&pool, &waiting).await;
 
     assert_eq!(
-        outbox::sweep_published(&pool, Duration::from_secs(3600))
+        outbox::sweep_published(&pool, Duration::from_secs(3600), None)
             .await
             .expect("sweeps"),
         0,
         "within retention"
     );
     assert_eq!(
-        outbox::sweep_published(&pool, Duration::ZERO)
+        outbox::sweep_published(&pool, Duration::ZERO, None)
             .await
             .expect("sweeps"),
         1
