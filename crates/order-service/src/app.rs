@@ -4,11 +4,13 @@
 use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
 use std::time::Duration;
 
-use service_runtime::service::{self, Infrastructure, PeriodicJob, RunningService, ServiceParts};
+use service_runtime::service::{
+    self, Infrastructure, PRUNE_INTERVAL, PeriodicJob, RunningService, ServiceParts,
+};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::db::MIGRATOR;
+use crate::db::{self, MIGRATOR};
 use crate::http::{self, AppState};
 use crate::orders;
 use crate::payment_events::PaymentEvents;
@@ -30,12 +32,20 @@ pub async fn start(
         let pool = pool.clone();
         async move { Ok(orders::republish_unanswered(&pool, after).await?) }
     });
+    let (pool, keys) = (
+        infra.pool.clone(),
+        Duration::from_secs(settings.idempotency_key_retention_hours * 3600),
+    );
+    let key_pruner = PeriodicJob::new("idempotency key pruner", PRUNE_INTERVAL, move || {
+        let pool = pool.clone();
+        async move { Ok(db::prune_idempotency_keys(&pool, keys).await?) }
+    });
     let parts = ServiceParts {
         name: "order-service",
         http_addr: settings.http_addr,
         routes,
         admin_routes: OpenApiRouter::new(),
-        jobs: vec![reconciler],
+        jobs: vec![reconciler, key_pruner],
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,
@@ -49,5 +59,5 @@ pub async fn start(
 /// SIGINT or SIGTERM. Exit code 0 after a clean stop, 1 when it cannot start or fails,
 /// 2 on bad settings.
 pub async fn run() -> std::process::ExitCode {
-    service::run_main("order-service", |s: &Settings| &s.common, start).await
+    service::run_main::<Settings, _, _>("order-service", start).await
 }

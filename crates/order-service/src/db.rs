@@ -180,6 +180,20 @@ pub async fn claim_idempotency_key(
     Ok(claimed.rows_affected() == 1)
 }
 
+/// Deletes the idempotency keys older than `retention`, in batches. Returns how many.
+pub async fn prune_idempotency_keys(pool: &PgPool, retention: Duration) -> sqlx::Result<u64> {
+    service_runtime::retention::prune(
+        pool,
+        "idempotency_keys",
+        "DELETE FROM idempotency_keys WHERE key = ANY(ARRAY(
+             SELECT key FROM idempotency_keys
+             WHERE created_at < now() - make_interval(secs => $1)
+             LIMIT $2))",
+        retention,
+    )
+    .await
+}
+
 /// The request and order an idempotency key was first used with.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_idempotency_key(

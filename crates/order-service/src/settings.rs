@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_runtime::settings::CommonSettings;
+use service_runtime::settings::{CommonSettings, ServiceSettings};
 
 /// Every setting of order-service; env vars or the matching flags.
 #[derive(Debug, Clone, clap::Parser)]
@@ -19,6 +19,29 @@ pub struct Settings {
     /// it published again (same `event_id`): repairs a broker that lost it (SPEC §4.6).
     #[arg(long, env = "PENDING_REPUBLISH_AFTER_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub pending_republish_after_ms: u64,
+    /// `Idempotency-Key`s are kept this long (hours): a retry within it gets the first
+    /// order back.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub idempotency_key_retention_hours: u64,
     #[command(flatten)]
     pub common: CommonSettings,
+}
+
+impl ServiceSettings for Settings {
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.common.check()?;
+        let outbox_ms = self.common.outbox_retention_hours.saturating_mul(3_600_000);
+        if self.pending_republish_after_ms >= outbox_ms {
+            return Err(format!(
+                "PENDING_REPUBLISH_AFTER_MS ({}) must be shorter than OUTBOX_RETENTION_HOURS \
+                 ({} h): a question is asked again while its answer can still be re-published",
+                self.pending_republish_after_ms, self.common.outbox_retention_hours
+            ));
+        }
+        Ok(())
+    }
 }

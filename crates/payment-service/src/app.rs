@@ -42,5 +42,5 @@ pub async fn start(
 /// SIGINT or SIGTERM. Exit code 0 after a clean stop, 1 when it cannot start or fails,
 /// 2 on bad settings.
 pub async fn run() -> std::process::ExitCode {
-    service::run_main("payment-service", |s: &Settings| &s.common, start).await
+    service::run_main::<Settings, _, _>("payment-service", start).await
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_runtime::settings::CommonSettings;
+use service_runtime::settings::{CommonSettings, ServiceSettings};
 
 /// Every setting of payment-service; env vars or the matching flags.
 #[derive(Debug, Clone, clap::Parser)]
@@ -20,4 +20,10 @@ pub struct Settings {
     pub initial_credit_cents: i64,
     #[command(flatten)]
     pub common: CommonSettings,
+}
+
+impl ServiceSettings for Settings {
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
 }

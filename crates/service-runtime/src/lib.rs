@@ -12,6 +12,7 @@
 //! | dead letters | [`dead_letters`] | one bad entry never blocks the others, and can be replayed |
 //! | stream keys | [`keys`] | every Redis key in one place |
 //! | their tables | [`schema`] | the outbox and inbox migration, shipped once |
+//! | retention | [`retention`] | every store bounded, nothing unfinished removed |
 //!
 //! and the service shell around them: [`settings`], [`telemetry`], [`health`],
 //! [`problem`] (HTTP errors), [`admin`] (admin routes, admin token), [`service`]
@@ -31,6 +32,7 @@ pub mod problem;
 pub mod redis_conn;
 pub mod relay;
 pub mod request;
+pub mod retention;
 pub mod schema;
 pub mod service;
 pub mod settings;

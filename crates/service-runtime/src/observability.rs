@@ -41,6 +41,14 @@ pub const OUTBOX_OLDEST_AGE: &str = "outbox_oldest_unpublished_age_seconds";
 pub const GROUP_LAG: &str = "consumer_group_lag";
 /// Entries delivered to the group and not acked, by `stream`, `group`.
 pub const GROUP_PENDING: &str = "consumer_group_pending";
+/// Entries in a stream, by `stream` (the consumed one and its dead letters).
+pub const STREAM_LENGTH: &str = "stream_length";
+/// Entries trimmed from a stream by retention, by `stream`.
+pub const STREAM_ENTRIES_TRIMMED: &str = "stream_entries_trimmed_total";
+/// Idle consumers removed from the group, by `stream`.
+pub const CONSUMERS_DELETED: &str = "stream_consumers_deleted_total";
+/// Rows deleted by retention, by `table` (`outbox`, `inbox`, `idempotency_keys`).
+pub const ROWS_PRUNED: &str = "rows_pruned_total";
 /// Seconds from an order's creation to its final state, by `status` (order-service).
 pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
 

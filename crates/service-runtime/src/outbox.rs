@@ -160,10 +160,6 @@ pub async fn republish(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwaitingAnswer(pub &'static str);
 
-/// Rows the sweeper deletes per statement: it never holds many locks or a long
-/// transaction.
-const SWEEP_BATCH: i64 = 1000;
-
 /// Deletes rows published more than `retention` ago, in batches; keeps every unpublished
 /// row, and every row `awaiting` an answer. Published rows are kept that long so a broker
 /// loss can be repaired by re-publishing. Returns how many were deleted.
@@ -177,20 +173,8 @@ pub async fn sweep_published(
     let statement = format!(
         "DELETE FROM outbox WHERE id = ANY(ARRAY(
              SELECT id FROM outbox
-             WHERE published_at < now() - make_interval(secs => $1) AND NOT ({keep})
+                 WHERE published_at < now() - make_interval(secs => $1) AND NOT ({keep})
              ORDER BY id LIMIT $2))"
     );
-    let mut deleted = 0;
-    loop {
-        let batch = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
-            .bind(retention.as_secs_f64())
-            .bind(SWEEP_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        deleted += batch;
-        if batch < SWEEP_BATCH as u64 {
-            return Ok(deleted);
-        }
-    }
+    crate::retention::prune(pool, "outbox", &statement, retention).await
 }

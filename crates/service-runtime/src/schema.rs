@@ -1,14 +1,15 @@
 //! The runtime's own tables, shipped once: the outbox and the inbox (SPEC §4.1, §4.2)
 //! are migration 1 of every service's database, and a service's own migrations follow
-//! it in one history (`_sqlx_migrations`).
+//! it in one history (`_sqlx_migrations`). The runtime numbers its later migrations from
+//! 1001, a service numbers its own from 2 to 1000, so the two never collide.
 
 use sqlx::migrate::Migrator;
 
 /// The runtime's migrations (`migrations/runtime`): the outbox and the inbox.
 pub static RUNTIME_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/runtime");
 
-/// One migrator for a service's database: the runtime's migrations, then `service`'s
-/// (which must number from 2).
+/// One migrator for a service's database: the runtime's migrations and `service`'s
+/// (numbered 2 to 1000), in version order.
 pub fn with_runtime(service: &Migrator) -> Migrator {
     Migrator::with_migrations(
         RUNTIME_MIGRATOR
@@ -26,12 +27,24 @@ mod tests {
     #[test]
     fn the_runtime_comes_first_and_versions_stay_unique() {
         static SERVICE: Migrator = sqlx::migrate!("../../migrations/order");
-        let combined = with_runtime(&SERVICE);
-        let versions: Vec<i64> = combined.iter().map(|m| m.version).collect();
-        assert_eq!(versions.first(), Some(&1));
-        let mut unique = versions.clone();
-        unique.dedup();
-        assert_eq!(unique, versions);
-        assert_eq!(versions.len(), 1 + SERVICE.iter().count());
+        static PAYMENT: Migrator = sqlx::migrate!("../../migrations/payment");
+        for service in [&SERVICE, &PAYMENT] {
+            assert!(service.iter().all(|m| (2..=1000).contains(&m.version)));
+            let combined = with_runtime(service);
+            let versions: Vec<i64> = combined.iter().map(|m| m.version).collect();
+            assert_eq!(versions.first(), Some(&1));
+            let mut unique = versions.clone();
+            unique.dedup();
+            assert_eq!(unique, versions);
+            assert_eq!(
+                versions.len(),
+                RUNTIME_MIGRATOR.iter().count() + service.iter().count()
+            );
+        }
+        assert!(
+            RUNTIME_MIGRATOR
+                .iter()
+                .all(|m| m.version == 1 || m.version > 1000)
+        );
     }
 }

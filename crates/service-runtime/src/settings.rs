@@ -117,6 +117,53 @@ impl StreamSettings {
     }
 }
 
+/// How long each store keeps what it holds (every store is bounded; see
+/// [`retention`](crate::retention)).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionSettings {
+    /// The consumed stream keeps entries this long (ms) for inspection; older ones are
+    /// trimmed, but never one a consumer group on the stream has not acknowledged.
+    #[arg(long, env = "STREAM_RETENTION_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(0..=31_536_000_000))]
+    pub stream_retention_ms: u64,
+    /// How often (ms) the consumed stream and its dead letters are trimmed and dead
+    /// consumers removed.
+    #[arg(long, env = "STREAM_TRIM_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub stream_trim_interval_ms: u64,
+    /// Dead letters are kept this long (hours), then trimmed.
+    #[arg(long, env = "DLQ_RETENTION_HOURS", default_value_t = 336, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub dlq_retention_hours: u64,
+    /// Inbox rows (the ids of applied events) are kept this long (hours); must exceed
+    /// `OUTBOX_RETENTION_HOURS`, the longest an event can be re-published.
+    #[arg(long, env = "INBOX_RETENTION_HOURS", default_value_t = 336, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    pub inbox_retention_hours: u64,
+    /// A consumer of the group idle this long (ms) with nothing pending is removed from
+    /// it (each restart adds a `hostname-pid`).
+    #[arg(long, env = "CONSUMER_IDLE_DELETE_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1_000..=31_536_000_000))]
+    pub consumer_idle_delete_ms: u64,
+}
+
+impl RetentionSettings {
+    pub fn stream_retention(&self) -> Duration {
+        Duration::from_millis(self.stream_retention_ms)
+    }
+
+    pub fn stream_trim_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_trim_interval_ms)
+    }
+
+    pub fn dead_letter_retention(&self) -> Duration {
+        Duration::from_secs(self.dlq_retention_hours * 3600)
+    }
+
+    pub fn inbox_retention(&self) -> Duration {
+        Duration::from_secs(self.inbox_retention_hours * 3600)
+    }
+
+    pub fn consumer_idle_delete(&self) -> Duration {
+        Duration::from_millis(self.consumer_idle_delete_ms)
+    }
+}
+
 /// Settings every service has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonSettings {
@@ -135,6 +182,8 @@ pub struct CommonSettings {
     /// after a broker loss, then deleted.
     #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub outbox_retention_hours: u64,
+    #[command(flatten)]
+    pub retention: RetentionSettings,
     /// Bearer token of the admin API (dead letters, deposits); without it those routes
     /// answer 404.
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
@@ -164,6 +213,40 @@ impl CommonSettings {
 
     pub fn outbox_retention(&self) -> Duration {
         Duration::from_secs(self.outbox_retention_hours * 3600)
+    }
+
+    /// Refuses combinations of values that are each valid but unsafe together.
+    pub fn check(&self) -> Result<(), String> {
+        let retention = &self.retention;
+        if retention.inbox_retention_hours <= self.outbox_retention_hours {
+            return Err(format!(
+                "INBOX_RETENTION_HOURS ({}) must exceed OUTBOX_RETENTION_HOURS ({}): an event \
+                 can be re-published that long, and its inbox row is what makes the repeat \
+                 harmless",
+                retention.inbox_retention_hours, self.outbox_retention_hours
+            ));
+        }
+        let busiest = self.stream.claim_min_idle_ms.max(self.stream.read_block_ms);
+        if retention.consumer_idle_delete_ms <= busiest {
+            return Err(format!(
+                "CONSUMER_IDLE_DELETE_MS ({}) must exceed CLAIM_MIN_IDLE_MS and READ_BLOCK_MS \
+                 ({busiest}): a live consumer is never that idle",
+                retention.consumer_idle_delete_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A service's settings as a whole: after each value parsed, the combinations are checked
+/// (exit code 2 when they are unsafe).
+pub trait ServiceSettings: clap::Parser + std::fmt::Debug {
+    /// The settings every service shares.
+    fn common(&self) -> &CommonSettings;
+
+    /// Refuses unsafe combinations; the default checks the common settings.
+    fn check(&self) -> Result<(), String> {
+        self.common().check()
     }
 }
 
@@ -217,11 +300,17 @@ fn consumer_name(value: &str) -> Result<String, String> {
     }
 }
 
-/// Parses the process's settings, or prints one line and exits with code 2. `--help`
-/// and `--version` print as usual.
-pub fn parse_or_exit<S: clap::Parser>(service: &str) -> S {
+/// Parses the process's settings and checks them as a whole, or prints one line and exits
+/// with code 2. `--help` and `--version` print as usual.
+pub fn parse_or_exit<S: ServiceSettings>(service: &str) -> S {
     match S::try_parse() {
-        Ok(settings) => settings,
+        Ok(settings) => match settings.check() {
+            Ok(()) => settings,
+            Err(e) => {
+                eprintln!("{service}: configuration error: {e}");
+                std::process::exit(2)
+            }
+        },
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
@@ -299,6 +388,24 @@ mod tests {
         assert_eq!(probe.common.stream.read_count, 100);
         assert_eq!(probe.common.stream.stream_namespace, "");
         assert!(probe.common.stream.consumer_name().contains('-'));
+    }
+
+    #[test]
+    fn unsafe_combinations_are_refused() {
+        let probe = parse(&[]).expect("defaults");
+        assert_eq!(probe.common.check(), Ok(()), "the defaults are safe");
+        let inbox = parse(&["--inbox-retention-hours", "168"]).expect("valid alone");
+        let e = inbox
+            .common
+            .check()
+            .expect_err("inbox no longer than the outbox");
+        assert!(e.contains("INBOX_RETENTION_HOURS"), "{e}");
+        let idle = parse(&["--consumer-idle-delete-ms", "30000"]).expect("valid alone");
+        let e = idle
+            .common
+            .check()
+            .expect_err("a live consumer could look dead");
+        assert!(e.contains("CONSUMER_IDLE_DELETE_MS"), "{e}");
     }
 
     #[test]

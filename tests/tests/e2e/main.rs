@@ -8,3 +8,4 @@ mod observability;
 mod openapi;
 mod packaging;
 mod recovery;
+mod retention;

@@ -464,3 +464,33 @@ async fn the_sweeper_keeps_every_question_whose_answer_has_not_arrived() {
     );
     assert_eq!(left().await, vec![(waiting, "OrderCreated".to_owned())]);
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_kept_for_their_retention_then_pruned() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let body = alice_order();
+    let first = with_key(&app, "old-key", &body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(first.status(), 201);
+    let kept = with_key(&app, "new-key", &body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(kept.status(), 201);
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old-key'")
+        .execute(&app.pool)
+        .await
+        .expect("ages a key");
+
+    let pruned =
+        order_service::db::prune_idempotency_keys(&app.pool, Duration::from_secs(24 * 3600));
+    assert_eq!(pruned.await.expect("prunes"), 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(&app.pool)
+        .await
+        .expect("keys");
+    assert_eq!(left, ["new-key"]);
+}

@@ -353,6 +353,29 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
             ("DATABASE_URL", "mysql://localhost/x"),
             ("REDIS_URL", "redis://localhost"),
         ],
+        // Each valid alone, unsafe together.
+        urls.iter()
+            .copied()
+            .chain([
+                ("INBOX_RETENTION_HOURS", "24"),
+                ("OUTBOX_RETENTION_HOURS", "48"),
+            ])
+            .collect(),
+        urls.iter()
+            .copied()
+            .chain([("CONSUMER_IDLE_DELETE_MS", "20000")])
+            .collect(),
+        urls.iter()
+            .copied()
+            .chain([
+                ("OUTBOX_RETENTION_HOURS", "1"),
+                ("PENDING_REPUBLISH_AFTER_MS", "3600000"),
+            ])
+            .collect(),
+        urls.iter()
+            .copied()
+            .chain([("STREAM_TRIM_INTERVAL_MS", "soon")])
+            .collect(),
     ];
     for env in cases {
         let output = run_binary(&env);

@@ -1,5 +1,5 @@
-//! Periodic jobs: the service's own (the order reconciler) and the runtime's (the outbox
-//! sweeper, the gauges), each run every so often until shutdown.
+//! Periodic jobs: the service's own (the order reconciler) and the runtime's (retention,
+//! the gauges), each run every so often until shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,10 +11,11 @@ use tracing::{info, warn};
 use super::Infrastructure;
 use crate::observability::{self, GAUGE_REFRESH};
 use crate::outbox::{self, AwaitingAnswer};
+use crate::retention;
 use crate::settings::CommonSettings;
 
-/// How often the outbox sweeper looks for rows past their retention.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the database's stores (outbox, inbox, a service's own) are pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
 
@@ -56,19 +57,34 @@ impl PeriodicJob {
     }
 }
 
-/// The jobs every service runs: the outbox sweeper and the gauges of the outbox and of
-/// the consumer group on `consumes`.
+/// The stream a service consumes, as the jobs that watch and trim it need it.
+pub(super) struct Consumed {
+    /// Key of the stream.
+    pub stream: String,
+    /// Key of its dead-letter stream.
+    pub dead_letters: String,
+    pub group: &'static str,
+    /// This process's consumer name.
+    pub consumer: String,
+}
+
+/// The jobs every service runs: retention (the outbox sweeper, the inbox pruner, the
+/// stream trimmer) and the gauges of the outbox and of the consumer group.
 pub(super) fn runtime_jobs(
     infra: &Infrastructure,
     settings: &CommonSettings,
-    consumes: &str,
-    group: &'static str,
+    consumed: Consumed,
     awaiting: Option<AwaitingAnswer>,
-) -> [PeriodicJob; 3] {
+) -> Vec<PeriodicJob> {
     let (pool, retention) = (infra.pool.clone(), settings.outbox_retention());
-    let sweeper = PeriodicJob::new("outbox sweeper", SWEEP_INTERVAL, move || {
+    let sweeper = PeriodicJob::new("outbox sweeper", PRUNE_INTERVAL, move || {
         let pool = pool.clone();
         async move { Ok(outbox::sweep_published(&pool, retention, awaiting).await?) }
+    });
+    let (pool, retention) = (infra.pool.clone(), settings.retention.inbox_retention());
+    let inbox_pruner = PeriodicJob::new("inbox pruner", PRUNE_INTERVAL, move || {
+        let pool = pool.clone();
+        async move { Ok(retention::prune_inbox(&pool, retention).await?) }
     });
     let pool = infra.pool.clone();
     let outbox_gauges = PeriodicJob::new("outbox gauges", GAUGE_REFRESH, move || {
@@ -77,12 +93,34 @@ pub(super) fn runtime_jobs(
     });
     let (redis, stream, group) = (
         infra.redis.commands.clone(),
-        infra.keys.stream(consumes),
-        group,
+        consumed.stream.clone(),
+        consumed.group,
     );
     let group_gauges = PeriodicJob::new("consumer group gauges", GAUGE_REFRESH, move || {
         let (redis, stream) = (redis.clone(), stream.clone());
         async move { observability::refresh_group_gauges(redis, &stream, group).await }
     });
-    [sweeper, outbox_gauges, group_gauges]
+    let (redis, limits) = (infra.redis.commands.clone(), settings.retention.clone());
+    let consumed = std::sync::Arc::new(consumed);
+    let trimmer = PeriodicJob::new("stream trimmer", limits.stream_trim_interval(), move || {
+        let (redis, limits, c) = (redis.clone(), limits.clone(), consumed.clone());
+        async move {
+            let trimmed =
+                retention::trim_stream(&redis, &c.stream, c.group, limits.stream_retention())
+                    .await?
+                    + retention::trim_dead_letters(
+                        &redis,
+                        &c.dead_letters,
+                        limits.dead_letter_retention(),
+                    )
+                    .await?;
+            let idle = limits.consumer_idle_delete();
+            let deleted =
+                retention::delete_idle_consumers(&redis, &c.stream, c.group, idle, &c.consumer)
+                    .await?;
+            retention::measure_streams(&redis, &[&c.stream, &c.dead_letters]).await?;
+            Ok(trimmed + deleted)
+        }
+    });
+    vec![sweeper, inbox_pruner, trimmer, outbox_gauges, group_gauges]
 }

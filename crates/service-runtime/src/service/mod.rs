@@ -29,7 +29,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use infrastructure::Infrastructure;
-pub use jobs::PeriodicJob;
+use jobs::Consumed;
+pub use jobs::{PRUNE_INTERVAL, PeriodicJob};
 pub use process::{run_main, shutdown_signal};
 
 use crate::admin;
@@ -185,13 +186,13 @@ pub async fn start<H: EventHandler>(
         consumer.run(stop).await;
         "consumer"
     });
-    let runtime_jobs = jobs::runtime_jobs(
-        &infra,
-        settings,
-        parts.consumes,
-        parts.group,
-        parts.awaiting_answer,
-    );
+    let consumed = Consumed {
+        stream: infra.keys.stream(parts.consumes),
+        dead_letters: infra.keys.dead_letter(parts.consumes),
+        group: parts.group,
+        consumer: consumer_name.clone(),
+    };
+    let runtime_jobs = jobs::runtime_jobs(&infra, settings, consumed, parts.awaiting_answer);
     for job in parts.jobs.into_iter().chain(runtime_jobs) {
         let (stop, name) = (shutdown.clone(), job.name);
         tasks.spawn(async move {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::RunningService;
-use crate::settings::CommonSettings;
+use crate::settings::ServiceSettings;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -36,22 +36,19 @@ pub async fn shutdown_signal() {
 /// The whole `main` of a service: parse settings (exit 2 on bad ones), set up logs and
 /// traces, start, run until SIGINT/SIGTERM, shut down. Exit code 1 when it cannot start
 /// or a part of it stopped on its own.
-pub async fn run_main<S, F, Fut>(
-    service: &'static str,
-    common: impl Fn(&S) -> &CommonSettings,
-    start: F,
-) -> ExitCode
+pub async fn run_main<S, F, Fut>(service: &'static str, start: F) -> ExitCode
 where
-    S: clap::Parser + std::fmt::Debug,
+    S: ServiceSettings,
     F: FnOnce(S, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<RunningService>>,
 {
     let settings: S = crate::settings::parse_or_exit(service);
     let _telemetry = crate::telemetry::init(&crate::telemetry::TelemetryConfig {
         service_name: service,
-        log_format: common(&settings).log_format,
+        log_format: settings.common().log_format,
         print_logs: true,
-        otlp_endpoint: common(&settings)
+        otlp_endpoint: settings
+            .common()
             .otel_exporter_otlp_endpoint
             .clone()
             .filter(|e| !e.is_empty()),

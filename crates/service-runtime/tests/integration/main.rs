@@ -1,5 +1,6 @@
 //! The runtime's integration tests, in one test binary (one link step): the HTTP
-//! middleware, and the stream runtime against real Postgres and Redis.
+//! middleware, and the stream runtime and its retention against real Postgres and Redis.
 
 mod http;
+mod retention;
 mod runtime;

@@ -1,0 +1,67 @@
+//! Every store stays bounded under load without losing anything unfinished: with the
+//! streams trimmed as far as their groups allow, every order still ends final and exact.
+
+use std::time::Duration;
+
+use e2e::{assert_invariants, place_orders};
+use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
+use testkit::{TestContext, eventually};
+
+use crate::chaos::QUIET;
+
+/// Trim as hard and as often as the groups allow.
+const TRIM_HARD: &[&str] = &[
+    "--stream-retention-ms",
+    "0",
+    "--stream-trim-interval-ms",
+    "50",
+];
+
+async fn length(ctx: &TestContext, logical: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(ctx.stream(logical))
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("XLEN")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_stay_bounded_under_load_and_every_order_still_ends_exact() {
+    let ctx = TestContext::new();
+    let orders = ctx
+        .spawn("order-service", TRIM_HARD, order_service::start)
+        .await;
+    let payments = ctx
+        .spawn("payment-service", TRIM_HARD, payment_service::start)
+        .await;
+    let mut longest = 0;
+    let load = tokio::spawn({
+        let url = orders.url("");
+        async move { place_orders(&url, 400, 8).await }
+    });
+    let mut samples = tokio::time::interval(Duration::from_millis(10));
+    while !load.is_finished() {
+        samples.tick().await;
+        longest = longest.max(length(&ctx, ORDER_EVENTS).await);
+    }
+    let placed = load.await.expect("load ran");
+    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, placed.accepted.len());
+    assert!(
+        longest < placed.accepted.len() as u64 / 2,
+        "order-events was trimmed while the load ran (longest {longest})"
+    );
+    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
+        eventually(
+            &format!("{logical} trimmed to its last delivered entry"),
+            Duration::from_secs(10),
+            || async {
+                match length(&ctx, logical).await {
+                    1 => Ok(()),
+                    n => Err(format!("{n} entries")),
+                }
+            },
+        )
+        .await;
+    }
+}
