@@ -4,9 +4,10 @@
 
 use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use service_runtime::idempotency;
 use service_runtime::problem::responses::{DatabaseDown, JsonBody, NotAUuid};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
@@ -18,8 +19,6 @@ use crate::db::{self, OrderFilter};
 use crate::domain::{NewOrder, Order, OrderRequest, OrderStatus};
 use crate::orders::{self, CancelError, PlaceError};
 
-/// The header that makes `POST /orders` safe to retry.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Page size of `GET /orders` when none is asked for, and the most it gives.
 pub const DEFAULT_PAGE: i64 = 20;
 pub const MAX_PAGE: i64 = 100;
@@ -42,11 +41,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
 impl From<PlaceError> for Problem {
     fn from(error: PlaceError) -> Self {
         match error {
-            PlaceError::KeyReused => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "this Idempotency-Key was used with a different request",
-            ),
+            PlaceError::KeyReused => idempotency::key_reused(),
             PlaceError::Database(e) => e.into(),
         }
     }
@@ -61,23 +56,6 @@ impl From<CancelError> for Problem {
             }
             CancelError::Database(e) => e.into(),
         }
-    }
-}
-
-/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, or absent.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(key))
-        }
-        _ => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-idempotency-key",
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        )),
     }
 }
 
@@ -98,7 +76,7 @@ async fn create_order(
     headers: HeaderMap,
     Json(request): Json<OrderRequest>,
 ) -> Result<Response, Problem> {
-    let key = idempotency_key(&headers)?;
+    let key = idempotency::idempotency_key(&headers)?;
     let order = NewOrder::try_from(request).map_err(Problem::validation)?;
     let placed = orders::place_order(&state.pool, &order, key).await?;
     let location = format!("/orders/{}", placed.order.id);
@@ -109,9 +87,7 @@ async fn create_order(
     )
         .into_response();
     if placed.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        idempotency::mark_replayed(response.headers_mut());
     }
     Ok(response)
 }

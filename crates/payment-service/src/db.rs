@@ -205,39 +205,82 @@ pub async fn payments_of_order(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Ve
 }
 
 /// The customer's account, if it was opened.
-pub async fn find_account(pool: &PgPool, customer_id: &str) -> sqlx::Result<Option<Account>> {
+pub async fn find_account<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    customer_id: &str,
+) -> sqlx::Result<Option<Account>> {
     sqlx::query_as(
         "SELECT customer_id, balance_cents, currency FROM accounts WHERE customer_id = $1",
     )
     .bind(customer_id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }
 
-/// Adds a deposit to the customer's account (opened with `initial_credit_cents` if new)
-/// and returns the account.
-pub async fn deposit(
+/// Opens the customer's account with `initial_credit_cents` if it does not exist yet.
+pub async fn open_account(
     conn: &mut PgConnection,
     customer_id: &str,
-    amount_cents: i64,
     initial_credit_cents: i64,
-) -> sqlx::Result<Account> {
-    let account = sqlx::query_as(
-        "INSERT INTO accounts (customer_id, balance_cents) VALUES ($1, $2 + $3)
-         ON CONFLICT (customer_id) DO UPDATE
-         SET balance_cents = accounts.balance_cents + $3, updated_at = now()
-         RETURNING customer_id, balance_cents, currency",
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (customer_id, balance_cents) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO NOTHING",
     )
     .bind(customer_id)
     .bind(initial_credit_cents)
-    .bind(amount_cents)
-    .fetch_one(&mut *conn)
+    .execute(conn)
     .await?;
-    sqlx::query("INSERT INTO deposits (id, customer_id, amount_cents) VALUES ($1, $2, $3)")
-        .bind(Uuid::now_v7())
-        .bind(customer_id)
-        .bind(amount_cents)
-        .execute(conn)
-        .await?;
-    Ok(account)
+    Ok(())
+}
+
+/// Records a deposit, claiming `idempotency_key` if given. Returns false when the key was
+/// claimed before (then [`find_deposit_by_key`] tells by what); a concurrent claim waits
+/// for the first to commit or roll back.
+pub async fn record_deposit(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    amount_cents: i64,
+    idempotency_key: Option<&str>,
+) -> sqlx::Result<bool> {
+    let recorded = sqlx::query(
+        "INSERT INTO deposits (id, customer_id, amount_cents, idempotency_key)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer_id)
+    .bind(amount_cents)
+    .bind(idempotency_key)
+    .execute(conn)
+    .await?;
+    Ok(recorded.rows_affected() == 1)
+}
+
+/// The customer and amount of the deposit made with `idempotency_key`.
+pub async fn find_deposit_by_key(
+    conn: &mut PgConnection,
+    idempotency_key: &str,
+) -> sqlx::Result<Option<(String, i64)>> {
+    sqlx::query_as("SELECT customer_id, amount_cents FROM deposits WHERE idempotency_key = $1")
+        .bind(idempotency_key)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Adds `amount_cents` to the (opened) account and returns it.
+pub async fn credit(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    amount_cents: i64,
+) -> sqlx::Result<Account> {
+    sqlx::query_as(
+        "UPDATE accounts SET balance_cents = balance_cents + $2, updated_at = now()
+         WHERE customer_id = $1
+         RETURNING customer_id, balance_cents, currency",
+    )
+    .bind(customer_id)
+    .bind(amount_cents)
+    .fetch_one(conn)
+    .await
 }

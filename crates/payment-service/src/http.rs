@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use service_runtime::idempotency;
 use service_runtime::problem::responses::{DatabaseDown, JsonBody, NotAUuid, Unauthorized};
 use service_runtime::problem::{Json, Path, Problem};
 use sqlx::PgPool;
@@ -135,6 +137,7 @@ impl From<DepositError> for Problem {
                 "amount_cents".to_owned(),
                 vec![error.to_string()],
             )])),
+            DepositError::KeyReused => idempotency::key_reused(),
             DepositError::Database(e) => e.into(),
         }
     }
@@ -143,20 +146,23 @@ impl From<DepositError> for Problem {
 /// Adds funds to a customer's account (admin).
 #[utoipa::path(post, path = "/accounts/{customer_id}/deposits", tag = "accounts", request_body = DepositRequest,
     security(("admin_token" = [])),
-    params(("customer_id" = String, Path, description = "Customer id, 1 to 64 characters")),
+    params(("customer_id" = String, Path, description = "Customer id, 1 to 64 characters"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; makes the request safe to retry")),
     responses(
-        (status = 200, body = Account, description = "The account after the deposit"),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON"),
+        (status = 200, body = Account, description = "The account after the deposit (or, replayed, as it stands)"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed JSON or Idempotency-Key"),
         Unauthorized,
         JsonBody,
-        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid amount or customer id, or the balance would pass its ceiling"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Invalid amount or customer id, the balance would pass its ceiling, or the key was used with another request"),
         DatabaseDown,
     ))]
 async fn deposit(
     State(state): State<AppState>,
     Path(customer_id): Path<String>,
+    headers: HeaderMap,
     Json(request): Json<DepositRequest>,
-) -> Result<Json<Account>, Problem> {
+) -> Result<Response, Problem> {
+    let key = idempotency::idempotency_key(&headers)?;
     let mut errors = BTreeMap::new();
     if !(1..=MAX_DEPOSIT_CENTS).contains(&request.amount_cents) {
         errors.insert(
@@ -170,12 +176,17 @@ async fn deposit(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    let account = accounts::deposit(
+    let deposited = accounts::deposit(
         &state.pool,
         &customer_id,
         request.amount_cents,
         state.initial_credit_cents,
+        key,
     )
     .await?;
-    Ok(Json(account))
+    let mut response = Json(deposited.account).into_response();
+    if deposited.replayed {
+        idempotency::mark_replayed(response.headers_mut());
+    }
+    Ok(response)
 }

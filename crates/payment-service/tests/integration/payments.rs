@@ -400,6 +400,45 @@ async fn deposits_add_funds_behind_the_admin_token() {
 }
 
 #[tokio::test]
+async fn a_deposit_retried_with_its_idempotency_key_credits_once() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &["--admin-token", ADMIN_TOKEN]).await;
+    let url = app.url("/accounts/jon/deposits");
+    let deposit = |key: &str, amount: i64| {
+        app.http
+            .post(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({ "amount_cents": amount }))
+            .send()
+    };
+
+    // The first answer was lost (a 503 past the deadline, say): retried, concurrently too.
+    let attempts = futures::future::join_all((0..4).map(|_| deposit("top-up-1", 700))).await;
+    let mut replayed = 0;
+    for attempt in attempts {
+        let response = attempt.expect("answers");
+        assert_eq!(response.status(), 200);
+        replayed += usize::from(response.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(replayed, 3, "one deposit made, three replayed");
+    assert_eq!(balance(&app, "jon").await, 100_700, "credited once");
+
+    let other = deposit("top-up-1", 900).await.expect("answers");
+    assert_eq!(other.status(), 422, "the key was used with another amount");
+    let bad_key = deposit("", 900).await.expect("answers");
+    assert_eq!(bad_key.status(), 400);
+    let next = deposit("top-up-2", 300).await.expect("answers");
+    assert_eq!(next.status(), 200);
+    assert_eq!(balance(&app, "jon").await, 101_000);
+    let deposits: i64 = sqlx::query_scalar("SELECT count(*) FROM deposits")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(deposits, 2);
+}
+
+#[tokio::test]
 async fn deposits_do_not_exist_without_an_admin_token() {
     let ctx = TestContext::new();
     let app = spawn(&ctx, &[]).await;
