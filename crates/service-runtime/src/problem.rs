@@ -98,11 +98,12 @@ impl IntoResponse for Problem {
 }
 
 impl From<sqlx::Error> for Problem {
-    /// A database failure: 503 when Postgres is unreachable, an opaque 500 otherwise.
+    /// A database failure: 503 when Postgres is not working or the attempt lost a
+    /// conflict (trying again may succeed), an opaque 500 otherwise.
     /// The cause is logged here, once, and never sent.
     fn from(error: sqlx::Error) -> Self {
         let data_exception = matches!(&error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("22")));
-        if crate::database::is_unavailable(&error) {
+        if crate::database::is_transient(&error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable("the database is unavailable")
         } else if data_exception {

@@ -6,6 +6,7 @@ mod flows;
 mod happy_path;
 mod observability;
 mod openapi;
+mod outages;
 mod packaging;
 mod recovery;
 mod retention;

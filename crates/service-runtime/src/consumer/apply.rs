@@ -10,7 +10,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::batch::{Outcome, Pending};
 use super::{Consumer, EventHandler, HandleError};
-use crate::{database, inbox};
+use crate::database::{self, Failure};
+use crate::inbox;
 
 impl<H: EventHandler> Consumer<H> {
     /// Applies a batch: split by [`EventHandler::partition_key`] into at most
@@ -41,7 +42,7 @@ impl<H: EventHandler> Consumer<H> {
         }
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Unfinished { transient: true }))
+            .map(|o| o.unwrap_or(Outcome::Unfinished(Failure::Outage)))
             .collect()
     }
 
@@ -56,11 +57,8 @@ impl<H: EventHandler> Consumer<H> {
         };
         attempt.unwrap_or_else(|e| {
             warn!(error = %e, events = group.len(), "a batch transaction failed; nothing of it committed");
-            let transient = database::is_transient(&e);
-            group
-                .iter()
-                .map(|_| Outcome::Unfinished { transient })
-                .collect()
+            let failure = database::classify(&e);
+            group.iter().map(|_| Outcome::Unfinished(failure)).collect()
         })
     }
 

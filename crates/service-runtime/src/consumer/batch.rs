@@ -10,10 +10,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{BatchReport, ConsumeError, Consumer, EventHandler, HandleError, ReadFrom};
 use crate::backoff::Backoff;
+use crate::database::{self, Failure};
 use crate::dead_letters::Verdict;
 use crate::observability::{EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED, EVENTS_SKIPPED};
 use crate::stream_reply::{RawEntry, parse_read_reply};
-use crate::{database, telemetry};
+use crate::telemetry;
 
 /// What became of one entry of a batch: the one description every step uses, from the
 /// transaction that applied it to the ack.
@@ -28,9 +29,10 @@ pub(super) enum Outcome {
     DeadLettered,
     /// Its handler failed on it; nothing of it committed. Settled into one of the others.
     Failed(HandleError),
-    /// Nothing of it committed and it is not acked: it stays pending. `transient`: the
-    /// database could not take it now (it is retried in place, not redelivered).
-    Unfinished { transient: bool },
+    /// Nothing of it committed and it is not acked, because of this failure. An outage is
+    /// waited out in place, contention retried in place a few times (neither spends a
+    /// delivery); otherwise it stays pending, to be delivered again.
+    Unfinished(Failure),
 }
 
 impl Outcome {
@@ -60,7 +62,15 @@ pub(super) struct Pending {
     pub(super) index: usize,
     pub(super) envelope: Box<Envelope>,
     pub(super) span: tracing::Span,
+    /// How often it was retried in place after losing to contention.
+    contention_retries: u32,
 }
+
+/// In-place retries an event gets when it loses to contention (a lock or statement
+/// timeout, a deadlock): with the backoff, about 11 s. Contention that outlasts them is
+/// counted against the event (a delivery spent), so an event that can never commit ends
+/// dead-lettered instead of holding the consumer for ever.
+const CONTENTION_RETRIES: u32 = 8;
 
 impl<H: EventHandler> Consumer<H> {
     /// Reads a batch and processes it: every event that can be applied is applied in
@@ -75,9 +85,28 @@ impl<H: EventHandler> Consumer<H> {
         retry_until: Option<&CancellationToken>,
     ) -> Result<BatchReport, ConsumeError> {
         let entries = self.read(from).await?;
+        if entries.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        // However long the batch takes (an outage waited out in place), its entries stay
+        // this consumer's: no replica reclaims them and spends a delivery on them.
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        tokio::select! {
+            processed = self.process(&entries, from, retry_until) => processed,
+            never = self.keep_claimed_while_busy(&ids) => match never {},
+        }
+    }
+
+    /// Applies and acks a batch that was read (see [`consume`](Self::consume)).
+    async fn process(
+        &self,
+        entries: &[RawEntry],
+        from: ReadFrom,
+        retry_until: Option<&CancellationToken>,
+    ) -> Result<BatchReport, ConsumeError> {
         let delivery_counts = match from {
             ReadFrom::New => HashMap::new(),
-            ReadFrom::OwnPending => self.delivery_counts(&entries).await?,
+            ReadFrom::OwnPending => self.delivery_counts(entries).await?,
         };
         let deliveries = |entry: &RawEntry| delivery_counts.get(&entry.id).copied().unwrap_or(1);
 
@@ -97,6 +126,7 @@ impl<H: EventHandler> Consumer<H> {
                         index: i,
                         envelope,
                         span,
+                        contention_retries: 0,
                     });
                 }
             }
@@ -106,15 +136,23 @@ impl<H: EventHandler> Consumer<H> {
         while !to_apply.is_empty() {
             let results = self.apply_batch(&to_apply).await;
             let mut again = Vec::new();
-            for (pending, result) in to_apply.into_iter().zip(results) {
+            for (mut pending, result) in to_apply.into_iter().zip(results) {
                 let entry = &entries[pending.index];
                 let span = pending.span.clone();
-                match self
-                    .settle(entry, deliveries(entry), &pending.envelope, result)
-                    .instrument(span)
-                    .await
-                {
-                    Outcome::Unfinished { transient: true } => again.push(pending),
+                let may_contend = pending.contention_retries < CONTENTION_RETRIES;
+                let settled = self.settle(
+                    entry,
+                    deliveries(entry),
+                    &pending.envelope,
+                    result,
+                    may_contend,
+                );
+                match settled.instrument(span).await {
+                    Outcome::Unfinished(Failure::Outage) => again.push(pending),
+                    Outcome::Unfinished(Failure::Contention) => {
+                        pending.contention_retries += 1;
+                        again.push(pending);
+                    }
                     outcome => outcomes[pending.index] = Some(outcome),
                 }
             }
@@ -128,11 +166,11 @@ impl<H: EventHandler> Consumer<H> {
             };
             if !retry {
                 for pending in to_apply.drain(..) {
-                    outcomes[pending.index] = Some(Outcome::Unfinished { transient: false });
+                    outcomes[pending.index] = Some(Outcome::Unfinished(Failure::Other));
                 }
             }
         }
-        self.ack(&entries, outcomes).await
+        self.ack(entries, outcomes).await
     }
 
     /// Acks every finished entry in one `XACK` and counts what the batch came to.
@@ -152,7 +190,7 @@ impl<H: EventHandler> Consumer<H> {
                 Some(Outcome::Duplicate) => report.duplicates += 1,
                 Some(Outcome::Skipped) => report.skipped += 1,
                 Some(Outcome::DeadLettered) => report.dead_lettered += 1,
-                Some(Outcome::Failed(_) | Outcome::Unfinished { .. }) | None => {
+                Some(Outcome::Failed(_) | Outcome::Unfinished(_)) | None => {
                     report.retry_later += 1;
                     continue;
                 }
@@ -190,13 +228,15 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// What an event's outcome means for its entry: a failure becomes a dead letter, a
-    /// retry in place (`Unfinished { transient: true }`) or an entry left pending.
+    /// retry in place (`Unfinished` by an outage, or by contention while `may_contend`)
+    /// or an entry left pending.
     async fn settle(
         &self,
         entry: &RawEntry,
         deliveries: u64,
         envelope: &Envelope,
         outcome: Outcome,
+        may_contend: bool,
     ) -> Outcome {
         let event_type = envelope.event_type().as_str();
         let max = self.config.max_deliveries;
@@ -213,10 +253,19 @@ impl<H: EventHandler> Consumer<H> {
             Outcome::Failed(HandleError::Rejected(reason)) => {
                 self.dead_letter(entry, deliveries, &reason).await
             }
-            Outcome::Failed(HandleError::Database(e)) if database::is_transient(&e) => {
-                warn!(error = %e, "the database could not take the event now; it waits");
+            Outcome::Failed(HandleError::Database(e))
+                if database::classify(&e) == Failure::Outage =>
+            {
+                warn!(error = %e, "the database is not working; the event waits in place");
                 self.count_failed(event_type);
-                Outcome::Unfinished { transient: true }
+                Outcome::Unfinished(Failure::Outage)
+            }
+            Outcome::Failed(HandleError::Database(e))
+                if may_contend && database::classify(&e) == Failure::Contention =>
+            {
+                warn!(error = %e, "the event lost to contention; it is retried in place");
+                self.count_failed(event_type);
+                Outcome::Unfinished(Failure::Contention)
             }
             Outcome::Failed(e) if deliveries >= max => {
                 let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
@@ -225,11 +274,12 @@ impl<H: EventHandler> Consumer<H> {
             Outcome::Failed(e) => {
                 warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
                 self.count_failed(event_type);
-                Outcome::Unfinished { transient: false }
+                Outcome::Unfinished(Failure::Other)
             }
-            other @ (Outcome::Skipped | Outcome::DeadLettered | Outcome::Unfinished { .. }) => {
-                other
+            Outcome::Unfinished(Failure::Contention) if !may_contend => {
+                Outcome::Unfinished(Failure::Other)
             }
+            other @ (Outcome::Skipped | Outcome::DeadLettered | Outcome::Unfinished(_)) => other,
         }
     }
 
@@ -301,7 +351,7 @@ impl<H: EventHandler> Consumer<H> {
             }
             Err(e) => {
                 warn!(error = %e, "could not write the dead letter; the entry stays pending");
-                Outcome::Unfinished { transient: false }
+                Outcome::Unfinished(Failure::Other)
             }
         }
     }

@@ -4,8 +4,9 @@
 //! whether it is retried or dead-lettered.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{ConsumeError, Consumer, EventHandler};
 use crate::observability::ENTRIES_RECLAIMED;
@@ -69,5 +70,29 @@ impl<H: EventHandler> Consumer<H> {
             .into_iter()
             .map(|(id, _, _, count)| (id, count))
             .collect())
+    }
+
+    /// Claims `ids` (this consumer's pending entries) again every third of
+    /// `CLAIM_MIN_IDLE_MS`, without counting a delivery (`XCLAIM ... JUSTID`): their idle
+    /// time starts over, so no replica takes them for a dead consumer's. Runs until
+    /// dropped.
+    pub(super) async fn keep_claimed_while_busy(&self, ids: &[&str]) -> std::convert::Infallible {
+        let every = (self.config.claim_min_idle / 3).max(Duration::from_millis(10));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            let claimed: Result<redis::Value, _> = redis::cmd("XCLAIM")
+                .arg(&self.stream_key)
+                .arg(self.config.group)
+                .arg(&self.config.consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .query_async(&mut self.redis.commands.clone())
+                .await;
+            if let Err(e) = claimed {
+                warn!(error = %e, "could not keep the entries claimed; a replica may take them");
+            }
+        }
     }
 }
