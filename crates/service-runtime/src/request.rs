@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::{Instrument, debug, field, info_span, warn};
@@ -32,6 +32,23 @@ fn header(request: &Request, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The method as a metric label and span field: a standard method's name, or `OTHER`
+/// (any token is a valid method, and a label per invented one would grow without bound).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// The middleware; its state is the request deadline.
 pub async fn http_telemetry(
     State(timeout): State<Duration>,
@@ -47,7 +64,7 @@ pub async fn http_telemetry(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let span = info_span!("http_request", %method, %route, %request_id, status = field::Empty);
     if let Some(traceparent) = caller_traceparent {
         telemetry::continue_trace(&span, &traceparent);
@@ -71,7 +88,7 @@ pub async fn http_telemetry(
     let elapsed = started.elapsed().as_secs_f64();
     debug!(parent: &span, status, elapsed, "request done");
     let labels = [
-        ("method", method),
+        ("method", method.to_owned()),
         ("route", route),
         ("status", status.to_string()),
     ];
@@ -85,7 +102,14 @@ pub async fn http_telemetry(
 
 #[cfg(test)]
 mod tests {
-    use super::acceptable_request_id;
+    use super::*;
+
+    #[test]
+    fn invented_methods_are_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        let invented = Method::from_bytes(b"X12345").expect("a token");
+        assert_eq!(method_label(&invented), "OTHER");
+    }
 
     #[test]
     fn request_ids_are_bounded_and_visible() {

@@ -52,3 +52,34 @@ async fn a_request_within_its_deadline_is_answered() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[REQUEST_ID], "given-1");
 }
+
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let recorder = service_runtime::observability::recorder().expect("the recorder");
+    let series = || {
+        recorder
+            .render()
+            .lines()
+            .filter(|line| line.starts_with("http_requests_total{") && line.contains("/fast"))
+            .count()
+    };
+    let before = series();
+    for n in 0..500 {
+        let request = Request::builder()
+            .method(format!("X{n}").as_str())
+            .uri("/fast")
+            .body(Body::empty())
+            .expect("request");
+        app().oneshot(request).await.expect("answers");
+    }
+    let after = series();
+    assert!(
+        after <= before + 2,
+        "500 invented methods made {} series",
+        after - before
+    );
+    assert!(
+        recorder.render().contains(r#"method="OTHER""#),
+        "they are counted as OTHER"
+    );
+}
