@@ -1,6 +1,7 @@
 //! The admin API (SPEC §6.4): dead letters of the stream this service consumes, listed
 //! and replayed, plus whatever admin routes the service adds (deposits). Every route
-//! needs `Authorization: Bearer $ADMIN_TOKEN`, compared in constant time; with no
+//! needs `Authorization: Bearer $ADMIN_TOKEN` (the scheme in any case), compared by digest
+//! in constant time; with no
 //! `ADMIN_TOKEN` configured the routes do not exist (404), so nothing is open by default.
 
 use axum::extract::{Query, Request, State};
@@ -8,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -45,11 +47,9 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match presented {
-        Some(presented) if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) => {
-            next.run(request).await
-        }
+        Some(presented) if token_matches(presented, &token) => next.run(request).await,
         _ => {
             let mut response = Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -65,10 +65,23 @@ async fn require_admin(
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing about where two
-/// tokens of equal length differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+/// The token of an `Authorization` value of the Bearer scheme, whose name is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares the SHA-256 digests of the two, without an early exit: the time taken says
+/// nothing about the token, not even its length.
+fn token_matches(presented: &str, token: &Secret) -> bool {
+    let (presented, expected) = (Sha256::digest(presented), Sha256::digest(token.expose()));
+    presented
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+        == 0
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -109,7 +122,7 @@ async fn list_dead_letters(
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Not an entry id"),
         Unauthorized,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "It does not name its stream"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not a dead letter written by this service"),
         RedisDown,
     ))]
 async fn replay_dead_letter(
@@ -142,12 +155,24 @@ async fn replay_dead_letter(
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
 
     #[test]
     fn compares_tokens() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+        let token = crate::settings::admin_token("0123456789abcdef").expect("a token");
+        assert!(token_matches("0123456789abcdef", &token));
+        assert!(!token_matches("0123456789abcdeg", &token));
+        assert!(!token_matches("0123456789abcdef0", &token));
+        assert!(!token_matches("", &token));
     }
 }

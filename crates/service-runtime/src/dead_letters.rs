@@ -4,10 +4,13 @@
 //! An entry that cannot be decoded, that its handler rejects, or that failed its last
 //! allowed delivery is copied to `<stream>:dlq` with why, and only then acked: one bad
 //! entry never blocks the ones behind it, and nothing is lost. A dead letter holds the
-//! runtime's own metadata fields (named in [`fields`], all under one prefix) followed by
-//! the original entry's fields, so `redis-cli XRANGE` shows the whole story. Replaying
-//! writes the original fields back as a new entry (same `event_id`: an event applied
-//! meanwhile has no second effect) and removes the dead letter.
+//! runtime's own metadata, always the first [`fields::METADATA`] fields in that order,
+//! followed by the original entry's fields, so `redis-cli XRANGE` shows the whole story.
+//! The metadata is told apart by position, never by name: an entry that carries fields
+//! named like it (forged, say) keeps them as its own. Replaying writes the original fields
+//! back to the stream the service consumes, as a new entry (same `event_id`: an event
+//! applied meanwhile has no second effect), and removes the dead letter; nothing in a
+//! dead letter decides where it goes.
 
 use std::collections::BTreeMap;
 
@@ -34,12 +37,24 @@ pub mod fields {
     pub const DELIVERY_COUNT: &str = "dlq:delivery_count";
     /// Why it could not be processed.
     pub const ERROR: &str = "dlq:error";
+    /// The metadata fields, in the order every dead letter starts with.
+    pub const METADATA: [&str; 6] = [
+        ORIGINAL_ID,
+        SOURCE_STREAM,
+        GROUP,
+        CONSUMER,
+        DELIVERY_COUNT,
+        ERROR,
+    ];
 }
 
 /// The dead-letter stream of one consumed stream.
 #[derive(Clone)]
 pub struct DeadLetterStream {
     redis: ConnectionManager,
+    /// Key of the consumed stream, e.g. `ns:payment-events`: where entries come from and
+    /// are replayed to.
+    source: String,
     /// Key of the dead-letter stream, e.g. `ns:payment-events:dlq`.
     key: String,
 }
@@ -47,8 +62,6 @@ pub struct DeadLetterStream {
 /// Who gave up on an entry, and why.
 #[derive(Debug, Clone, Copy)]
 pub struct Verdict<'a> {
-    /// Key of the stream the entry came from.
-    pub source: &'a str,
     pub group: &'a str,
     pub consumer: &'a str,
     pub deliveries: u64,
@@ -82,7 +95,7 @@ pub struct Replayed {
 pub enum ReplayError {
     #[error("no such dead letter")]
     NotFound,
-    #[error("the dead letter does not name its stream")]
+    #[error("the entry is not a dead letter written by this service")]
     NotReplayable,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -95,6 +108,7 @@ impl DeadLetterStream {
     pub fn new(redis: ConnectionManager, keys: &StreamKeys, consumed: &str) -> Self {
         Self {
             redis,
+            source: keys.stream(consumed),
             key: keys.dead_letter(consumed),
         }
     }
@@ -117,7 +131,7 @@ impl DeadLetterStream {
             .arg(fields::ORIGINAL_ID)
             .arg(&entry.id)
             .arg(fields::SOURCE_STREAM)
-            .arg(verdict.source)
+            .arg(&self.source)
             .arg(fields::GROUP)
             .arg(verdict.group)
             .arg(fields::CONSUMER)
@@ -159,19 +173,10 @@ impl DeadLetterStream {
             .query_async(&mut redis)
             .await?;
         let (_, raw) = found.into_iter().next().ok_or(ReplayError::NotFound)?;
-        let mut source = None;
-        let mut original = Vec::new();
-        for (name, value) in raw {
-            if name == fields::SOURCE_STREAM.as_bytes() {
-                source = Some(String::from_utf8_lossy(&value).into_owned());
-            } else if !name.starts_with(fields::PREFIX.as_bytes()) {
-                original.push((name, value));
-            }
-        }
-        let stream = source.ok_or(ReplayError::NotReplayable)?;
+        let original = original_fields(&raw).ok_or(ReplayError::NotReplayable)?;
         let mut replay = redis::cmd("XADD");
-        replay.arg(&stream).arg("*");
-        for (name, value) in &original {
+        replay.arg(&self.source).arg("*");
+        for (name, value) in original {
             replay.arg(name.as_slice()).arg(value.as_slice());
         }
         let replayed_as: String = replay.query_async(&mut redis).await?;
@@ -180,44 +185,52 @@ impl DeadLetterStream {
             .arg(entry_id)
             .query_async(&mut redis)
             .await?;
-        tracing::info!(entry_id, %stream, replayed_as, "dead letter replayed");
+        tracing::info!(entry_id, stream = %self.source, replayed_as, "dead letter replayed");
         Ok(Replayed {
             id: entry_id.to_owned(),
-            stream,
+            stream: self.source.clone(),
             replayed_as,
         })
     }
 }
 
+/// The original entry's fields of a dead letter: those after its metadata. `None` when
+/// the entry does not start with the metadata fields in order.
+fn original_fields(raw: &RawFields) -> Option<&[(Vec<u8>, Vec<u8>)]> {
+    let starts_with_metadata = raw.len() >= fields::METADATA.len()
+        && raw
+            .iter()
+            .zip(fields::METADATA)
+            .all(|((name, _), expected)| name == expected.as_bytes());
+    starts_with_metadata.then(|| &raw[fields::METADATA.len()..])
+}
+
 impl DeadLetter {
     fn from_entry(id: String, raw: RawFields) -> Self {
-        let mut letter = Self {
-            id,
-            original_id: None,
-            stream: None,
-            group: None,
-            consumer: None,
-            delivery_count: None,
-            error: None,
-            fields: BTreeMap::new(),
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let Some(original) = original_fields(&raw) else {
+            // Not written by the runtime: shown as it is, all of it the entry's own.
+            return Self {
+                id,
+                original_id: None,
+                stream: None,
+                group: None,
+                consumer: None,
+                delivery_count: None,
+                error: None,
+                fields: raw.iter().map(|(n, v)| (text(n), text(v))).collect(),
+            };
         };
-        for (name, value) in raw {
-            let (name, value) = (
-                String::from_utf8_lossy(&name).into_owned(),
-                String::from_utf8_lossy(&value).into_owned(),
-            );
-            match name.as_str() {
-                fields::ORIGINAL_ID => letter.original_id = Some(value),
-                fields::SOURCE_STREAM => letter.stream = Some(value),
-                fields::GROUP => letter.group = Some(value),
-                fields::CONSUMER => letter.consumer = Some(value),
-                fields::DELIVERY_COUNT => letter.delivery_count = value.parse().ok(),
-                fields::ERROR => letter.error = Some(value),
-                _ => {
-                    letter.fields.insert(name, value);
-                }
-            }
+        let meta = |i: usize| Some(text(&raw[i].1));
+        Self {
+            id,
+            original_id: meta(0),
+            stream: meta(1),
+            group: meta(2),
+            consumer: meta(3),
+            delivery_count: meta(4).and_then(|count| count.parse().ok()),
+            error: meta(5),
+            fields: original.iter().map(|(n, v)| (text(n), text(v))).collect(),
         }
-        letter
     }
 }

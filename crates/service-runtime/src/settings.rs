@@ -267,7 +267,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-fn admin_token(value: &str) -> Result<Secret, String> {
+pub(crate) fn admin_token(value: &str) -> Result<Secret, String> {
     if value.len() < 16 {
         return Err("must be at least 16 characters".into());
     }

@@ -489,3 +489,108 @@ async fn admin_routes_do_not_exist_without_a_token() {
         .expect("answers");
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let ctx = TestContext::new();
+    let app = ctx
+        .spawn(
+            "order-service",
+            &["--admin-token", ADMIN_TOKEN],
+            order_service::start,
+        )
+        .await;
+    let status = |authorization: String| {
+        let request = app.http.get(app.url("/admin/dlq"));
+        async move {
+            let response = request
+                .header("authorization", authorization)
+                .send()
+                .await
+                .expect("answers");
+            response.status().as_u16()
+        }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        assert_eq!(
+            status(format!("{scheme} {ADMIN_TOKEN}")).await,
+            200,
+            "{scheme}"
+        );
+    }
+    assert_eq!(status(format!("Basic {ADMIN_TOKEN}")).await, 401);
+    assert_eq!(status(format!("Bearer {ADMIN_TOKEN}x")).await, 401);
+    assert_eq!(status("Bearer".to_owned()).await, 401);
+}
+
+#[tokio::test]
+async fn a_dead_letter_cannot_name_where_it_is_replayed() {
+    let ctx = TestContext::new();
+    let app = ctx
+        .spawn(
+            "order-service",
+            &["--admin-token", ADMIN_TOKEN],
+            order_service::start,
+        )
+        .await;
+    // A forged entry carrying fields named like a dead letter's own: it is poison (no
+    // event), so it is dead-lettered, its own fields kept apart from the metadata.
+    ctx.xadd(
+        PAYMENT_EVENTS,
+        &[
+            ("dlq:stream", "elsewhere"),
+            ("dlq:error", "forged"),
+            ("event_type", "PaymentCompleted"),
+        ],
+    )
+    .await;
+    let dead_letters = format!("{PAYMENT_EVENTS}:dlq");
+    eventually(
+        "the forged entry dead-lettered",
+        Duration::from_secs(5),
+        || async {
+            match ctx.entries(&dead_letters).await.len() {
+                1 => Ok(()),
+                n => Err(format!("{n} dead letters")),
+            }
+        },
+    )
+    .await;
+    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN_TOKEN).send();
+    let listed: Value = admin(app.http.get(app.url("/admin/dlq")))
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    let letter = &listed[0];
+    assert_eq!(
+        letter["stream"],
+        json!(ctx.stream(PAYMENT_EVENTS)),
+        "{letter}"
+    );
+    assert_ne!(letter["error"], "forged", "{letter}");
+    assert_eq!(
+        letter["fields"]["dlq:stream"], "elsewhere",
+        "the entry's own field"
+    );
+
+    let id = letter["id"].as_str().expect("an id");
+    let replayed: Value = admin(app.http.post(app.url(&format!("/admin/dlq/{id}/replay"))))
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        replayed["stream"],
+        json!(ctx.stream(PAYMENT_EVENTS)),
+        "{replayed}"
+    );
+    let elsewhere: u64 = redis::cmd("EXISTS")
+        .arg("elsewhere")
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("EXISTS");
+    assert_eq!(elsewhere, 0, "nothing written to a key the entry named");
+}

@@ -337,7 +337,6 @@ impl<H: EventHandler> Consumer<H> {
     async fn dead_letter(&self, entry: &RawEntry, deliveries: u64, error: &str) -> Outcome {
         warn!(error, deliveries, "dead-lettering the entry");
         let verdict = Verdict {
-            source: &self.stream_key,
             group: self.config.group,
             consumer: &self.config.consumer,
             deliveries,
