@@ -4,7 +4,7 @@
 //! as they go, and come out with what to write ([`Settlement`]) and what to publish.
 //! Pure: the handler loads, this decides, the handler writes, each in one statement.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 
 use events::{
     Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
@@ -13,6 +13,7 @@ use events::{
 use tracing::info;
 use uuid::Uuid;
 
+use crate::batch::OrderEvent;
 use crate::db::{Account, NewPayment, OrderPayment, Payment, Settlement};
 use crate::domain::{
     Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, PaymentStatus, decide_charge,
@@ -32,94 +33,6 @@ pub enum LedgerError {
     NotAStandingCharge(Uuid),
     #[error("stored payment {0} has an invalid currency")]
     InvalidCurrency(Uuid),
-}
-
-/// An event of `order-events`, with the envelope it came in.
-#[derive(Debug, Clone, Copy)]
-pub enum OrderEvent<'a> {
-    Created(&'a Envelope, &'a OrderCreated),
-    Cancelled(&'a Envelope, &'a OrderCancelled),
-}
-
-impl<'a> OrderEvent<'a> {
-    /// The order event in `envelope`; anything else does not belong on `order-events`.
-    pub fn of(envelope: &'a Envelope) -> Result<Self, LedgerError> {
-        match &envelope.event {
-            Event::OrderCreated(order) => Ok(Self::Created(envelope, order)),
-            Event::OrderCancelled(cancel) => Ok(Self::Cancelled(envelope, cancel)),
-            Event::PaymentCompleted(_)
-            | Event::PaymentFailed(_)
-            | Event::PaymentRefunded(_)
-            | Event::PaymentCancelled(_) => {
-                Err(LedgerError::WrongStream(envelope.event_type().as_str()))
-            }
-        }
-    }
-
-    pub fn order_id(&self) -> Uuid {
-        match self {
-            Self::Created(_, order) => order.order_id,
-            Self::Cancelled(_, cancel) => cancel.order_id,
-        }
-    }
-
-    pub fn customer_id(&self) -> &'a str {
-        match self {
-            Self::Created(_, order) => &order.customer_id,
-            Self::Cancelled(_, cancel) => &cancel.customer_id,
-        }
-    }
-}
-
-/// The orders `events` name, each with the customer it first names.
-pub fn orders_of<'a>(events: &[OrderEvent<'a>]) -> BTreeMap<Uuid, &'a str> {
-    let mut orders = BTreeMap::new();
-    for event in events {
-        orders
-            .entry(event.order_id())
-            .or_insert_with(|| event.customer_id());
-    }
-    orders
-}
-
-/// The earlier payments `events` will refund: those of paid orders being cancelled.
-pub fn payments_to_refund(
-    events: &[OrderEvent<'_>],
-    claimed: &HashMap<Uuid, Option<OrderPayment>>,
-) -> Vec<Uuid> {
-    events
-        .iter()
-        .filter(|event| matches!(event, OrderEvent::Cancelled(..)))
-        .filter_map(|event| claimed.get(&event.order_id())?.as_ref())
-        .filter(|decided| decided.state == OrderPaymentState::Paid)
-        .filter_map(|decided| decided.payment_id)
-        .collect()
-}
-
-/// The accounts `events` touch, each with the currency of its first order to be charged:
-/// the customers of orders seen here for the first time (to charge them) and of
-/// `payments` (to refund them).
-pub fn accounts_of<'a>(
-    events: &[OrderEvent<'a>],
-    claimed: &HashMap<Uuid, Option<OrderPayment>>,
-    payments: &'a [Payment],
-) -> BTreeMap<&'a str, Option<&'a str>> {
-    let mut accounts = BTreeMap::new();
-    let mut seen = HashSet::new();
-    for event in events {
-        let first_sight = seen.insert(event.order_id());
-        if let OrderEvent::Created(_, order) = *event
-            && first_sight
-            && matches!(claimed.get(&order.order_id), Some(None))
-        {
-            let currency = accounts.entry(order.customer_id.as_str()).or_insert(None);
-            currency.get_or_insert(order.currency.as_str());
-        }
-    }
-    for payment in payments {
-        accounts.entry(payment.customer_id.as_str()).or_insert(None);
-    }
-    accounts
 }
 
 /// The orders whose question came again after it was answered (the inbox forgot it, or
@@ -385,9 +298,12 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use events::{Currency, OrderItem};
 
     use super::*;
+    use crate::batch::{accounts_of, orders_of};
 
     fn created(customer: &str, currency: &str, total_cents: i64) -> Envelope {
         Envelope {

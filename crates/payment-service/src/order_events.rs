@@ -25,9 +25,10 @@ use service_runtime::{EventHandler, HandleError, outbox};
 use sqlx::PgConnection;
 use tracing::info;
 
+use crate::batch::{OrderEvent, accounts_of, orders_of, payments_to_refund};
 use crate::db;
 use crate::domain::{ANSWERS_TO_CANCELLED, ANSWERS_TO_CREATED};
-use crate::ledger::{Ledger, LedgerError, OrderEvent, accounts_of, orders_of, payments_to_refund};
+use crate::ledger::{Ledger, LedgerError};
 
 /// A ledger error is about the event itself: it can never be applied (dead-lettered).
 fn rejected(error: LedgerError) -> HandleError {
