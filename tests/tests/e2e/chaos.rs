@@ -318,67 +318,6 @@ async fn postgres_unreachable_acks_nothing_and_processing_resumes_when_it_return
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_connections_terminated_mid_flow_lose_nothing() {
-    let ctx = TestContext::new();
-    let orders = order_service(&ctx).await;
-    let payments = payment_service(&ctx).await;
-    let databases = [
-        db_name(&orders.database_url),
-        db_name(&payments.database_url),
-    ];
-    let admin = PgPool::connect(&backends().database_url)
-        .await
-        .expect("admin");
-
-    let load = tokio::spawn({
-        let url = orders.url("");
-        async move { place_orders(&url, 200, 4).await }
-    });
-    let mut terminated = 0;
-    while !load.is_finished() {
-        let killed: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = ANY($1) AND pid <> pg_backend_pid()",
-        )
-        .bind(&databases[..])
-        .fetch_all(&admin)
-        .await
-        .expect("terminate");
-        terminated += killed.len();
-        tokio::time::sleep(Duration::from_millis(40)).await; // the pace of the fault, not a wait
-    }
-    let placed = load.await.expect("load ran");
-    assert!(terminated > 0, "connections were terminated");
-    assert!(
-        placed.accepted.len() > 100,
-        "most orders got through: {placed:?}"
-    );
-    let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
-    assert_eq!(
-        outcome.paid + outcome.payment_failed,
-        outcome_total(&orders.pool).await
-    );
-}
-
-fn db_name(url: &str) -> String {
-    url.rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-async fn outcome_total(pool: &PgPool) -> usize {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(pool)
-        .await
-        .expect("count");
-    n as usize
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_and_reordered_deliveries_have_no_second_effect() {
     let ctx = TestContext::new();
     let orders = order_service(&ctx).await;

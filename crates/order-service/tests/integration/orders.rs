@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use testkit::{ADMIN_TOKEN, TestContext, eventually};
 use uuid::Uuid;
 
-use crate::support::{alice_order, completed, count, eur, order_when, place, spawn};
+use crate::support::{
+    alice_order, completed, count, eur, order_when, place, spawn, spawn_with_admin,
+};
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields
@@ -393,13 +395,7 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     let ctx = TestContext::new();
-    let app = ctx
-        .spawn(
-            "order-service",
-            &["--admin-token", ADMIN_TOKEN],
-            order_service::start,
-        )
-        .await;
+    let app = spawn_with_admin(&ctx).await;
     let (_, order_id) = place(&app, &alice_order()).await;
     // A PaymentCompleted that was given up on earlier (say, after MAX_DELIVERIES while a
     // bug was live), waiting in the dead-letter stream for an operator.
@@ -493,13 +489,7 @@ async fn admin_routes_do_not_exist_without_a_token() {
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive() {
     let ctx = TestContext::new();
-    let app = ctx
-        .spawn(
-            "order-service",
-            &["--admin-token", ADMIN_TOKEN],
-            order_service::start,
-        )
-        .await;
+    let app = spawn_with_admin(&ctx).await;
     let status = |authorization: String| {
         let request = app.http.get(app.url("/admin/dlq"));
         async move {
@@ -526,13 +516,7 @@ async fn the_bearer_scheme_is_case_insensitive() {
 #[tokio::test]
 async fn a_dead_letter_cannot_name_where_it_is_replayed() {
     let ctx = TestContext::new();
-    let app = ctx
-        .spawn(
-            "order-service",
-            &["--admin-token", ADMIN_TOKEN],
-            order_service::start,
-        )
-        .await;
+    let app = spawn_with_admin(&ctx).await;
     // A forged entry carrying fields named like a dead letter's own: it is poison (no
     // event), so it is dead-lettered, its own fields kept apart from the metadata.
     ctx.xadd(

@@ -7,11 +7,21 @@ use std::time::Duration;
 use events::streams::PAYMENT_EVENTS;
 use events::{Currency, Envelope, Event, PaymentCompleted, Producer};
 use serde_json::{Value, json};
-use testkit::{Spawned, TestContext, eventually};
+use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 use uuid::Uuid;
 
 pub async fn spawn(ctx: &TestContext) -> Spawned {
     ctx.spawn("order-service", &[], order_service::start).await
+}
+
+/// order-service with the admin API on, behind [`ADMIN_TOKEN`].
+pub async fn spawn_with_admin(ctx: &TestContext) -> Spawned {
+    ctx.spawn(
+        "order-service",
+        &["--admin-token", ADMIN_TOKEN],
+        order_service::start,
+    )
+    .await
 }
 
 pub fn alice_order() -> Value {
