@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 
-/// A connection URL whose password never reaches a log: `Debug` and `Display` show
-/// `postgres://user:***@host/db`.
+/// A URL whose secrets never reach a log: `Debug` and `Display` show
+/// `postgres://user:***@host/db?password=***`, the password of the user info and of
+/// any query parameter that carries one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(String);
 
@@ -21,15 +22,31 @@ impl SecretUrl {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return "***".to_owned();
         };
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let mut out = match rest[..authority_end].rfind('@') {
             Some(at) => {
                 let user = rest[..at].split(':').next().unwrap_or_default();
                 let password = if rest[..at].contains(':') { ":***" } else { "" };
                 format!("{scheme}://{user}{password}@{}", &rest[at + 1..])
             }
-            None => self.0.clone(),
+            None => format!("{scheme}://{rest}"),
+        };
+        if let Some(query) = query {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&parameters.join("&"));
         }
+        out
     }
 
     fn parse_with_schemes(url: &str, schemes: &[&str]) -> Result<Self, String> {
@@ -55,6 +72,14 @@ impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
+}
+
+/// Query parameters that carry a secret (`password`, `sslpassword`, `pass`, `token`, ...).
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// Parses a Postgres URL.
@@ -199,7 +224,7 @@ pub struct CommonSettings {
     pub log_format: LogFormat,
     /// OTLP/HTTP collector for traces (e.g. `http://jaeger:4318`); none when unset or empty.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
-    pub otel_exporter_otlp_endpoint: Option<String>,
+    pub otel_exporter_otlp_endpoint: Option<SecretUrl>,
 }
 
 impl CommonSettings {
@@ -277,11 +302,11 @@ pub(crate) fn admin_token(value: &str) -> Result<Secret, String> {
     Ok(Secret(value.to_owned()))
 }
 
-fn otlp_endpoint(value: &str) -> Result<String, String> {
+fn otlp_endpoint(value: &str) -> Result<SecretUrl, String> {
     match value.split_once("://") {
         // Empty means "no exporter", as when a compose file passes an unset variable.
-        _ if value.is_empty() => Ok(String::new()),
-        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(value.to_owned()),
+        _ if value.is_empty() => Ok(SecretUrl(String::new())),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(SecretUrl(value.to_owned())),
         _ => Err("expected an http:// or https:// URL".into()),
     }
 }
@@ -372,6 +397,18 @@ mod tests {
         assert_eq!(
             redis_url("redis://r:6379").expect("valid").to_string(),
             "redis://r:6379"
+        );
+        assert_eq!(
+            database_url("postgres://u@db/x?sslmode=require&password=s3cret&sslpassword=k3y")
+                .expect("valid")
+                .to_string(),
+            "postgres://u@db/x?sslmode=require&password=***&sslpassword=***"
+        );
+        assert_eq!(
+            otlp_endpoint("https://user:s3cret@collector:4318/v1?api_token=t0k")
+                .expect("valid")
+                .to_string(),
+            "https://user:***@collector:4318/v1?api_token=***"
         );
     }
 

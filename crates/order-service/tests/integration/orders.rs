@@ -578,3 +578,35 @@ async fn a_dead_letter_cannot_name_where_it_is_replayed() {
         .expect("EXISTS");
     assert_eq!(elsewhere, 0, "nothing written to a key the entry named");
 }
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    let output = run_binary(&[
+        (
+            "DATABASE_URL",
+            "postgres://orders:pw-in-userinfo@127.0.0.1:1/orders?sslmode=disable&password=pw-in-query",
+        ),
+        ("REDIS_URL", "redis://:pw-of-redis@127.0.0.1:1"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:pw-of-otlp@127.0.0.1:1",
+        ),
+        ("ADMIN_TOKEN", "admin-token-0123456789"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "it cannot connect");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(logs.contains("order-service starting"), "{logs}");
+    for secret in [
+        "pw-in-userinfo",
+        "pw-in-query",
+        "pw-of-redis",
+        "pw-of-otlp",
+        "admin-token-0123456789",
+    ] {
+        assert!(!logs.contains(secret), "{secret} logged: {logs}");
+    }
+}

@@ -50,7 +50,8 @@ where
         otlp_endpoint: settings
             .common()
             .otel_exporter_otlp_endpoint
-            .clone()
+            .as_ref()
+            .map(|e| e.expose().to_owned())
             .filter(|e| !e.is_empty()),
     });
     info!(?settings, "{service} starting");
