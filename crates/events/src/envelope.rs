@@ -122,6 +122,10 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    /// It decodes, but no honest producer writes it (see [`crate::Event::check`]): a
+    /// forged or corrupted entry.
+    #[error("invalid content: {0}")]
+    InvalidContent(String),
 }
 
 impl DecodeError {
@@ -129,6 +133,11 @@ impl DecodeError {
     /// dead-lettered (tolerant reader, SPEC §3.3).
     pub fn is_unknown_event_type(&self) -> bool {
         matches!(self, Self::UnknownEventType(_))
+    }
+
+    /// True for an entry that decodes but fails the content checks: forged or corrupted.
+    pub fn is_invalid_content(&self) -> bool {
+        matches!(self, Self::InvalidContent(_))
     }
 
     fn invalid(field: &'static str, reason: impl fmt::Display) -> Self {
@@ -204,7 +213,9 @@ impl Envelope {
 
     /// Reads an entry's fields. Values are bytes as Redis returns them; each must be
     /// UTF-8. An unknown `event_type` is reported first, whatever else is wrong, so that
-    /// such entries are always skipped rather than dead-lettered.
+    /// such entries are always skipped rather than dead-lettered. An event that decodes
+    /// must also be plausible: written by the producer of its type, its body passing
+    /// [`Event::check`] ([`DecodeError::InvalidContent`] otherwise).
     pub fn from_fields<K, V>(entry: impl IntoIterator<Item = (K, V)>) -> Result<Self, DecodeError>
     where
         K: AsRef<str>,
@@ -232,7 +243,7 @@ impl Envelope {
             .map_err(|e| DecodeError::invalid(fields::ORDER_ID, e))?;
         let occurred_at = OffsetDateTime::parse(get(fields::OCCURRED_AT)?, &Rfc3339)
             .map_err(|e| DecodeError::invalid(fields::OCCURRED_AT, e))?;
-        let producer = get(fields::PRODUCER)?
+        let producer: Producer = get(fields::PRODUCER)?
             .parse()
             .map_err(|e| DecodeError::invalid(fields::PRODUCER, e))?;
         let traceparent = match get(fields::TRACEPARENT) {
@@ -248,6 +259,14 @@ impl Envelope {
                 format!("{order_id} differs from the payload's {}", event.order_id()),
             ));
         }
+        if producer != event_type.producer() {
+            return Err(DecodeError::InvalidContent(format!(
+                "{event_type} is written by {}, not by {}",
+                event_type.producer().as_str(),
+                producer.as_str()
+            )));
+        }
+        event.check().map_err(DecodeError::InvalidContent)?;
         Ok(Self {
             event_id,
             order_id,

@@ -6,11 +6,15 @@
 //!
 //! Decoding is a tolerant reader: an `event_type` this version does not know is reported
 //! as [`DecodeError::UnknownEventType`] so consumers can skip it (producers may add types
-//! first), while a known type that does not decode is poison (every other error).
+//! first), while a known type that does not decode is poison (every other error), and so
+//! is one that decodes but fails the content checks (`checks.rs`: producer, identifiers,
+//! amounts, an order's total).
 //! [`PaymentCancelled`] came that way: added after the first five types, skipped by
 //! consumers built before it.
 
+mod checks;
 mod envelope;
+pub mod limits;
 mod money;
 mod payloads;
 pub mod streams;

@@ -109,7 +109,8 @@ fn every_event_type_round_trips_with_and_without_traceparent() {
         "the fixture covers every type"
     );
     for event in events {
-        let mut envelope = Envelope::new(Producer::PaymentService, event);
+        let producer = event.event_type().producer();
+        let mut envelope = Envelope::new(producer, event);
         assert_eq!(decode(&envelope.to_fields()).expect("decodes"), envelope);
         envelope.traceparent =
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
@@ -280,4 +281,25 @@ fn failure_reasons_keep_unknown_text() {
             .as_deref(),
         Some("\"currency_mismatch\"")
     );
+}
+
+#[test]
+fn an_event_signed_by_the_wrong_producer_is_invalid_content() {
+    let forged = with(valid_fields(), "producer", "payment-service");
+    let err = decode(&forged).expect_err("OrderCreated is order-service's");
+    assert!(err.is_invalid_content(), "{err}");
+}
+
+#[test]
+fn a_payload_no_producer_writes_is_invalid_content() {
+    let fields = valid_fields();
+    let payload = &fields
+        .iter()
+        .find(|(k, _)| *k == "payload")
+        .expect("payload")
+        .1;
+    let mut body: serde_json::Value = serde_json::from_str(payload).expect("json");
+    body["total_cents"] = serde_json::json!(-1);
+    let err = decode(&with(fields.clone(), "payload", &body.to_string())).expect_err("negative");
+    assert!(err.is_invalid_content(), "{err}");
 }
