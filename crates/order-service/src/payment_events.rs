@@ -5,6 +5,10 @@
 //! its outcomes through the domain's rules ([`PaymentOutcome::apply`]) in stream order,
 //! in memory, and write the changed orders back (one statement). Racing events and
 //! cancellations on one order are serialised by the row lock.
+//!
+//! An outcome that contradicts its order (another customer, amount or currency than the
+//! order's) is refused: payment-service never writes one, so it is forged or corrupted,
+//! and it is dead-lettered without changing the order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,6 +57,9 @@ impl EventHandler for PaymentEvents {
                 info!(order_id = %outcome.order_id, "no such order; nothing to change");
                 continue;
             };
+            if let Some(contradiction) = outcome.contradiction(order) {
+                return Err(HandleError::Rejected(contradiction));
+            }
             match outcome.apply(order) {
                 Change::Nothing => {}
                 Change::Status => {

@@ -59,6 +59,29 @@ pub fn orders_of<'a>(events: &[OrderEvent<'a>]) -> BTreeMap<Uuid, &'a str> {
     orders
 }
 
+/// Checks that every event names the customer its order belongs to (`customers`, as
+/// claimed). order-service never changes an order's customer, so an event that names
+/// another one is forged or corrupted: it must neither charge nor refund anyone.
+pub fn check_customers(
+    events: &[OrderEvent<'_>],
+    customers: &HashMap<Uuid, String>,
+) -> Result<(), LedgerError> {
+    for event in events {
+        let order_id = event.order_id();
+        match customers.get(&order_id) {
+            Some(owner) if owner != event.customer_id() => {
+                return Err(LedgerError::CustomerMismatch {
+                    order_id,
+                    named: event.customer_id().to_owned(),
+                    owner: owner.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The earlier payments `events` will refund: those of paid orders being cancelled.
 pub fn payments_to_refund(
     events: &[OrderEvent<'_>],

@@ -50,37 +50,49 @@ pub struct OrderPayment {
     pub payment_id: Option<Uuid>,
 }
 
+/// The saga rows of a batch's orders, claimed and locked by [`claim_orders`].
+#[derive(Debug, Default)]
+pub struct ClaimedOrders {
+    /// What was decided so far for each order (`None` for a new one).
+    pub states: HashMap<Uuid, Option<OrderPayment>>,
+    /// The customer each order belongs to: the one its first event named.
+    pub customers: HashMap<Uuid, String>,
+}
+
 /// Claims the saga rows of `orders` (order id → customer), inserting each as `NEW` if the
 /// order was never seen, and locks them until the transaction ends (in order-id order,
 /// so transactions claiming several never deadlock): every handler of one order is
-/// serialised here. Returns what was decided so far for each (`None` for a new order).
+/// serialised here.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn claim_orders(
     conn: &mut PgConnection,
     orders: &BTreeMap<Uuid, &str>,
-) -> sqlx::Result<HashMap<Uuid, Option<OrderPayment>>> {
-    let rows: Vec<(Uuid, String, Option<Uuid>)> = sqlx::query_as(
+) -> sqlx::Result<ClaimedOrders> {
+    let rows: Vec<(Uuid, String, String, Option<Uuid>)> = sqlx::query_as(
         "INSERT INTO order_payments (order_id, customer_id, state)
          SELECT order_id, customer_id, 'NEW'
          FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS t(order_id, customer_id, n)
          ORDER BY n
          ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
-         RETURNING order_id, state, payment_id",
+         RETURNING order_id, customer_id, state, payment_id",
     )
     .bind(orders.keys().copied().collect::<Vec<_>>())
     .bind(orders.values().copied().collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(order_id, state, payment_id)| {
-            if state == "NEW" {
-                return Ok((order_id, None));
-            }
+    let mut claimed = ClaimedOrders::default();
+    for (order_id, customer_id, state, payment_id) in rows {
+        claimed.customers.insert(order_id, customer_id);
+        let decided = if state == "NEW" {
+            None
+        } else {
             let state =
                 OrderPaymentState::try_from(state).map_err(|e| sqlx::Error::Decode(e.into()))?;
-            Ok((order_id, Some(OrderPayment { state, payment_id })))
-        })
-        .collect()
+            Some(OrderPayment { state, payment_id })
+        };
+        claimed.states.insert(order_id, decided);
+    }
+    Ok(claimed)
 }
 
 /// The accounts of `customers` (customer → currency of their first order here), each

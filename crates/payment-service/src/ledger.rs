@@ -33,6 +33,14 @@ pub enum LedgerError {
     NotAStandingCharge(Uuid),
     #[error("stored payment {0} has an invalid currency")]
     InvalidCurrency(Uuid),
+    #[error("the event names customer {named:?}, but order {order_id} is {owner:?}'s")]
+    CustomerMismatch {
+        order_id: Uuid,
+        named: String,
+        owner: String,
+    },
+    #[error("the balance of {0} would leave the range of i64")]
+    BalanceOverflow(String),
 }
 
 /// The orders whose question came again after it was answered (the inbox forgot it, or
@@ -151,13 +159,18 @@ impl Ledger {
                 Ok(())
             }
             Charge::Approve => {
-                account.balance_cents -= order.total_cents;
-                *self
+                let overflow = || LedgerError::BalanceOverflow(order.customer_id.clone());
+                account.balance_cents = account
+                    .balance_cents
+                    .checked_sub(order.total_cents)
+                    .ok_or_else(overflow)?;
+                let delta = self
                     .settled
                     .settlement
                     .balance_deltas
                     .entry(order.customer_id.clone())
-                    .or_default() -= order.total_cents;
+                    .or_default();
+                *delta = delta.checked_sub(order.total_cents).ok_or_else(overflow)?;
                 let payment_id = Uuid::now_v7();
                 self.settled.settlement.new_payments.push(NewPayment {
                     id: payment_id,
@@ -250,15 +263,20 @@ impl Ledger {
                 earlier.currency.clone(),
             )
         };
+        let overflow = || LedgerError::BalanceOverflow(customer_id.clone());
         if let Some(account) = self.accounts.get_mut(&customer_id) {
-            account.balance_cents += amount_cents;
+            account.balance_cents = account
+                .balance_cents
+                .checked_add(amount_cents)
+                .ok_or_else(overflow)?;
         }
-        *self
+        let delta = self
             .settled
             .settlement
             .balance_deltas
             .entry(customer_id.clone())
-            .or_default() += amount_cents;
+            .or_default();
+        *delta = delta.checked_add(amount_cents).ok_or_else(overflow)?;
         self.set_state(
             cancel.order_id,
             OrderPaymentState::Refunded,

@@ -6,6 +6,7 @@
 //!    `OrderCreated` and `OrderCancelled` of one order are serialised by the database
 //!    whatever order they arrive in, and a cancelled order is never charged without
 //!    being refunded;
+//!    an event naming another customer than its order's is refused (forged);
 //! 2. read the payments it will refund (only when it cancels paid orders);
 //! 3. open and lock the accounts it touches (in customer order);
 //! 4. settle the events in stream order in memory ([`Ledger`]);
@@ -25,7 +26,7 @@ use service_runtime::{EventHandler, HandleError, outbox};
 use sqlx::PgConnection;
 use tracing::info;
 
-use crate::batch::{OrderEvent, accounts_of, orders_of, payments_to_refund};
+use crate::batch::{OrderEvent, accounts_of, check_customers, orders_of, payments_to_refund};
 use crate::db;
 use crate::domain::{ANSWERS_TO_CANCELLED, ANSWERS_TO_CREATED};
 use crate::ledger::{Ledger, LedgerError};
@@ -59,6 +60,8 @@ impl EventHandler for OrderEvents {
             .collect::<Result<Vec<_>, _>>()
             .map_err(rejected)?;
         let claimed = db::claim_orders(tx, &orders_of(&events)).await?;
+        check_customers(&events, &claimed.customers).map_err(rejected)?;
+        let claimed = claimed.states;
         let refunding = payments_to_refund(&events, &claimed);
         let payments = if refunding.is_empty() {
             Vec::new()

@@ -21,6 +21,8 @@ use utoipa_axum::routes;
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// HTTP request latency in seconds, by `method`, `route` and `status`.
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+/// Connections answered 503 and closed because `HTTP_MAX_CONNECTIONS` were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "http_connections_refused_total";
 /// Events written to a stream by the relay, by `stream` and `event_type`.
 pub const EVENTS_PUBLISHED: &str = "events_published_total";
 /// Events handled, by `stream`, `event_type` and `result` (`applied` or `duplicate`).
@@ -29,7 +31,10 @@ pub const EVENTS_CONSUMED: &str = "events_consumed_total";
 pub const EVENTS_SKIPPED: &str = "events_skipped_total";
 /// Handling attempts that failed and will be retried, by `stream` and `event_type`.
 pub const EVENTS_FAILED: &str = "events_failed_total";
-/// Entries moved to the dead-letter stream, by `stream`.
+/// Entries moved to the dead-letter stream, by `stream` and `cause`: `undecodable`,
+/// `invalid_content` (decodes but fails the content checks: forged or corrupted),
+/// `rejected` (its handler refused it, e.g. a payment that contradicts its order) or
+/// `exhausted` (failed on `MAX_DELIVERIES` deliveries).
 pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered_total";
 /// Entries reclaimed from consumers that stopped answering, by `stream`.
 pub const ENTRIES_RECLAIMED: &str = "stream_entries_reclaimed_total";

@@ -4,7 +4,7 @@
 
 mod order_request;
 
-use events::{Envelope, Event, OrderItem};
+use events::{Currency, Envelope, Event, OrderItem};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::info;
@@ -136,24 +136,45 @@ pub struct PaymentOutcome {
     trigger: OrderTrigger,
     payment_id: Option<Uuid>,
     failure_reason: Option<String>,
+    /// Whose order payment-service says it is.
+    customer_id: String,
+    /// The amount and currency it says it charged, declined or refunded (none for
+    /// `PaymentCancelled`, which moves no money).
+    amount: Option<(i64, Currency)>,
 }
 
 impl PaymentOutcome {
     /// The outcome `envelope` carries; `None` for an event that is not a payment outcome.
     pub fn of(envelope: &Envelope) -> Option<Self> {
-        let (trigger, payment_id, failure_reason) = match &envelope.event {
-            Event::PaymentCompleted(paid) => {
-                (OrderTrigger::PaymentCompleted, Some(paid.payment_id), None)
-            }
+        let (trigger, payment_id, failure_reason, customer_id, amount) = match &envelope.event {
+            Event::PaymentCompleted(paid) => (
+                OrderTrigger::PaymentCompleted,
+                Some(paid.payment_id),
+                None,
+                &paid.customer_id,
+                Some((paid.amount_cents, paid.currency)),
+            ),
             Event::PaymentFailed(failed) => (
                 OrderTrigger::PaymentFailed,
                 None,
                 Some(failed.reason.as_str().to_owned()),
+                &failed.customer_id,
+                Some((failed.amount_cents, failed.currency)),
             ),
-            Event::PaymentRefunded(refund) => {
-                (OrderTrigger::PaymentRefunded, Some(refund.payment_id), None)
-            }
-            Event::PaymentCancelled(_) => (OrderTrigger::PaymentCancelled, None, None),
+            Event::PaymentRefunded(refund) => (
+                OrderTrigger::PaymentRefunded,
+                Some(refund.payment_id),
+                None,
+                &refund.customer_id,
+                Some((refund.amount_cents, refund.currency)),
+            ),
+            Event::PaymentCancelled(cancelled) => (
+                OrderTrigger::PaymentCancelled,
+                None,
+                None,
+                &cancelled.customer_id,
+                None,
+            ),
             Event::OrderCreated(_) | Event::OrderCancelled(_) => return None,
         };
         Some(Self {
@@ -161,7 +182,33 @@ impl PaymentOutcome {
             trigger,
             payment_id,
             failure_reason,
+            customer_id: customer_id.clone(),
+            amount,
         })
+    }
+
+    /// What in this outcome contradicts `order` as order-service knows it: another
+    /// customer, another amount or another currency. payment-service only ever answers
+    /// with the order's own, so an outcome that differs is forged (or corrupted) and must
+    /// change nothing.
+    pub fn contradiction(&self, order: &Order) -> Option<String> {
+        if self.customer_id != order.customer_id {
+            return Some(format!(
+                "{:?} names customer {:?}, but order {} is {:?}'s",
+                self.trigger, self.customer_id, order.id, order.customer_id
+            ));
+        }
+        match self.amount {
+            Some((cents, currency))
+                if cents != order.total_cents || currency.as_str() != order.currency =>
+            {
+                Some(format!(
+                    "{:?} is for {cents} {currency}, but order {} is for {} {}",
+                    self.trigger, order.id, order.total_cents, order.currency
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// Changes `order` as this outcome says: the state machine moves it; an order that
@@ -267,9 +314,7 @@ mod tests {
         assert_eq!(OrderStatus::parse("SHIPPED"), None);
     }
 
-    use events::{
-        Currency, PaymentCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
-    };
+    use events::{PaymentCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer};
 
     fn order(status: OrderStatus) -> Order {
         let now = OffsetDateTime::now_utc();
@@ -367,6 +412,42 @@ mod tests {
             cancelled.cancellation_confirmed_at.is_some(),
             "a refund confirms the cancellation"
         );
+    }
+
+    #[test]
+    fn an_outcome_that_contradicts_its_order_is_told_apart() {
+        let pending = order(OrderStatus::Pending);
+        assert_eq!(
+            completed(&pending, Uuid::now_v7()).contradiction(&pending),
+            None
+        );
+        let paid = |customer_id: &str, amount_cents: i64, currency: &str| {
+            outcome(
+                &pending,
+                Event::PaymentCompleted(PaymentCompleted {
+                    payment_id: Uuid::now_v7(),
+                    order_id: pending.id,
+                    customer_id: customer_id.into(),
+                    amount_cents,
+                    currency: Currency::parse(currency).expect("valid"),
+                }),
+            )
+        };
+        for forged in [
+            paid("mallory", 700, "EUR"),
+            paid("alice", 1, "EUR"),
+            paid("alice", 700, "USD"),
+        ] {
+            assert!(forged.contradiction(&pending).is_some(), "{forged:?}");
+        }
+        let settled = outcome(
+            &pending,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: pending.id,
+                customer_id: "mallory".into(),
+            }),
+        );
+        assert!(settled.contradiction(&pending).is_some());
     }
 
     #[test]

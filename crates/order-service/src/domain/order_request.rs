@@ -7,14 +7,9 @@ use events::text::check_identifier;
 use events::{Currency, OrderItem};
 use serde::Deserialize;
 
-/// Field limits of `POST /orders` (SPEC §6.1).
+/// Field limits of `POST /orders` (SPEC §6.1), the same consumers hold events to.
 /// (`customer_id` and `sku` follow [`events::text::check_identifier`].)
-pub mod limits {
-    pub const MAX_ITEMS: usize = 100;
-    pub const MAX_QUANTITY: i64 = 10_000;
-    pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
-    pub const MAX_TOTAL_CENTS: i64 = 100_000_000_000;
-}
+pub use events::limits;
 
 /// The body of `POST /orders` as sent: loosely typed, so that every field can be checked
 /// and reported at once rather than failing on the first.

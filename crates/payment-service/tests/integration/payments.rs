@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 use uuid::Uuid;
 
-async fn spawn(ctx: &TestContext, extra: &[&str]) -> Spawned {
+pub(crate) async fn spawn(ctx: &TestContext, extra: &[&str]) -> Spawned {
     ctx.spawn("payment-service", extra, payment_service::start)
         .await
 }
 
-fn created(customer: &str, total_cents: i64) -> Envelope {
+pub(crate) fn created(customer: &str, total_cents: i64) -> Envelope {
     let order_id = Uuid::now_v7();
     Envelope::new(
         Producer::OrderService,
@@ -32,7 +32,7 @@ fn created(customer: &str, total_cents: i64) -> Envelope {
     )
 }
 
-fn cancelled(order: &Envelope, customer: &str) -> Envelope {
+pub(crate) fn cancelled(order: &Envelope, customer: &str) -> Envelope {
     Envelope::new(
         Producer::OrderService,
         Event::OrderCancelled(OrderCancelled {
@@ -44,7 +44,7 @@ fn cancelled(order: &Envelope, customer: &str) -> Envelope {
 }
 
 /// The decoded events on `payment-events`.
-async fn outcomes(ctx: &TestContext) -> Vec<Envelope> {
+pub(crate) async fn outcomes(ctx: &TestContext) -> Vec<Envelope> {
     ctx.entries(PAYMENT_EVENTS)
         .await
         .into_iter()
@@ -55,7 +55,7 @@ async fn outcomes(ctx: &TestContext) -> Vec<Envelope> {
         .collect()
 }
 
-async fn wait_for_outcomes(ctx: &TestContext, n: usize) -> Vec<Envelope> {
+pub(crate) async fn wait_for_outcomes(ctx: &TestContext, n: usize) -> Vec<Envelope> {
     eventually(
         &format!("{n} outcomes on payment-events"),
         Duration::from_secs(5),
@@ -71,13 +71,13 @@ async fn wait_for_outcomes(ctx: &TestContext, n: usize) -> Vec<Envelope> {
     .await
 }
 
-async fn balance(app: &Spawned, customer: &str) -> i64 {
+pub(crate) async fn balance(app: &Spawned, customer: &str) -> i64 {
     let (status, account) = app.get_json(&format!("/accounts/{customer}")).await;
     assert_eq!(status, 200, "{account}");
     account["balance_cents"].as_i64().expect("balance")
 }
 
-async fn payments(app: &Spawned, order: &Envelope) -> Vec<Value> {
+pub(crate) async fn payments(app: &Spawned, order: &Envelope) -> Vec<Value> {
     let (status, list) = app
         .get_json(&format!("/payments?order_id={}", order.order_id))
         .await;

@@ -50,10 +50,34 @@ impl Outcome {
 enum Plan {
     /// Ack without handling (deleted while pending, or an unknown event type).
     Skip,
-    /// Can never be handled: dead-letter with this error.
-    DeadLetter(String),
+    /// Can never be handled: dead-letter for this cause, with this error.
+    DeadLetter(DeadLetterCause, String),
     /// Handle it, in this span.
     Apply(Box<Envelope>, tracing::Span),
+}
+
+/// Why an entry is dead-lettered: the `cause` label of `events_dead_lettered_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadLetterCause {
+    /// It is not an event of a known type (missing or malformed fields, bad payload).
+    Undecodable,
+    /// It decodes but fails the content checks: forged, or corrupted on the way.
+    InvalidContent,
+    /// Its handler refused it (e.g. a payment contradicting its order).
+    Rejected,
+    /// It failed on its last allowed delivery.
+    Exhausted,
+}
+
+impl DeadLetterCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::InvalidContent => "invalid_content",
+            Self::Rejected => "rejected",
+            Self::Exhausted => "exhausted",
+        }
+    }
 }
 
 /// An event of the batch waiting to be applied.
@@ -98,7 +122,7 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Applies and acks a batch that was read (see [`consume`](Self::consume)).
-    async fn process(
+    pub(super) async fn process(
         &self,
         entries: &[RawEntry],
         from: ReadFrom,
@@ -115,9 +139,10 @@ impl<H: EventHandler> Consumer<H> {
         for (i, entry) in entries.iter().enumerate() {
             match self.plan(entry, deliveries(entry)) {
                 Plan::Skip => outcomes.push(Some(Outcome::Skipped)),
-                Plan::DeadLetter(error) => {
+                Plan::DeadLetter(cause, error) => {
                     outcomes.push(Some(
-                        self.dead_letter(entry, deliveries(entry), &error).await,
+                        self.dead_letter(entry, deliveries(entry), cause, &error)
+                            .await,
                     ));
                 }
                 Plan::Apply(envelope, span) => {
@@ -251,7 +276,8 @@ impl<H: EventHandler> Consumer<H> {
                 Outcome::Duplicate
             }
             Outcome::Failed(HandleError::Rejected(reason)) => {
-                self.dead_letter(entry, deliveries, &reason).await
+                self.dead_letter(entry, deliveries, DeadLetterCause::Rejected, &reason)
+                    .await
             }
             Outcome::Failed(HandleError::Database(e))
                 if database::classify(&e) == Failure::Outage =>
@@ -269,7 +295,8 @@ impl<H: EventHandler> Consumer<H> {
             }
             Outcome::Failed(e) if deliveries >= max => {
                 let error = format!("failed on delivery {deliveries} of MAX_DELIVERIES={max}: {e}");
-                self.dead_letter(entry, deliveries, &error).await
+                self.dead_letter(entry, deliveries, DeadLetterCause::Exhausted, &error)
+                    .await
             }
             Outcome::Failed(e) => {
                 warn!(error = %e, deliveries, "could not apply the event; it stays pending for a retry");
@@ -304,14 +331,19 @@ impl<H: EventHandler> Consumer<H> {
                 info!(entry_id = %entry.id, error = %e, "skipping an event type this version does not know");
                 return skip("unknown_type");
             }
-            Err(e) => return Plan::DeadLetter(e.to_string()),
+            Err(e) if e.is_invalid_content() => {
+                warn!(entry_id = %entry.id, error = %e, "an entry no honest producer writes (forged or corrupted)");
+                return Plan::DeadLetter(DeadLetterCause::InvalidContent, e.to_string());
+            }
+            Err(e) => return Plan::DeadLetter(DeadLetterCause::Undecodable, e.to_string()),
         };
         let max = self.config.max_deliveries;
         if deliveries > max {
             // Only reached when a consumer died while handling it (a crash loop).
-            return Plan::DeadLetter(format!(
-                "delivered {deliveries} times, more than MAX_DELIVERIES={max}"
-            ));
+            return Plan::DeadLetter(
+                DeadLetterCause::Exhausted,
+                format!("delivered {deliveries} times, more than MAX_DELIVERIES={max}"),
+            );
         }
         let span = info_span!("consume", stream, entry_id = %entry.id,
             event_type = envelope.event_type().as_str(), event_id = %envelope.event_id, order_id = %envelope.order_id);
@@ -334,8 +366,19 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Copies an entry that can never be processed to the dead-letter stream, with why.
     /// Only when that copy is written is the original acked.
-    async fn dead_letter(&self, entry: &RawEntry, deliveries: u64, error: &str) -> Outcome {
-        warn!(error, deliveries, "dead-lettering the entry");
+    async fn dead_letter(
+        &self,
+        entry: &RawEntry,
+        deliveries: u64,
+        cause: DeadLetterCause,
+        error: &str,
+    ) -> Outcome {
+        warn!(
+            error,
+            deliveries,
+            cause = cause.as_str(),
+            "dead-lettering the entry"
+        );
         let verdict = Verdict {
             group: self.config.group,
             consumer: &self.config.consumer,
@@ -344,7 +387,7 @@ impl<H: EventHandler> Consumer<H> {
         };
         match self.dead_letters.write(entry, verdict).await {
             Ok(()) => {
-                metrics::counter!(EVENTS_DEAD_LETTERED, "stream" => self.stream_key.clone())
+                metrics::counter!(EVENTS_DEAD_LETTERED, "stream" => self.stream_key.clone(), "cause" => cause.as_str())
                     .increment(1);
                 Outcome::DeadLettered
             }

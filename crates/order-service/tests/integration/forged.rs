@@ -1,0 +1,136 @@
+//! Forged payment outcomes (SPEC §4.4, the security read of the consumers): anyone who
+//! can `XADD` to `payment-events` can write an entry that decodes. Whatever it claims,
+//! an outcome that no honest payment-service writes, or that contradicts the order,
+//! changes nothing and ends in the dead-letter stream, and the flow goes on.
+
+use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
+use events::{Currency, Envelope, Event, FailureReason, PaymentCompleted, PaymentFailed, Producer};
+use testkit::{Spawned, TestContext};
+use uuid::Uuid;
+
+use crate::support::{alice_order, completed, eur, order_when, place, publish, spawn};
+
+/// alice's order totals 2800 EUR.
+const TOTAL: i64 = 2800;
+
+fn paid(order_id: Uuid, customer_id: &str, amount_cents: i64, currency: &str) -> Envelope {
+    Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentCompleted(PaymentCompleted {
+            payment_id: Uuid::now_v7(),
+            order_id,
+            customer_id: customer_id.into(),
+            amount_cents,
+            currency: Currency::parse(currency).expect("valid"),
+        }),
+    )
+}
+
+fn failed(order_id: Uuid, customer_id: &str) -> Envelope {
+    Envelope::new(
+        Producer::PaymentService,
+        Event::PaymentFailed(PaymentFailed {
+            order_id,
+            customer_id: customer_id.into(),
+            amount_cents: TOTAL,
+            currency: eur(),
+            reason: FailureReason::InsufficientFunds,
+        }),
+    )
+}
+
+/// The fields of `envelope` with `name` set to `value`.
+fn with_field(envelope: &Envelope, name: &str, value: &str) -> Vec<(&'static str, String)> {
+    let mut fields = envelope.to_fields();
+    for (k, v) in &mut fields {
+        if *k == name {
+            *v = value.to_owned();
+        }
+    }
+    fields
+}
+
+/// `events_dead_lettered_total` for this test's `payment-events` and `cause`.
+async fn dead_lettered(app: &Spawned, ctx: &TestContext, cause: &str) -> u64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("answers")
+        .text()
+        .await
+        .expect("text");
+    let stream = format!("stream=\"{}\"", ctx.stream(PAYMENT_EVENTS));
+    let cause = format!("cause=\"{cause}\"");
+    text.lines()
+        .filter(|l| l.starts_with("events_dead_lettered_total{"))
+        .filter(|l| l.contains(&stream) && l.contains(&cause))
+        .filter_map(|l| l.rsplit(" ").next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn forged_payment_outcomes_change_nothing_and_are_dead_lettered() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let (_, id) = place(&app, &alice_order()).await;
+
+    // Contradicting the order: only order-service's own state can tell.
+    let contradicting = [
+        paid(id, "alice", 1, "EUR"),
+        paid(id, "mallory", TOTAL, "EUR"),
+        paid(id, "alice", TOTAL, "USD"),
+        failed(id, "mallory"),
+    ];
+    for forged in &contradicting {
+        publish(&ctx, forged).await;
+    }
+    // Implausible whatever the order: the wrong producer, an amount out of range.
+    let mut implausible = vec![with_field(
+        &failed(id, "alice"),
+        "producer",
+        "order-service",
+    )];
+    for cents in [-TOTAL, i64::MIN] {
+        let payload = paid(id, "alice", TOTAL, "EUR")
+            .to_fields()
+            .into_iter()
+            .find(|(k, _)| *k == "payload")
+            .map(|(_, v)| {
+                v.replace(
+                    &format!("\"amount_cents\":{TOTAL}"),
+                    &format!("\"amount_cents\":{cents}"),
+                )
+            })
+            .expect("payload");
+        implausible.push(with_field(
+            &paid(id, "alice", TOTAL, "EUR"),
+            "payload",
+            &payload,
+        ));
+    }
+    for fields in &implausible {
+        ctx.xadd(PAYMENT_EVENTS, fields).await;
+    }
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+
+    let (_, order) = app.get_json(&format!("/orders/{id}")).await;
+    assert_eq!(order["status"], "PENDING", "{order}");
+    assert_eq!(order["payment_id"], serde_json::Value::Null, "{order}");
+    let dead = ctx.entries(&format!("{PAYMENT_EVENTS}:dlq")).await;
+    assert_eq!(
+        dead.len(),
+        contradicting.len() + implausible.len(),
+        "every forged entry is dead-lettered: {dead:?}"
+    );
+    assert_eq!(dead_lettered(&app, &ctx, "rejected").await, 4);
+    assert_eq!(dead_lettered(&app, &ctx, "invalid_content").await, 3);
+
+    // The genuine outcome behind them still applies.
+    publish(&ctx, &completed(id, Uuid::now_v7(), TOTAL)).await;
+    order_when(&app, id, "the genuine payment to apply", |o| {
+        o["status"] == "PAID"
+    })
+    .await;
+}

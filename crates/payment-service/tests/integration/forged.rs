@@ -1,0 +1,123 @@
+//! Forged order events (the security read of the consumers): anyone who can `XADD` to
+//! `order-events` can write an entry that decodes. An order no honest order-service
+//! writes (signed by another producer, a total that is not the sum of its lines or out
+//! of range, an identifier the API refuses), or an event naming another customer than
+//! its order's, moves no money, is answered by nothing, and ends in the dead-letter
+//! stream.
+
+use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
+use events::{Envelope, Event};
+use serde_json::{Value, json};
+use testkit::TestContext;
+
+use crate::payments::{balance, cancelled, created, outcomes, payments, spawn, wait_for_outcomes};
+
+/// The fields of `envelope`, its JSON payload changed by `edit`, other fields by `fields`.
+fn forge(
+    envelope: &Envelope,
+    edit: impl Fn(&mut Value),
+    fields: &[(&str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut out = envelope.to_fields();
+    for (k, v) in &mut out {
+        if *k == "payload" {
+            let mut payload: Value = serde_json::from_str(v).expect("JSON payload");
+            edit(&mut payload);
+            *v = payload.to_string();
+        } else if let Some((_, value)) = fields.iter().find(|(name, _)| name == k) {
+            *v = (*value).to_owned();
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn forged_order_events_move_no_money_and_are_dead_lettered() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let genuine = created("ivy", 4200);
+    ctx.xadd(ORDER_EVENTS, &genuine.to_fields()).await;
+    wait_for_outcomes(&ctx, 1).await;
+    assert_eq!(balance(&app, "ivy").await, 100_000 - 4200);
+
+    let forged = [
+        // A total that is not the sum of its lines: charge 50000 for a 1-cent item.
+        forge(
+            &created("ivy", 1),
+            |p| p["total_cents"] = json!(50_000),
+            &[],
+        ),
+        // A negative order: would credit the account.
+        forge(
+            &created("ivy", 1),
+            |p| {
+                p["total_cents"] = json!(-50_000);
+                p["items"][0]["unit_price_cents"] = json!(-50_000);
+            },
+            &[],
+        ),
+        // i64::MIN: overflows any arithmetic on it.
+        forge(
+            &created("ivy", 1),
+            |p| {
+                p["total_cents"] = json!(i64::MIN);
+                p["items"][0]["unit_price_cents"] = json!(i64::MIN);
+            },
+            &[],
+        ),
+        // Over the SPEC §6.1 cap on a line.
+        forge(
+            &created("ivy", 1),
+            |p| {
+                p["total_cents"] = json!(200_000_000);
+                p["items"][0]["unit_price_cents"] = json!(200_000_000);
+            },
+            &[],
+        ),
+        // An identifier the API refuses.
+        forge(
+            &created("ivy", 1),
+            |p| p["customer_id"] = json!("i\u{0}vy"),
+            &[],
+        ),
+        // Signed by the service that never writes orders.
+        forge(
+            &created("ivy", 10),
+            |_| {},
+            &[("producer", "payment-service")],
+        ),
+        // The genuine order again, for another customer: must not charge them.
+        forge(
+            &created("ivy", 4200),
+            |p| {
+                p["order_id"] = json!(genuine.order_id);
+                p["customer_id"] = json!("mallory");
+            },
+            &[("order_id", &genuine.order_id.to_string())],
+        ),
+        // A cancellation of ivy's paid order naming someone else.
+        cancelled(&genuine, "mallory").to_fields(),
+    ];
+    for fields in &forged {
+        ctx.xadd(ORDER_EVENTS, fields).await;
+    }
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+
+    assert_eq!(balance(&app, "ivy").await, 100_000 - 4200, "no money moved");
+    assert_eq!(balance(&app, "mallory").await, 100_000, "no money moved");
+    assert_eq!(payments(&app, &genuine).await.len(), 1);
+    assert_eq!(payments(&app, &genuine).await[0]["status"], "COMPLETED");
+    let answered: Vec<_> = outcomes(&ctx).await;
+    assert_eq!(
+        answered.len(),
+        1,
+        "only the genuine order is answered: {answered:?}"
+    );
+    assert!(matches!(answered[0].event, Event::PaymentCompleted(_)));
+    let dead = ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await;
+    assert_eq!(
+        dead.len(),
+        forged.len(),
+        "every forged entry is dead-lettered"
+    );
+}
