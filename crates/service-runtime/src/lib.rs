@@ -24,6 +24,7 @@ pub mod consumer;
 pub mod database;
 pub mod dead_letters;
 pub mod health;
+pub mod http_server;
 pub mod idempotency;
 pub mod inbox;
 pub mod keys;

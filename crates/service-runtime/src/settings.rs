@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 
+use crate::http_server::HttpLimits;
+
 /// A URL whose secrets never reach a log: `Debug` and `Display` show
 /// `postgres://user:***@host/db?password=***`, the password of the user info and of
 /// any query parameter that carries one.
@@ -209,8 +211,8 @@ pub struct CommonSettings {
     pub outbox_retention_hours: u64,
     #[command(flatten)]
     pub retention: RetentionSettings,
-    /// Bearer token of the admin API (dead letters, deposits); without it those routes
-    /// answer 404.
+    /// Bearer token of the admin API (dead letters, deposits); unset or empty, those
+    /// routes answer 404 (see [`admin_token`](Self::admin_token)).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
     pub admin_token: Option<Secret>,
     /// How long shutdown may take before in-flight work is abandoned, in ms.
@@ -219,6 +221,14 @@ pub struct CommonSettings {
     /// Longest time an HTTP request may take before it is answered 503, in ms.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub request_timeout_ms: u64,
+    /// Time a client has to send a request's headers, in ms; a keep-alive connection
+    /// idle that long is closed too.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_read_timeout_ms: u64,
+    /// HTTP connections served at once; one more is answered 503 and closed. Keep it
+    /// below the process's open-file limit.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -228,12 +238,26 @@ pub struct CommonSettings {
 }
 
 impl CommonSettings {
+    /// The admin token, if the admin API is on: an empty `ADMIN_TOKEN` (what a compose
+    /// file passes for an unset variable) leaves it off, like an unset one.
+    pub fn admin_token(&self) -> Option<Secret> {
+        self.admin_token.clone().filter(|token| !token.0.is_empty())
+    }
+
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// What the HTTP server allows slow and numerous clients.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
+            max_connections: self.http_max_connections as usize,
+        }
     }
 
     pub fn outbox_retention(&self) -> Duration {
@@ -293,6 +317,10 @@ impl fmt::Debug for Secret {
 }
 
 pub(crate) fn admin_token(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        // Off (see `CommonSettings::admin_token`).
+        return Ok(Secret(String::new()));
+    }
     if value.len() < 16 {
         return Err("must be at least 16 characters".into());
     }
@@ -417,6 +445,15 @@ mod tests {
         let probe = parse(&["--admin-token", "0123456789abcdef-secret"]).expect("valid");
         assert!(!format!("{probe:?}").contains("secret"));
         assert!(parse(&["--admin-token", "short"]).is_err());
+    }
+
+    #[test]
+    fn an_empty_admin_token_leaves_the_admin_api_off() {
+        let probe = parse(&["--admin-token", ""]).expect("empty is allowed");
+        assert!(probe.common.admin_token().is_none());
+        assert!(parse(&[]).expect("valid").common.admin_token().is_none());
+        let on = parse(&["--admin-token", "0123456789abcdef"]).expect("valid");
+        assert!(on.common.admin_token().is_some());
     }
 
     #[test]
