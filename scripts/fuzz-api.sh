@@ -11,7 +11,8 @@ if ! PYTHONPATH="$pydeps" python3 -c 'import schemathesis' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" schemathesis
 fi
 export PYTHONPATH="$pydeps"
-export ADMIN_TOKEN=${ADMIN_TOKEN:-demo-admin-token-change-me}
+# A throw-away token of this run, so that the admin operations are fuzzed too.
+export ADMIN_TOKEN=${ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
 examples=${FUZZ_EXAMPLES:-200}
 seed=()
 [ -n "${FUZZ_SEED:-}" ] && seed=(--seed "$FUZZ_SEED")

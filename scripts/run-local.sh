@@ -6,14 +6,14 @@
 #   POSTGRES_URL  server to create the databases on  (default postgres://postgres@127.0.0.1:5432)
 #   REDIS_URL     Redis                              (default redis://127.0.0.1:6379)
 #   PROFILE       cargo profile: release or dev      (default release)
-#   ADMIN_TOKEN   admin API token                    (default demo-admin-token-change-me)
+#   ADMIN_TOKEN   admin API token, 16+ characters    (default: none, the admin API is off)
 #   ORDERS_DB, PAYMENTS_DB  database names           (default orders, payments)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 postgres_url=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
-export ADMIN_TOKEN=${ADMIN_TOKEN:-demo-admin-token-change-me}
+export ADMIN_TOKEN=${ADMIN_TOKEN:-}
 profile=${PROFILE:-release}
 
 orders_db=${ORDERS_DB:-orders}

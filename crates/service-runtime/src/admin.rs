@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use std::sync::Arc;
+
+use crate::consumer::Replay;
 use crate::dead_letters::{DeadLetter, DeadLetterStream, ReplayError, Replayed};
 use crate::problem::responses::{RedisDown, Unauthorized};
 use crate::problem::{Json, Path, Problem, route_not_found};
@@ -21,16 +24,29 @@ use crate::settings::Secret;
 /// Name of the admin bearer-token scheme in the OpenAPI document.
 pub const SECURITY_SCHEME: &str = "admin_token";
 
-/// Puts `admin_routes` and the dead-letter routes behind the admin token.
-pub fn router(
+/// The dead letters, and the consumer that replays them.
+#[derive(Clone)]
+struct DeadLetters {
+    stream: DeadLetterStream,
+    consumer: Arc<dyn Replay>,
+}
+
+/// Puts `admin_routes` and the dead-letter routes behind the admin token; `consumer`
+/// replays dead letters.
+pub(crate) fn router(
     dead_letters: DeadLetterStream,
+    consumer: Arc<dyn Replay>,
     admin_routes: OpenApiRouter,
     token: Option<Secret>,
 ) -> OpenApiRouter {
+    let state = DeadLetters {
+        stream: dead_letters,
+        consumer,
+    };
     OpenApiRouter::new()
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
-        .with_state(dead_letters)
+        .with_state(state)
         .merge(admin_routes)
         .route_layer(middleware::from_fn_with_state(token, require_admin))
 }
@@ -104,17 +120,18 @@ fn redis_problem(error: redis::RedisError) -> Problem {
         RedisDown,
     ))]
 async fn list_dead_letters(
-    State(dead): State<DeadLetterStream>,
+    State(dead): State<DeadLetters>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(dead.list(limit).await.map_err(redis_problem)?))
+    Ok(Json(dead.stream.list(limit).await.map_err(redis_problem)?))
 }
 
-/// Writes a dead letter's original fields back to its stream as a new entry and removes
-/// the dead letter. The event keeps its `event_id`, so replaying something already
-/// applied has no second effect.
+/// Hands a dead letter's original entry to this service's consumer, as if just delivered,
+/// and removes the dead letter once it is settled: `applied`, `duplicate` (the event
+/// keeps its `event_id`, so something applied meanwhile has no second effect), `skipped`,
+/// or `dead_lettered` again with the new error. Nothing is written to the stream.
 #[utoipa::path(post, path = "/admin/dlq/{entry_id}/replay", tag = "admin", security(("admin_token" = [])),
     params(("entry_id" = String, Path, description = "Id of the dead letter, e.g. 1700000000000-0")),
     responses(
@@ -123,10 +140,10 @@ async fn list_dead_letters(
         Unauthorized,
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "Not a dead letter written by this service"),
-        RedisDown,
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis or the database is unavailable; the dead letter is kept"),
     ))]
 async fn replay_dead_letter(
-    State(dead): State<DeadLetterStream>,
+    State(dead): State<DeadLetters>,
     Path(entry_id): Path<String>,
 ) -> Result<Json<Replayed>, Problem> {
     let valid_id = entry_id.split_once('-').is_some_and(|(ms, seq)| {
@@ -141,7 +158,7 @@ async fn replay_dead_letter(
             "entry ids look like 1700000000000-0",
         ));
     }
-    match dead.replay(&entry_id).await {
+    match dead.stream.replay(&entry_id, dead.consumer.as_ref()).await {
         Ok(replayed) => Ok(Json(replayed)),
         Err(ReplayError::NotFound) => Err(Problem::not_found("dead letter")),
         Err(e @ ReplayError::NotReplayable) => Err(Problem::new(
@@ -150,6 +167,12 @@ async fn replay_dead_letter(
             e.to_string(),
         )),
         Err(ReplayError::Redis(e)) => Err(redis_problem(e)),
+        Err(e @ (ReplayError::Unfinished | ReplayError::Consume(_))) => {
+            tracing::warn!(error = %e, "admin: replay not finished");
+            Err(Problem::unavailable(
+                "the event could not be applied now; the dead letter is kept",
+            ))
+        }
     }
 }
 

@@ -7,16 +7,21 @@
 //! runtime's own metadata, always the first [`fields::METADATA`] fields in that order,
 //! followed by the original entry's fields, so `redis-cli XRANGE` shows the whole story.
 //! The metadata is told apart by position, never by name: an entry that carries fields
-//! named like it (forged, say) keeps them as its own. Replaying writes the original fields
-//! back to the stream the service consumes, as a new entry (same `event_id`: an event
-//! applied meanwhile has no second effect), and removes the dead letter; nothing in a
-//! dead letter decides where it goes.
+//! named like it (forged, say) keeps them as its own.
+//!
+//! Replaying hands the original entry straight to the service's own consumer, as if it
+//! had just been delivered (same `event_id`: an event applied meanwhile has no second
+//! effect), and removes the dead letter once that is settled: applied, a duplicate,
+//! skipped, or dead-lettered again with the new error. Nothing is written to any stream
+//! but the dead letters, so a service needs no right to write the stream it consumes
+//! (least-privilege Redis users), and nothing in a dead letter decides where it goes.
 
 use std::collections::BTreeMap;
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+use crate::consumer::{ConsumeError, Replay};
 use crate::keys::StreamKeys;
 use crate::stream_reply::RawEntry;
 
@@ -52,8 +57,7 @@ pub mod fields {
 #[derive(Clone)]
 pub struct DeadLetterStream {
     redis: ConnectionManager,
-    /// Key of the consumed stream, e.g. `ns:payment-events`: where entries come from and
-    /// are replayed to.
+    /// Key of the consumed stream, e.g. `ns:payment-events`: where entries come from.
     source: String,
     /// Key of the dead-letter stream, e.g. `ns:payment-events:dlq`.
     key: String,
@@ -82,12 +86,17 @@ pub struct DeadLetter {
     pub fields: BTreeMap<String, String>,
 }
 
-/// A replayed dead letter.
+/// A replayed dead letter, and what became of its entry.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
+    /// The dead letter's id (removed now).
     pub id: String,
-    pub stream: String,
-    pub replayed_as: String,
+    /// The entry's id in the consumed stream.
+    pub original_id: String,
+    /// `applied`, `duplicate` (applied before: no second effect), `skipped` (a type this
+    /// version does not know) or `dead_lettered` (it failed again: a new dead letter
+    /// holds the new error).
+    pub outcome: &'static str,
 }
 
 /// Why a dead letter was not replayed.
@@ -97,8 +106,12 @@ pub enum ReplayError {
     NotFound,
     #[error("the entry is not a dead letter written by this service")]
     NotReplayable,
+    #[error("the event could not be applied now (is the database down?); the dead letter is kept")]
+    Unfinished,
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Consume(#[from] ConsumeError),
 }
 
 type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -162,9 +175,14 @@ impl DeadLetterStream {
             .collect())
     }
 
-    /// Writes the original fields of dead letter `entry_id` back to its stream as a new
-    /// entry, then removes the dead letter.
-    pub async fn replay(&self, entry_id: &str) -> Result<Replayed, ReplayError> {
+    /// Hands the original entry of dead letter `entry_id` to `consumer`, and removes the
+    /// dead letter once the entry is settled (applied, a duplicate, skipped, or
+    /// dead-lettered anew). An entry that could not be settled now keeps its dead letter.
+    pub(crate) async fn replay(
+        &self,
+        entry_id: &str,
+        consumer: &dyn Replay,
+    ) -> Result<Replayed, ReplayError> {
         let mut redis = self.redis.clone();
         let found: Vec<(String, RawFields)> = redis::cmd("XRANGE")
             .arg(&self.key)
@@ -173,23 +191,38 @@ impl DeadLetterStream {
             .query_async(&mut redis)
             .await?;
         let (_, raw) = found.into_iter().next().ok_or(ReplayError::NotFound)?;
-        let original = original_fields(&raw).ok_or(ReplayError::NotReplayable)?;
-        let mut replay = redis::cmd("XADD");
-        replay.arg(&self.source).arg("*");
-        for (name, value) in original {
-            replay.arg(name.as_slice()).arg(value.as_slice());
-        }
-        let replayed_as: String = replay.query_async(&mut redis).await?;
+        let original_id = raw
+            .first()
+            .map(|(_, id)| String::from_utf8_lossy(id).into_owned());
+        let (Some(original), Some(original_id)) = (original_fields(&raw), original_id) else {
+            return Err(ReplayError::NotReplayable);
+        };
+        let fields = original
+            .iter()
+            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.clone()))
+            .collect();
+        let entry = RawEntry {
+            id: original_id.clone(),
+            fields: Some(fields),
+        };
+        let report = consumer.replay(entry).await?;
+        let outcome = match report {
+            r if r.applied > 0 => "applied",
+            r if r.duplicates > 0 => "duplicate",
+            r if r.skipped > 0 => "skipped",
+            r if r.dead_lettered > 0 => "dead_lettered",
+            _ => return Err(ReplayError::Unfinished),
+        };
         let _: u64 = redis::cmd("XDEL")
             .arg(&self.key)
             .arg(entry_id)
             .query_async(&mut redis)
             .await?;
-        tracing::info!(entry_id, stream = %self.source, replayed_as, "dead letter replayed");
+        tracing::info!(entry_id, stream = %self.source, original_id, outcome, "dead letter replayed");
         Ok(Replayed {
             id: entry_id.to_owned(),
-            stream: self.source.clone(),
-            replayed_as,
+            original_id,
+            outcome,
         })
     }
 }

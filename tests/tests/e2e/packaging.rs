@@ -136,6 +136,31 @@ fn payment_service_in_compose_matches_the_code() {
 }
 
 #[test]
+fn nothing_is_published_beyond_the_loopback_and_no_secret_is_shipped() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    for (name, service) in services {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = text(port);
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{} publishes {port} on every interface",
+                text(name)
+            );
+        }
+        let token = &service["environment"]["ADMIN_TOKEN"];
+        if !token.is_null() {
+            assert_eq!(
+                text(token),
+                "${ADMIN_TOKEN:-}",
+                "{}: the admin token comes from the user, none is shipped",
+                text(name)
+            );
+        }
+    }
+}
+
+#[test]
 fn backing_services_are_the_supported_versions_and_redis_persists() {
     let compose = compose();
     let image = |service: &str| {

@@ -459,6 +459,12 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     .await
     .expect("answers");
     assert_eq!(response.status(), 200);
+    let replayed: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        (&replayed["outcome"], &replayed["original_id"]),
+        (&json!("applied"), &json!("1-0")),
+        "{replayed}"
+    );
 
     order_when(&app, order_id, "the replayed payment to be applied", |o| {
         o["status"] == "PAID"
@@ -560,6 +566,7 @@ async fn a_dead_letter_cannot_name_where_it_is_replayed() {
     );
 
     let id = letter["id"].as_str().expect("an id");
+    let in_stream = ctx.entries(PAYMENT_EVENTS).await.len();
     let replayed: Value = admin(app.http.post(app.url(&format!("/admin/dlq/{id}/replay"))))
         .await
         .expect("answers")
@@ -567,9 +574,13 @@ async fn a_dead_letter_cannot_name_where_it_is_replayed() {
         .await
         .expect("JSON");
     assert_eq!(
-        replayed["stream"],
-        json!(ctx.stream(PAYMENT_EVENTS)),
-        "{replayed}"
+        replayed["outcome"], "dead_lettered",
+        "the consumer got it again, and it is still poison: {replayed}"
+    );
+    assert_eq!(
+        ctx.entries(PAYMENT_EVENTS).await.len(),
+        in_stream,
+        "a replay writes nothing to the stream"
     );
     let elsewhere: u64 = redis::cmd("EXISTS")
         .arg("elsewhere")

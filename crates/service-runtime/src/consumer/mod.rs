@@ -35,6 +35,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use events::Envelope;
+use futures::future::BoxFuture;
 use redis::RedisError;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,7 @@ use crate::backoff::Backoff;
 use crate::dead_letters::DeadLetterStream;
 use crate::keys::StreamKeys;
 use crate::redis_conn::RedisConnections;
+use crate::stream_reply::RawEntry;
 
 /// What a service does with events. Called inside the transaction that also records the
 /// events in the inbox; whatever it writes on `tx` commits together with those records.
@@ -119,6 +121,24 @@ enum ReadFrom {
     New,
     /// This consumer's own pending entries (`0`): ones it failed to finish.
     OwnPending,
+}
+
+/// An entry handed to the consumer outside the stream: a dead letter an operator
+/// replays ([`crate::dead_letters`]). Object-safe, so the admin API holds any service's
+/// consumer.
+pub(crate) trait Replay: Send + Sync {
+    /// Processes `entry` as if it had just been delivered for the first time: applied
+    /// (or found a duplicate) and acked, or dead-lettered again; not retried in place.
+    fn replay(&self, entry: RawEntry) -> BoxFuture<'_, Result<BatchReport, ConsumeError>>;
+}
+
+impl<H: EventHandler> Replay for Consumer<H> {
+    fn replay(&self, entry: RawEntry) -> BoxFuture<'_, Result<BatchReport, ConsumeError>> {
+        Box::pin(async move {
+            self.process(std::slice::from_ref(&entry), ReadFrom::New, None)
+                .await
+        })
+    }
 }
 
 /// Which stream a consumer reads, as whom, and how much at once.
@@ -217,7 +237,7 @@ impl<H: EventHandler> Consumer<H> {
     /// Runs until `shutdown`: first its own pending entries, then new ones. A read in
     /// progress is let finish (at most `BLOCK`) and its entries are processed and acked
     /// before returning, so nothing delivered is left half done.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new();
         let mut from = ReadFrom::OwnPending;
         let mut group_ready = false;

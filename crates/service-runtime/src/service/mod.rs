@@ -37,6 +37,7 @@ use crate::admin;
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
+use crate::http_server;
 use crate::observability;
 use crate::outbox::AwaitingAnswer;
 use crate::problem::{self, BODY_LIMIT_BYTES};
@@ -115,14 +116,33 @@ pub async fn start<H: EventHandler>(
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
     };
+    let consumer_name = settings.stream.consumer_name();
+    let consumer = Arc::new(Consumer::new(
+        infra.pool.clone(),
+        infra.redis.clone(),
+        &infra.keys,
+        ConsumerConfig {
+            stream: parts.consumes,
+            group: parts.group,
+            consumer: consumer_name.clone(),
+            read_count: settings.stream.read_count as usize,
+            block: Duration::from_millis(settings.stream.read_block_ms),
+            max_deliveries: settings.stream.max_deliveries,
+            claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
+            parallelism: settings.stream.consumer_parallelism as usize,
+        },
+        parts.handler,
+    ));
+
     let dead_letters =
         DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
     let (routes, openapi) = OpenApiRouter::new()
         .merge(parts.routes)
         .merge(admin::router(
             dead_letters,
+            consumer.clone(),
             parts.admin_routes,
-            settings.admin_token.clone(),
+            settings.admin_token(),
         ))
         .merge(health::router(readiness))
         .merge(observability::router())
@@ -147,33 +167,10 @@ pub async fn start<H: EventHandler>(
         RELAY_BATCH_SIZE,
         RELAY_POLL_INTERVAL,
     );
-    let consumer_name = settings.stream.consumer_name();
-    let consumer = Consumer::new(
-        infra.pool.clone(),
-        infra.redis.clone(),
-        &infra.keys,
-        ConsumerConfig {
-            stream: parts.consumes,
-            group: parts.group,
-            consumer: consumer_name.clone(),
-            read_count: settings.stream.read_count as usize,
-            block: Duration::from_millis(settings.stream.read_block_ms),
-            max_deliveries: settings.stream.max_deliveries,
-            claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
-            parallelism: settings.stream.consumer_parallelism as usize,
-        },
-        parts.handler,
-    );
-
     let mut tasks = JoinSet::new();
-    let stop = shutdown.clone();
+    let (stop, limits) = (shutdown.clone(), settings.http_limits());
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            error!(error = %e, "HTTP server failed");
-        }
+        http_server::serve(listener, app, limits, stop).await;
         "http server"
     });
     let stop = shutdown.clone();

@@ -99,7 +99,11 @@ fn event() -> Envelope {
         Event::OrderCreated(OrderCreated {
             order_id: Uuid::now_v7(),
             customer_id: "c".into(),
-            items: vec![],
+            items: vec![events::OrderItem {
+                sku: "s".into(),
+                quantity: 1,
+                unit_price_cents: 0,
+            }],
             total_cents: 0,
             currency: Currency::parse("EUR").expect("valid"),
         }),
@@ -309,7 +313,8 @@ async fn a_consumer_recreates_its_group_when_redis_loses_it() {
     let pool = database(&ctx).await;
     let consumer = consumer(&ctx, &pool, CountingHandler::default()).await;
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move { consumer.run(stop).await });
     ctx.xadd(STREAM, &event().to_fields()).await;
     ctx.drained(STREAM, GROUP).await;
 
