@@ -40,6 +40,14 @@ impl TestContext {
         }
     }
 
+    /// A context without a stream namespace (`STREAM_NAMESPACE` empty), for a private
+    /// Redis whose configuration names the keys as a deployment does (an ACL file).
+    pub fn unnamespaced(redis_url: &str) -> Self {
+        let mut context = Self::with_redis(redis_url);
+        context.namespace.clear();
+        context
+    }
+
     /// The stream namespace of this test (`STREAM_NAMESPACE`).
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -156,7 +164,7 @@ impl TestContext {
     }
 
     /// Arguments every service started by a test gets: free port, the test's database,
-    /// Redis and namespace, small pools, short reads.
+    /// Redis and namespace, small pools, short reads: flag and value pairs.
     pub fn service_args(&self, database_url: &str) -> Vec<String> {
         [
             "--http-addr",

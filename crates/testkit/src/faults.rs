@@ -19,21 +19,42 @@ pub fn free_port() -> u16 {
 pub struct PrivateRedis {
     port: u16,
     server: Option<std::process::Child>,
+    /// More `redis-server` arguments (e.g. `--aclfile`).
+    args: Vec<String>,
+    /// The user the test itself connects as, if not the default one.
+    user: Option<(String, String)>,
 }
 
 impl PrivateRedis {
     /// Starts `redis-server` on a free port and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_with(&[], None).await
+    }
+
+    /// Starts `redis-server` with more arguments (`--aclfile …`, say), and waits until it
+    /// answers `user` (`(name, password)`; the default user when `None`).
+    pub async fn start_with(args: &[&str], user: Option<(&str, &str)>) -> Self {
         let mut redis = Self {
             port: free_port(),
             server: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            user: user.map(|(name, password)| (name.to_owned(), password.to_owned())),
         };
         redis.restart().await;
         redis
     }
 
+    /// The URL the test connects with (as its user, if it has one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.user {
+            Some((name, password)) => self.url_as(name, password),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The URL of user `name`.
+    pub fn url_as(&self, name: &str, password: &str) -> String {
+        format!("redis://{name}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// Kills the server at once (`SIGKILL`): clients see their connections drop.
@@ -58,6 +79,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

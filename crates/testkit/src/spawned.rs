@@ -13,7 +13,8 @@ use crate::context::TestContext;
 
 impl TestContext {
     /// Starts a service in-process on a fresh database, the way `main` does: settings
-    /// parsed from [`service_args`](Self::service_args) plus `extra_args`, then `start`.
+    /// parsed from [`service_args`](Self::service_args) plus `extra_args` (a flag given
+    /// there replaces the default one), then `start`.
     pub async fn spawn<S, F, Fut>(&self, name: &str, extra_args: &[&str], start: F) -> Spawned
     where
         S: clap::Parser,
@@ -37,8 +38,14 @@ impl TestContext {
         F: FnOnce(S, CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<RunningService>>,
     {
+        let defaults = self.service_args(database_url);
+        let defaults = defaults
+            .chunks(2)
+            .filter(|flag_value| !extra_args.contains(&flag_value[0].as_str()))
+            .flatten()
+            .cloned();
         let args = std::iter::once(name.to_owned())
-            .chain(self.service_args(database_url))
+            .chain(defaults)
             .chain(extra_args.iter().map(|a| (*a).to_owned()));
         let settings =
             S::try_parse_from(args).unwrap_or_else(|e| panic!("test settings are invalid: {e}"));

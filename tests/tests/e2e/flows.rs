@@ -9,7 +9,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 
-async fn post(app: &Spawned, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(app: &Spawned, path: &str, body: &Value) -> (u16, Value) {
     let response = app
         .http
         .post(app.url(path))
@@ -22,7 +22,7 @@ async fn post(app: &Spawned, path: &str, body: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn final_order(orders: &Spawned, id: &str) -> Value {
+pub(crate) async fn final_order(orders: &Spawned, id: &str) -> Value {
     let path = format!("/orders/{id}");
     eventually(
         &format!("{path} to be decided"),
@@ -39,7 +39,7 @@ async fn final_order(orders: &Spawned, id: &str) -> Value {
     .await
 }
 
-fn order_of(customer: &str, cents: i64) -> Value {
+pub(crate) fn order_of(customer: &str, cents: i64) -> Value {
     json!({"customer_id": customer, "currency": "EUR", "items": [{"sku": "thing", "quantity": 1, "unit_price_cents": cents}]})
 }
 

@@ -9,4 +9,5 @@ mod openapi;
 mod outages;
 mod packaging;
 mod recovery;
+mod redis_acl;
 mod retention;

@@ -9,12 +9,12 @@ use std::path::Path;
 use clap::CommandFactory;
 use serde_yaml::Value;
 
-fn repo_file(name: &str) -> String {
+pub(crate) fn repo_file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn compose() -> Value {
+pub(crate) fn compose() -> Value {
     let mut compose: Value =
         serde_yaml::from_str(&repo_file("docker-compose.yml")).expect("valid YAML");
     compose.apply_merge().expect("merge keys resolve");
@@ -32,7 +32,7 @@ fn variables_read(command: clap::Command) -> BTreeSet<String> {
     read
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),

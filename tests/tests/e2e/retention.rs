@@ -10,14 +10,14 @@ use testkit::{TestContext, eventually};
 use crate::chaos::QUIET;
 
 /// Trim as hard and as often as the groups allow.
-const TRIM_HARD: &[&str] = &[
+pub(crate) const TRIM_HARD: &[&str] = &[
     "--stream-retention-ms",
     "0",
     "--stream-trim-interval-ms",
     "50",
 ];
 
-async fn length(ctx: &TestContext, logical: &str) -> u64 {
+pub(crate) async fn length(ctx: &TestContext, logical: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(ctx.stream(logical))
         .query_async(&mut ctx.redis().await)
