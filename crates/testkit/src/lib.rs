@@ -2,7 +2,8 @@
 //!
 //! [`backends`] finds the servers, [`context`] gives each test its slice of them,
 //! [`spawned`] starts services in-process, [`waiting`] waits with a deadline, and
-//! [`faults`] breaks things for one test only.
+//! [`faults`] breaks things for one test only, and [`tls`] gives one test servers that
+//! speak TLS with certificates it generates.
 //!
 //! - Backends come from `DATABASE_URL` and `REDIS_URL` when set (CI sets them); otherwise
 //!   Postgres 16 and Redis 7.2 containers are started once per test process with
@@ -17,12 +18,14 @@ pub mod backends;
 pub mod context;
 pub mod faults;
 pub mod spawned;
+pub mod tls;
 pub mod waiting;
 
 pub use backends::{Backends, backends, with_database};
 pub use context::TestContext;
 pub use faults::{FaultProxy, PrivateRedis, free_port, host_port};
 pub use spawned::Spawned;
+pub use tls::{TestCertificates, TlsPostgres, TlsRedis};
 pub use waiting::eventually;
 
 /// The admin token test services are started with when a test needs the admin API.

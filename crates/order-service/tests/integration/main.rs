@@ -1,7 +1,9 @@
 //! order-service's integration tests against real Postgres and Redis, in one test binary
-//! (one link step): the order flows, forged outcomes and the service's plumbing.
+//! (one link step): the order flows, forged outcomes, the service's plumbing, and TLS to
+//! both backends.
 
 mod flows;
 mod forged;
 mod orders;
 mod support;
+mod tls;
