@@ -25,12 +25,13 @@ pub async fn start(
     let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
+        relay: infra.relay_waker.clone(),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
-    let pool = infra.pool.clone();
+    let (pool, relay) = (infra.pool.clone(), infra.relay_waker.clone());
     let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
-        let pool = pool.clone();
-        async move { Ok(orders::republish_unanswered(&pool, after).await?) }
+        let (pool, relay) = (pool.clone(), relay.clone());
+        async move { Ok(orders::republish_unanswered(&pool, &relay, after).await?) }
     });
     let (pool, keys) = (
         infra.pool.clone(),

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::db::{self, OrderFilter};
 use crate::domain::{NewOrder, Order, OrderRequest, OrderStatus};
 use crate::orders::{self, CancelError, PlaceError};
+use service_runtime::outbox::RelayWaker;
 
 /// Page size of `GET /orders` when none is asked for, and the most it gives.
 pub const DEFAULT_PAGE: i64 = 20;
@@ -27,6 +28,8 @@ pub const MAX_PAGE: i64 = 100;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Woken after an order or a cancellation committed its event.
+    pub relay: RelayWaker,
 }
 
 /// The order routes.
@@ -78,7 +81,7 @@ async fn create_order(
 ) -> Result<Response, Problem> {
     let key = idempotency::idempotency_key(&headers)?;
     let order = NewOrder::try_from(request).map_err(Problem::validation)?;
-    let placed = orders::place_order(&state.pool, &order, key).await?;
+    let placed = orders::place_order(&state.pool, &state.relay, &order, key).await?;
     let location = format!("/orders/{}", placed.order.id);
     let mut response = (
         StatusCode::CREATED,
@@ -125,7 +128,9 @@ async fn cancel_order(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, Problem> {
-    Ok(Json(orders::cancel_order(&state.pool, id).await?))
+    Ok(Json(
+        orders::cancel_order(&state.pool, &state.relay, id).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -1,4 +1,5 @@
-//! The order use cases, each owning its transaction.
+//! The order use cases, each owning its transaction, and waking the relay after a commit
+//! that gave it events to publish.
 //!
 //! - Placing: the order row and its `OrderCreated` commit in one transaction
 //!   (transactional outbox, SPEC §4.1); the relay publishes the event. An
@@ -17,7 +18,7 @@ use std::time::Duration;
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, EventType, OrderCancelled, OrderCreated, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox::{self, AwaitingAnswer, OutboxRow};
+use service_runtime::outbox::{self, AwaitingAnswer, OutboxRow, RelayWaker};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -58,6 +59,7 @@ pub enum PlaceError {
 /// repeat of the same request then returns the first order).
 pub async fn place_order(
     pool: &PgPool,
+    relay: &RelayWaker,
     order: &NewOrder,
     idempotency_key: Option<&str>,
 ) -> Result<Placed, PlaceError> {
@@ -77,6 +79,7 @@ pub async fn place_order(
     );
     let Some(key) = idempotency_key else {
         let order = db::insert_order_with_event(pool, id, order, &event).await?;
+        relay.wake();
         return Ok(Placed {
             order,
             replayed: false,
@@ -101,6 +104,7 @@ pub async fn place_order(
     }
     let placed = db::insert_order_with_event(&mut *tx, id, order, &event).await?;
     tx.commit().await?;
+    relay.wake();
     Ok(Placed {
         order: placed,
         replayed: false,
@@ -121,7 +125,11 @@ pub enum CancelError {
 /// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled`, atomically.
 /// Concurrent cancellations of one order are serialised by its row lock: one wins, the
 /// others see `CANCELLED` and conflict.
-pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError> {
+pub async fn cancel_order(
+    pool: &PgPool,
+    relay: &RelayWaker,
+    id: Uuid,
+) -> Result<Order, CancelError> {
     let mut tx = pool.begin().await?;
     let order = db::lock_orders(&mut tx, &[id])
         .await?
@@ -143,6 +151,7 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
             );
             outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
             tx.commit().await?;
+            relay.wake();
             Ok(cancelled)
         }
         Transition::Keep | Transition::Conflict => Err(CancelError::Conflict(order.status)),
@@ -153,7 +162,11 @@ pub async fn cancel_order(pool: &PgPool, id: Uuid) -> Result<Order, CancelError>
 /// the `OrderCreated` of orders still `PENDING`, and the `OrderCancelled` of cancelled
 /// orders whose cancellation is not confirmed, whose event went out more than `after`
 /// ago. Returns how many.
-pub async fn republish_unanswered(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
+pub async fn republish_unanswered(
+    pool: &PgPool,
+    relay: &RelayWaker,
+    after: Duration,
+) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
     let pending = db::stale_pending_orders(&mut tx, after).await?;
     let created = [EventType::OrderCreated];
@@ -162,6 +175,9 @@ pub async fn republish_unanswered(pool: &PgPool, after: Duration) -> sqlx::Resul
     let cancellation = [EventType::OrderCancelled];
     rearmed += outbox::republish(&mut tx, &cancelled, Some(&cancellation), after).await?;
     tx.commit().await?;
+    if rearmed > 0 {
+        relay.wake();
+    }
     Ok(rearmed)
 }
 

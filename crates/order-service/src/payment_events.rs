@@ -27,6 +27,9 @@ use crate::orders;
 pub struct PaymentEvents;
 
 impl EventHandler for PaymentEvents {
+    /// Payment outcomes only change orders; nothing is published in answer.
+    const WRITES_OUTBOX: bool = false;
+
     async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
         let outcomes = events
             .iter()

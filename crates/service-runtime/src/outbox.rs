@@ -3,22 +3,44 @@
 //! A service never writes its database and then `XADD`s separately: a crash between the
 //! two would lose the event or publish one for a change that never committed. Instead it
 //! calls [`enqueue`] inside the transaction of the state change; the row commits or rolls
-//! back with it, and the [relay](crate::relay) publishes it afterwards. A statement-level
-//! trigger (see the migrations) sends `NOTIFY outbox` so the relay wakes at once.
+//! back with it, and the [relay](crate::relay) publishes it afterwards. The code that
+//! committed it wakes its own process's relay through a [`RelayWaker`], after the
+//! commit: no `NOTIFY`, which would serialise the commits of every notifying transaction
+//! (Postgres holds a global lock across them), so commits still group.
 //!
 //! The row stores the finished field list of the stream entry, so what the relay writes,
 //! and re-writes after a broker loss, is byte-for-byte the event that was committed. A
 //! service may also write the [`OutboxRow`] in the very statement that makes its change
 //! (one statement is atomic on its own), saving the round trips of a transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::{Envelope, EventType};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The `LISTEN`/`NOTIFY` channel the outbox trigger signals on each insert.
-pub const NOTIFY_CHANNEL: &str = "outbox";
+/// Wakes this process's relay: call [`wake`](Self::wake) after committing a transaction
+/// that added or re-armed outbox rows. It never blocks, and a wake while the relay is
+/// busy makes it pass once more, so none is lost. Rows of another process are published
+/// by that process's relay; rows whose writer died before waking anyone, by the relay's
+/// poll (every second).
+#[derive(Debug, Clone, Default)]
+pub struct RelayWaker(Arc<Notify>);
+
+impl RelayWaker {
+    /// Tells the relay there are rows to publish.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// Waits for the next [`wake`](Self::wake) (or returns at once for one that came
+    /// while nobody waited).
+    pub(crate) async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
 
 /// The values of one outbox row: the columns of `INSERT INTO outbox (event_id, stream,
 /// event_type, order_id, fields)`, in that order.
@@ -117,8 +139,8 @@ pub async fn enqueue_all(
 }
 
 /// Publishes again, with the same `event_id`s, the events of `order_ids` that went out
-/// at least `published_ago` ago: all of them, or only those of `event_types`. Wakes the
-/// relay when there are any (at commit). Returns how many. A consumer's inbox absorbs
+/// at least `published_ago` ago: all of them, or only those of `event_types`. Returns
+/// how many; wake the relay after the commit when there are any. A consumer's inbox absorbs
 /// the repeat; a producer uses this to repair a broker that lost an event, or to answer
 /// a question asked again (SPEC §4.6).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
@@ -141,16 +163,9 @@ pub async fn republish(
     .bind(order_ids)
     .bind(types)
     .bind(published_ago.as_secs_f64())
-    .execute(&mut *conn)
+    .execute(conn)
     .await?
     .rows_affected();
-    if rearmed > 0 {
-        // The insert trigger does not fire for re-armed rows.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(conn)
-            .await?;
-    }
     Ok(rearmed)
 }
 

@@ -8,13 +8,12 @@
 //! `XADD`, the rows are published again later with the same `event_id`, which consumers'
 //! inboxes absorb. Either way an event is published at least once and applied once.
 //!
-//! [`OutboxRelay::run`] wakes on `NOTIFY outbox` (sent by a trigger on insert), with a
-//! periodic poll as the safety net for notifications lost while reconnecting.
+//! [`OutboxRelay::run`] wakes when its process committed rows ([`RelayWaker`]), with a
+//! periodic poll as the safety net for rows no live process woke it for (their writer
+//! died between commit and wake, or another replica's relay is gone).
 
 use std::time::Duration;
 
-use futures::FutureExt;
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -22,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
 use crate::observability::EVENTS_PUBLISHED;
-use crate::outbox::NOTIFY_CHANNEL;
+use crate::outbox::RelayWaker;
 use redis::aio::ConnectionManager;
 
 /// Why a relay pass published nothing. The rows stay unpublished and are retried.
@@ -41,17 +40,19 @@ pub struct OutboxRelay {
     keys: StreamKeys,
     batch_size: i64,
     poll_interval: Duration,
+    waker: RelayWaker,
 }
 
 impl OutboxRelay {
-    /// A relay publishing up to `batch_size` rows per pass, polling every
-    /// `poll_interval` when no notification arrives.
+    /// A relay publishing up to `batch_size` rows per pass, woken by `waker`, polling
+    /// every `poll_interval` when nobody wakes it.
     pub fn new(
         pool: PgPool,
         redis: ConnectionManager,
         keys: StreamKeys,
         batch_size: usize,
         poll_interval: Duration,
+        waker: RelayWaker,
     ) -> Self {
         Self {
             pool,
@@ -59,6 +60,7 @@ impl OutboxRelay {
             keys,
             batch_size: i64::try_from(batch_size).unwrap_or(i64::MAX),
             poll_interval,
+            waker,
         }
     }
 
@@ -119,7 +121,6 @@ impl OutboxRelay {
     /// Publishes until `shutdown`, then makes one last pass to flush what is committed.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new();
-        let mut listener: Option<PgListener> = None;
         loop {
             if let Err(e) = self.drain().await {
                 warn!(error = %e, "outbox relay failed; retrying");
@@ -129,19 +130,10 @@ impl OutboxRelay {
                 continue;
             }
             backoff.reset();
-            if shutdown.is_cancelled() {
-                break;
-            }
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
-            let lost_listener = tokio::select! {
-                () = shutdown.cancelled() => false,
-                () = tokio::time::sleep(self.poll_interval) => false,
-                notified = wait_for_notification(listener.as_mut()) => notified.is_err(),
-            };
-            if lost_listener {
-                listener = None;
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(self.poll_interval) => {}
+                () = self.waker.woken() => {}
             }
         }
         match self.drain().await {
@@ -157,33 +149,4 @@ impl OutboxRelay {
         while self.relay_once().await? as i64 == self.batch_size {}
         Ok(())
     }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        match listener.await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                warn!(error = %e, "cannot LISTEN for outbox inserts; polling until it can");
-                None
-            }
-        }
-    }
-}
-
-/// Waits for the next `NOTIFY outbox`, then swallows every other one that has arrived
-/// (one pass serves them all: each insert notifies, and a pass per notification would
-/// trail behind a busy outbox long after it is empty). Never returns without a listener.
-async fn wait_for_notification(listener: Option<&mut PgListener>) -> Result<(), sqlx::Error> {
-    let Some(listener) = listener else {
-        return std::future::pending().await;
-    };
-    listener.recv().await?;
-    // `try_recv` is cancel-safe (a message is read whole or not at all), so polling it
-    // once and dropping it when nothing more has arrived loses nothing.
-    while let Some(Some(_)) = listener.try_recv().now_or_never().transpose()? {}
-    Ok(())
 }

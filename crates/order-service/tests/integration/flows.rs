@@ -485,9 +485,11 @@ async fn idempotency_keys_are_kept_for_their_retention_then_pruned() {
         .await
         .expect("ages a key");
 
+    // The service's own pruner may get there first (it runs at start-up too); either way
+    // the old key goes and the new one stays.
     let pruned =
         order_service::db::prune_idempotency_keys(&app.pool, Duration::from_secs(24 * 3600));
-    assert_eq!(pruned.await.expect("prunes"), 1);
+    assert!(pruned.await.expect("prunes") <= 1);
     let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
         .fetch_all(&app.pool)
         .await

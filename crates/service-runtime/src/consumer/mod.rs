@@ -44,12 +44,18 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::dead_letters::DeadLetterStream;
 use crate::keys::StreamKeys;
+use crate::outbox::RelayWaker;
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::RawEntry;
 
 /// What a service does with events. Called inside the transaction that also records the
 /// events in the inbox; whatever it writes on `tx` commits together with those records.
 pub trait EventHandler: Send + Sync + 'static {
+    /// Whether handling (or [`on_duplicate`](Self::on_duplicate)) may write the outbox:
+    /// then the consumer wakes the relay after each batch that committed. A handler that
+    /// never publishes says `false` and saves the relay an empty pass per batch.
+    const WRITES_OUTBOX: bool = true;
+
     /// Applies `events`, all seen for the first time, in stream order. Never called
     /// twice for one `event_id` with both committing. Meant to be set-based: a few
     /// statements for the whole slice, not a round trip per event.
@@ -186,6 +192,7 @@ pub struct Consumer<H> {
     stream_key: String,
     dead_letters: DeadLetterStream,
     handler: H,
+    relay: RelayWaker,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -195,8 +202,10 @@ impl<H: EventHandler> Consumer<H> {
         keys: &StreamKeys,
         config: ConsumerConfig,
         handler: H,
+        relay: RelayWaker,
     ) -> Self {
         Self {
+            relay,
             stream_key: keys.stream(config.stream),
             dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
             pool,

@@ -8,6 +8,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::keys::StreamKeys;
+use crate::outbox::RelayWaker;
 use crate::redis_conn::RedisConnections;
 use crate::settings::CommonSettings;
 
@@ -17,6 +18,9 @@ pub struct Infrastructure {
     pub pool: PgPool,
     pub redis: RedisConnections,
     pub keys: StreamKeys,
+    /// Wakes the service's relay: the code that commits outbox rows wakes it after the
+    /// commit.
+    pub relay_waker: RelayWaker,
 }
 
 impl Infrastructure {
@@ -43,6 +47,7 @@ impl Infrastructure {
             pool,
             redis,
             keys: StreamKeys::new(settings.stream.stream_namespace.clone()),
+            relay_waker: RelayWaker::default(),
         })
     }
 }

@@ -45,7 +45,7 @@ use crate::relay::OutboxRelay;
 use crate::request;
 use crate::settings::CommonSettings;
 
-/// How often the relay polls when no notification arrives (the safety net only).
+/// How often the relay polls when nobody wakes it (the safety net only).
 const RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Outbox rows per relay pass.
 const RELAY_BATCH_SIZE: usize = 500;
@@ -132,6 +132,7 @@ pub async fn start<H: EventHandler>(
             parallelism: settings.stream.consumer_parallelism as usize,
         },
         parts.handler,
+        infra.relay_waker.clone(),
     ));
 
     let dead_letters =
@@ -166,6 +167,7 @@ pub async fn start<H: EventHandler>(
         infra.keys.clone(),
         RELAY_BATCH_SIZE,
         RELAY_POLL_INTERVAL,
+        infra.relay_waker.clone(),
     );
     let mut tasks = JoinSet::new();
     let (stop, limits) = (shutdown.clone(), settings.http_limits());

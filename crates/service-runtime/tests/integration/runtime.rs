@@ -1,6 +1,6 @@
 //! The stream runtime against real Postgres and Redis, through its deterministic hooks
 //! (`consume_once`, `relay_once`): inbox dedupe, ack only after commit, retry of
-//! transient failures, relay wake-up by NOTIFY, two relays, and a vanished group.
+//! transient failures, relay wake-up (in process, and by its poll), two relays, and a vanished group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use events::{Currency, Envelope, Event, OrderCreated, Producer};
 use service_runtime::consumer::ConsumerConfig;
+use service_runtime::outbox::RelayWaker;
 use service_runtime::redis_conn::RedisConnections;
 use service_runtime::{Consumer, EventHandler, HandleError, OutboxRelay, StreamKeys, outbox};
 use sqlx::{PgConnection, PgPool};
@@ -88,6 +89,7 @@ async fn consumer(
         &StreamKeys::new(ctx.namespace()),
         config,
         handler,
+        RelayWaker::default(),
     );
     consumer.ensure_group().await.expect("group");
     consumer
@@ -211,6 +213,15 @@ async fn an_entry_failing_its_last_allowed_delivery_is_dead_lettered() {
 }
 
 async fn relay(ctx: &TestContext, pool: &PgPool, poll: Duration) -> OutboxRelay {
+    relay_woken_by(ctx, pool, poll, &RelayWaker::default()).await
+}
+
+async fn relay_woken_by(
+    ctx: &TestContext,
+    pool: &PgPool,
+    poll: Duration,
+    waker: &RelayWaker,
+) -> OutboxRelay {
     let redis = RedisConnections::connect(ctx.redis_url(), Duration::from_secs(1))
         .await
         .expect("redis");
@@ -220,6 +231,7 @@ async fn relay(ctx: &TestContext, pool: &PgPool, poll: Duration) -> OutboxRelay 
         StreamKeys::new(ctx.namespace()),
         50,
         poll,
+        waker.clone(),
     )
 }
 
@@ -231,42 +243,61 @@ async fn enqueue(pool: &PgPool, envelope: &Envelope) {
     tx.commit().await.expect("commits");
 }
 
-#[tokio::test]
-async fn the_relay_wakes_on_notify_not_on_its_poll() {
-    let ctx = TestContext::new();
-    let pool = database(&ctx).await;
-    let relay = relay(&ctx, &pool, Duration::from_secs(3600)).await;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
-    // Let the relay reach its wait (LISTEN registered) with an empty outbox.
-    eventually("the relay to LISTEN", Duration::from_secs(5), || async {
-        let listening: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
-                .fetch_one(&pool)
-                .await
-                .map_err(|e| e.to_string())?;
-        if listening > 0 {
-            Ok(())
-        } else {
-            Err("not listening".into())
+/// How many entries `ctx`'s stream holds, within `deadline`, once it holds `n`.
+async fn published(ctx: &TestContext, n: usize, what: &str, deadline: Duration) {
+    eventually(what, deadline, || async {
+        match ctx.entries(STREAM).await.len() {
+            found if found == n => Ok(()),
+            found => Err(format!("{found} entries")),
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_relay_wakes_when_its_process_committed_not_on_its_poll() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let waker = RelayWaker::default();
+    let relay = relay_woken_by(&ctx, &pool, Duration::from_secs(3600), &waker).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
 
     enqueue(&pool, &event()).await;
-    eventually(
+    waker.wake();
+    published(
+        &ctx,
+        1,
         "the event on the stream, an hour before the next poll",
         Duration::from_secs(3),
-        || async {
-            let n = ctx.entries(STREAM).await.len();
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(format!("{n} entries"))
-            }
-        },
     )
     .await;
+    // Wakes while it is busy or before it waits are not lost either.
+    for _ in 0..3 {
+        enqueue(&pool, &event()).await;
+        waker.wake();
+    }
+    published(
+        &ctx,
+        4,
+        "every woken row on the stream",
+        Duration::from_secs(3),
+    )
+    .await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+}
+
+#[tokio::test]
+async fn the_relay_polls_for_rows_nobody_woke_it_for() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let relay = relay(&ctx, &pool, Duration::from_millis(200)).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // Committed by a process that died before waking its relay.
+    enqueue(&pool, &event()).await;
+    published(&ctx, 1, "the row found by the poll", Duration::from_secs(3)).await;
     shutdown.cancel();
     running.await.expect("relay stops");
 }
