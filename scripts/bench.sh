@@ -7,6 +7,8 @@
 #   scripts/bench.sh                                  # 10000 orders, 16 in flight
 #   scripts/bench.sh --orders 5000 --rate 100         # a fixed rate instead
 #   scripts/bench.sh --orders 300 --pgbench-seconds 2 # the smoke run CI does
+#   scripts/bench.sh --rate 800 --duration 600 --quiet  # a soak: a line a minute
+#   PAYMENT_REPLICAS=2 scripts/bench.sh               # two payment-service replicas
 #
 # Any loadgen flag may be given (see `cargo run -p loadgen -- --help`).
 set -euo pipefail

@@ -8,6 +8,7 @@
 #   PROFILE       cargo profile: release or dev      (default release)
 #   ADMIN_TOKEN   admin API token, 16+ characters    (default: none, the admin API is off)
 #   ORDERS_DB, PAYMENTS_DB  database names           (default orders, payments)
+#   PAYMENT_REPLICAS  payment-service processes      (default 1; more listen on :8082, :8083, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,10 @@ DATABASE_URL="$postgres_url/$orders_db" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8
 pids+=($!)
 DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
 pids+=($!)
+for replica in $(seq 2 "${PAYMENT_REPLICAS:-1}"); do
+  DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=127.0.0.1:$((8080 + replica)) "$bin/payment-service" &
+  pids+=($!)
+done
 
 echo "order-service   -> http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}"
 echo "payment-service -> http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}"

@@ -12,10 +12,14 @@
 //!    same Postgres (a scratch database with the real schema), for the reference rate;
 //! 4. reports memory and idle CPU of the service processes it is told to watch;
 //! 5. prints the figures, writes them as JSON, and draws the latency CDFs as SVG.
+//!
+//! With `--duration`, it is a soak: `--rate` held that long, and a line per
+//! `--report-every` of what must stay flat (see [`soak`]).
 
 mod plot;
 mod reference;
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::PgPool;
@@ -61,6 +66,19 @@ struct Args {
     /// Place orders at this fixed rate per second instead (open loop).
     #[arg(long)]
     rate: Option<f64>,
+    /// A soak: hold `--rate` for this many seconds (the order count follows), reporting
+    /// every `--report-every`.
+    #[arg(long, requires = "rate", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration: Option<u64>,
+    /// Seconds per soak window.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    report_every: u64,
+    /// Redis, for the soak's memory and stream lengths.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// The services' `STREAM_NAMESPACE`, to find their streams.
+    #[arg(long, env = "STREAM_NAMESPACE", default_value = "")]
+    stream_namespace: String,
     /// How long pgbench runs; 0 skips the reference.
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u64,
@@ -91,12 +109,19 @@ fn parse_watch(value: &str) -> Result<(String, u32), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let (Some(duration), Some(rate)) = (args.duration, args.rate) {
+        args.orders = (rate * duration as f64).ceil().max(1.0) as u64;
+    }
     let pool = PgPool::connect(&args.orders_database_url)
         .await
         .context("cannot connect to the order database")?;
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
 
+    let soaking = match args.duration {
+        Some(_) => Some(start_soak(&args, &pool).await?),
+        None => None,
+    };
     let placed = place(&args, &run).await?;
     if placed.accepted.is_empty() {
         bail!(
@@ -106,6 +131,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let settled = settle(&args, &pool, &placed.accepted).await?;
+    let soak = match soaking {
+        Some((stop, windows)) => {
+            stop.cancel();
+            windows.await?
+        }
+        None => Vec::new(),
+    };
 
     let reference_tps = if args.pgbench_seconds > 0 {
         Some(
@@ -135,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         pgbench_order_create_tps: reference_tps,
         ratio_to_pgbench: reference_tps.map(|tps| settled.completed_per_second / tps),
         processes,
+        soak,
     };
     figures.print();
     write(&args.json, &serde_json::to_string_pretty(&json!(figures))?)?;
@@ -148,6 +181,34 @@ async fn main() -> anyhow::Result<()> {
         args.plot.display()
     );
     Ok(())
+}
+
+/// Starts sampling the soak's windows; cancel the token to stop and collect them.
+async fn start_soak(
+    args: &Args,
+    pool: &PgPool,
+) -> anyhow::Result<(
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Vec<soak::Window>>,
+)> {
+    let redis = match redis::Client::open(args.redis_url.as_str()) {
+        Ok(client) => client.get_multiplexed_async_connection().await.ok(),
+        Err(_) => None,
+    };
+    let keys = service_runtime::StreamKeys::new(args.stream_namespace.clone());
+    let probes = soak::Probes {
+        orders: pool.clone(),
+        redis,
+        streams: [ORDER_EVENTS, PAYMENT_EVENTS]
+            .into_iter()
+            .map(|s| keys.stream(s))
+            .collect(),
+        watch: args.watch.clone(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let every = Duration::from_secs(args.report_every);
+    let windows = tokio::spawn(soak::sample(probes, every, stop.clone()));
+    Ok((stop, windows))
 }
 
 fn write(path: &PathBuf, content: &str) -> anyhow::Result<()> {

@@ -58,6 +58,8 @@ pub struct Figures {
     pub pgbench_order_create_tps: Option<f64>,
     pub ratio_to_pgbench: Option<f64>,
     pub processes: Vec<ProcessFigures>,
+    /// A soak's windows (empty unless `--duration`).
+    pub soak: Vec<crate::soak::Window>,
 }
 
 impl Figures {
