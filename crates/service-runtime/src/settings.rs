@@ -110,8 +110,10 @@ pub struct StreamSettings {
     /// This process's name in its consumer group; default `hostname-pid`.
     #[arg(long, env = "CONSUMER_NAME", value_parser = consumer_name)]
     pub consumer_name: Option<String>,
-    /// Entries per `XREADGROUP` (`COUNT`).
-    #[arg(long, env = "READ_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Entries per `XREADGROUP` (`COUNT`): the most one batch transaction applies. A
+    /// batch costs a fixed number of round trips and one commit whatever its size, so
+    /// large batches are what lets the consumers keep up under load.
+    #[arg(long, env = "READ_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub read_count: u32,
     /// How long a read waits for new entries (`BLOCK`), in ms.
     #[arg(long, env = "READ_BLOCK_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -459,7 +461,7 @@ mod tests {
     #[test]
     fn defaults_suffice() {
         let probe = parse(&[]).expect("only the URLs are required");
-        assert_eq!(probe.common.stream.read_count, 100);
+        assert_eq!(probe.common.stream.read_count, 1000);
         assert_eq!(probe.common.stream.stream_namespace, "");
         assert!(probe.common.stream.consumer_name().contains('-'));
     }
