@@ -259,14 +259,19 @@ fn values_that_are_not_utf8_are_typed_errors() {
     );
 }
 
+/// The `payload` field's value.
+fn payload_of(fields: &[(&'static str, String)]) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| *k == "payload")
+        .map(|(_, v)| v.clone())
+        .expect("payload")
+}
+
 #[test]
 fn payloads_ignore_fields_they_do_not_know() {
     let fields = valid_fields();
-    let payload = &fields
-        .iter()
-        .find(|(k, _)| *k == "payload")
-        .expect("payload")
-        .1;
+    let payload = payload_of(&fields);
     let extended = payload.replacen('{', r#"{"gift_wrap":true,"#, 1);
     assert!(decode(&with(fields.clone(), "payload", &extended)).is_ok());
 }
@@ -293,12 +298,7 @@ fn an_event_signed_by_the_wrong_producer_is_invalid_content() {
 #[test]
 fn a_payload_no_producer_writes_is_invalid_content() {
     let fields = valid_fields();
-    let payload = &fields
-        .iter()
-        .find(|(k, _)| *k == "payload")
-        .expect("payload")
-        .1;
-    let mut body: serde_json::Value = serde_json::from_str(payload).expect("json");
+    let mut body: serde_json::Value = serde_json::from_str(&payload_of(&fields)).expect("json");
     body["total_cents"] = serde_json::json!(-1);
     let err = decode(&with(fields.clone(), "payload", &body.to_string())).expect_err("negative");
     assert!(err.is_invalid_content(), "{err}");

@@ -6,6 +6,26 @@ use std::time::Duration;
 
 use crate::waiting::eventually;
 
+/// Waits until the Redis at `url` answers `PING`.
+pub(crate) async fn answers(url: &str, what: &str) {
+    eventually(
+        &format!("{what} to answer"),
+        Duration::from_secs(10),
+        || async {
+            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -85,23 +105,7 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server is installed");
         self.server = Some(server);
-        let url = self.url();
-        eventually(
-            "the private Redis to answer",
-            Duration::from_secs(10),
-            || async {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
+        answers(&self.url(), "the private Redis").await;
     }
 
     /// `FLUSHALL`: every stream and group is gone, as after a restart without persistence.

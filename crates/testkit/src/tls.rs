@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::faults::free_port;
+use crate::faults::{answers, free_port};
 use crate::waiting::eventually;
 
 /// A certificate authority and a server certificate it signed for `127.0.0.1` and
@@ -132,23 +132,7 @@ impl TlsRedis {
             tls_port,
             server,
         };
-        let url = redis.plain_url();
-        eventually(
-            "the TLS Redis to answer",
-            Duration::from_secs(10),
-            || async {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
+        answers(&redis.plain_url(), "the TLS Redis").await;
         redis
     }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 use e2e::{Outcome, assert_invariants};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
-use testkit::{PrivateRedis, TestContext, eventually};
+use testkit::{PrivateRedis, TestContext};
 
 use crate::flows::{final_order, order_of, post};
 use crate::packaging::{compose, repo_file, text};
-use crate::retention::{TRIM_HARD, length};
+use crate::retention::{TRIM_HARD, trimmed_to_their_last_entry};
 
 /// `(user, password)` of `REDIS_URL` as docker-compose.yml gives it to `service`.
 fn redis_user_of(service: &str) -> (String, String) {
@@ -123,19 +123,8 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
     );
     let (_, account) = payments.get_json("/accounts/uma").await;
     assert_eq!(account["balance_cents"], 100_000, "refunded");
-    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
-        eventually(
-            &format!("{logical} trimmed by its consumer's user"),
-            Duration::from_secs(10),
-            || async {
-                match length(&ctx, logical).await {
-                    1 => Ok(()),
-                    n => Err(format!("{n} entries")),
-                }
-            },
-        )
-        .await;
-    }
+    // Trimmed by each consumer, as its own user.
+    trimmed_to_their_last_entry(&ctx).await;
 
     let order_user = redis_user_of("order-service");
     let payment_user = redis_user_of("payment-service");

@@ -17,7 +17,7 @@ pub(crate) const TRIM_HARD: &[&str] = &[
     "50",
 ];
 
-pub(crate) async fn length(ctx: &TestContext, logical: &str) -> u64 {
+async fn length(ctx: &TestContext, logical: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(ctx.stream(logical))
         .query_async(&mut ctx.redis().await)
@@ -51,12 +51,17 @@ async fn streams_stay_bounded_under_load_and_every_order_still_ends_exact() {
         longest < placed.accepted.len() as u64 / 2,
         "order-events was trimmed while the load ran (longest {longest})"
     );
+    trimmed_to_their_last_entry(&ctx).await;
+}
+
+/// Waits until both streams are trimmed to their last delivered entry.
+pub(crate) async fn trimmed_to_their_last_entry(ctx: &TestContext) {
     for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
         eventually(
             &format!("{logical} trimmed to its last delivered entry"),
             Duration::from_secs(10),
             || async {
-                match length(&ctx, logical).await {
+                match length(ctx, logical).await {
                     1 => Ok(()),
                     n => Err(format!("{n} entries")),
                 }
