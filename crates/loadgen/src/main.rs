@@ -238,11 +238,12 @@ struct Placed {
     elapsed: Duration,
 }
 
-/// A small order: 50 customers per run, each with the default credit, so every order
-/// of a run of up to 10,000 can be paid.
-fn order_body(run: &str, n: u64) -> serde_json::Value {
+/// A small order (1 to 4 EUR) from one of `customers` customers of this run. With a
+/// customer per 200 orders (50 at least), each with the default credit of 1000 EUR,
+/// every order can be paid.
+fn order_body(run: &str, n: u64, customers: u64) -> serde_json::Value {
     json!({
-        "customer_id": format!("bench-{run}-{}", n % 50),
+        "customer_id": format!("bench-{run}-{}", n % customers),
         "currency": "EUR",
         "items": [{"sku": "bench", "quantity": 1, "unit_price_cents": 100 + n % 300}],
     })
@@ -259,11 +260,12 @@ async fn place(args: &Args, run: &str) -> anyhow::Result<Placed> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let (run, placing) = (run.to_owned(), progress.clone());
+    let customers = (args.orders / 200).max(50);
     let one = move |n: u64| {
         let (http, url, body, progress) = (
             http.clone(),
             url.clone(),
-            order_body(&run, n),
+            order_body(&run, n, customers),
             placing.clone(),
         );
         async move {
