@@ -1,12 +1,14 @@
 //! The Docker packaging agrees with the code, checked statically (no Docker engine is
 //! needed): every variable docker-compose.yml sets is one the service reads, ports and
 //! health checks match `HTTP_ADDR`, start-up order waits for healthy dependencies, the
-//! services can be scaled, and the Dockerfile builds a slim non-root image.
+//! services can be scaled, the Dockerfile builds a slim non-root image, and the Kubernetes
+//! manifests of `deploy/k8s/` set only settings the services read, from Secrets where secret.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::CommandFactory;
+use serde::Deserialize;
 use serde_yaml::Value;
 
 pub(crate) fn repo_file(name: &str) -> String {
@@ -229,4 +231,152 @@ fn the_dockerfile_builds_a_slim_non_root_image() {
         dockerignore.lines().any(|l| l.trim() == "target/"),
         "target/ stays out of the build context"
     );
+}
+
+/// The Kubernetes manifests of `deploy/k8s/`, every document of every file.
+fn k8s_documents() -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s");
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("deploy/k8s exists") {
+        let path = entry.expect("an entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            documents.push(Value::deserialize(document).expect("valid YAML"));
+        }
+    }
+    documents
+}
+
+fn k8s_deployment(name: &str) -> Value {
+    k8s_documents()
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("a Deployment {name} in deploy/k8s"))
+}
+
+fn check_k8s_deployment(name: &str, command: clap::Command, port: u16) {
+    let deployment = k8s_deployment(name);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let read = variables_read(command);
+    let env = container["env"].as_sequence().expect("env");
+    let mut given = BTreeSet::new();
+    for variable in env {
+        let key = text(&variable["name"]);
+        assert!(
+            read.contains(&key),
+            "{name} is given {key}, which it does not read"
+        );
+        given.insert(key);
+    }
+    for key in ["DATABASE_URL", "REDIS_URL", "ADMIN_TOKEN"] {
+        let from = &env.iter().find(|v| v["name"] == key).expect(key)["valueFrom"];
+        assert!(
+            from["secretKeyRef"].is_mapping(),
+            "{name}'s {key} comes from a Secret"
+        );
+    }
+    let consumer = &env
+        .iter()
+        .find(|v| v["name"] == "CONSUMER_NAME")
+        .expect("CONSUMER_NAME")["valueFrom"]["fieldRef"]["fieldPath"];
+    assert_eq!(text(consumer), "metadata.name", "one consumer name per pod");
+    let shutdown_ms: u64 = env
+        .iter()
+        .find(|v| v["name"] == "SHUTDOWN_TIMEOUT_MS")
+        .map(|v| text(&v["value"]).parse().expect("a number"))
+        .expect("SHUTDOWN_TIMEOUT_MS");
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("a grace period");
+    assert!(
+        grace * 1000 > shutdown_ms,
+        "{name}: grace {grace} s <= shutdown {shutdown_ms} ms"
+    );
+    let http_addr = env
+        .iter()
+        .find(|v| v["name"] == "HTTP_ADDR")
+        .expect("HTTP_ADDR");
+    assert!(text(&http_addr["value"]).ends_with(&format!(":{port}")));
+    assert_eq!(
+        container["ports"][0]["containerPort"].as_u64(),
+        Some(u64::from(port))
+    );
+    assert_eq!(
+        text(&container["readinessProbe"]["httpGet"]["path"]),
+        "/health/ready"
+    );
+    assert_eq!(
+        text(&container["livenessProbe"]["httpGet"]["path"]),
+        "/health/live"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    for bound in ["requests", "limits"] {
+        assert!(
+            container["resources"][bound]["memory"].is_string(),
+            "{name} {bound}"
+        );
+    }
+    let has = |kind: &str| {
+        k8s_documents()
+            .iter()
+            .any(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+    };
+    assert!(
+        has("Service") && has("PodDisruptionBudget") && has("Secret"),
+        "{name}"
+    );
+}
+
+#[test]
+fn order_service_on_kubernetes_matches_the_code() {
+    check_k8s_deployment("order-service", order_service::Settings::command(), 8080);
+}
+
+#[test]
+fn payment_service_on_kubernetes_matches_the_code() {
+    check_k8s_deployment(
+        "payment-service",
+        payment_service::Settings::command(),
+        8081,
+    );
+}
+
+#[test]
+fn payment_service_scales_on_its_group_lag_on_order_events() {
+    let scaled = k8s_documents()
+        .into_iter()
+        .find(|d| d["kind"] == "ScaledObject")
+        .expect("a KEDA ScaledObject");
+    assert_eq!(
+        text(&scaled["spec"]["scaleTargetRef"]["name"]),
+        "payment-service"
+    );
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(text(&trigger["type"]), "redis-streams");
+    assert_eq!(
+        text(&trigger["metadata"]["stream"]),
+        events::streams::ORDER_EVENTS
+    );
+    assert_eq!(
+        text(&trigger["metadata"]["consumerGroup"]),
+        events::streams::PAYMENT_SERVICE_GROUP
+    );
+    assert!(trigger["metadata"]["lagCount"].is_string());
+    for secret in k8s_documents().iter().filter(|d| d["kind"] == "Secret") {
+        for value in secret["stringData"]
+            .as_mapping()
+            .expect("stringData")
+            .values()
+        {
+            let value = text(value);
+            assert!(
+                value.contains("CHANGE-ME") || value == "keda",
+                "placeholders only: {value}"
+            );
+        }
+    }
 }
