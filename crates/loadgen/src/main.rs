@@ -28,13 +28,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use report::{Figures, Percentiles, ProcessFigures};
+use report::{Figures, Percentiles};
 
 /// Benchmark the order/payment services against pgbench on the same Postgres.
 #[derive(Debug, Parser)]
@@ -119,7 +118,16 @@ async fn main() -> anyhow::Result<()> {
     let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
 
     let soaking = match args.duration {
-        Some(_) => Some(start_soak(&args, &pool).await?),
+        Some(_) => Some(
+            soak::start(
+                &pool,
+                &args.redis_url,
+                &args.stream_namespace,
+                &args.watch,
+                Duration::from_secs(args.report_every),
+            )
+            .await,
+        ),
         None => None,
     };
     let placed = place(&args, &run).await?;
@@ -151,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let processes = watch_processes(&args.watch).await;
+    let processes = report::watch_processes(&args.watch).await;
 
     let figures = Figures {
         orders: args.orders,
@@ -181,34 +189,6 @@ async fn main() -> anyhow::Result<()> {
         args.plot.display()
     );
     Ok(())
-}
-
-/// Starts sampling the soak's windows; cancel the token to stop and collect them.
-async fn start_soak(
-    args: &Args,
-    pool: &PgPool,
-) -> anyhow::Result<(
-    tokio_util::sync::CancellationToken,
-    tokio::task::JoinHandle<Vec<soak::Window>>,
-)> {
-    let redis = match redis::Client::open(args.redis_url.as_str()) {
-        Ok(client) => client.get_multiplexed_async_connection().await.ok(),
-        Err(_) => None,
-    };
-    let keys = service_runtime::StreamKeys::new(args.stream_namespace.clone());
-    let probes = soak::Probes {
-        orders: pool.clone(),
-        redis,
-        streams: [ORDER_EVENTS, PAYMENT_EVENTS]
-            .into_iter()
-            .map(|s| keys.stream(s))
-            .collect(),
-        watch: args.watch.clone(),
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let every = Duration::from_secs(args.report_every);
-    let windows = tokio::spawn(soak::sample(probes, every, stop.clone()));
-    Ok((stop, windows))
 }
 
 fn write(path: &PathBuf, content: &str) -> anyhow::Result<()> {
@@ -381,28 +361,4 @@ async fn settle(args: &Args, pool: &PgPool, accepted: &[Uuid]) -> anyhow::Result
             .collect(),
         statuses,
     })
-}
-
-/// Resident memory now, and CPU used over 5 idle seconds, of each watched process.
-async fn watch_processes(watch: &[(String, u32)]) -> Vec<ProcessFigures> {
-    if watch.is_empty() {
-        return Vec::new();
-    }
-    let before: Vec<Option<f64>> = watch
-        .iter()
-        .map(|(_, pid)| report::cpu_seconds(*pid))
-        .collect();
-    tokio::time::sleep(Duration::from_secs(5)).await; // the idle window being measured
-    watch
-        .iter()
-        .zip(before)
-        .map(|((name, pid), before)| ProcessFigures {
-            name: name.clone(),
-            pid: *pid,
-            rss_mib: report::rss_mib(*pid),
-            idle_cpu_percent: before
-                .zip(report::cpu_seconds(*pid))
-                .map(|(b, a)| (a - b) / 5.0 * 100.0),
-        })
-        .collect()
 }

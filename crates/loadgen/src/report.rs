@@ -1,5 +1,7 @@
 //! The figures of a run, how they print, and what `/proc` says of a process.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 /// Latency percentiles in milliseconds.
@@ -124,6 +126,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = after_name.split(' ').collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Resident memory now, and CPU used over 5 idle seconds, of each watched process.
+pub async fn watch_processes(watch: &[(String, u32)]) -> Vec<ProcessFigures> {
+    if watch.is_empty() {
+        return Vec::new();
+    }
+    let before: Vec<Option<f64>> = watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    tokio::time::sleep(Duration::from_secs(5)).await; // the idle window being measured
+    watch
+        .iter()
+        .zip(before)
+        .map(|((name, pid), before)| ProcessFigures {
+            name: name.clone(),
+            pid: *pid,
+            rss_mib: rss_mib(*pid),
+            idle_cpu_percent: before
+                .zip(cpu_seconds(*pid))
+                .map(|(b, a)| (a - b) / 5.0 * 100.0),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ pub struct Window {
 }
 
 /// Where the soak looks.
-pub struct Probes {
+struct Probes {
     pub orders: PgPool,
     pub redis: Option<redis::aio::MultiplexedConnection>,
     /// Keys of the streams to measure.
@@ -34,8 +35,37 @@ pub struct Probes {
     pub watch: Vec<(String, u32)>,
 }
 
+/// Starts sampling, every `every`, the order database `orders`, the Redis at `redis_url`
+/// (both streams of `namespace`) and the `watch`ed processes; cancel the token to stop
+/// and collect the windows.
+pub async fn start(
+    orders: &PgPool,
+    redis_url: &str,
+    namespace: &str,
+    watch: &[(String, u32)],
+    every: Duration,
+) -> (CancellationToken, tokio::task::JoinHandle<Vec<Window>>) {
+    let redis = match redis::Client::open(redis_url) {
+        Ok(client) => client.get_multiplexed_async_connection().await.ok(),
+        Err(_) => None,
+    };
+    let keys = service_runtime::StreamKeys::new(namespace.to_owned());
+    let probes = Probes {
+        orders: orders.clone(),
+        redis,
+        streams: [ORDER_EVENTS, PAYMENT_EVENTS]
+            .into_iter()
+            .map(|s| keys.stream(s))
+            .collect(),
+        watch: watch.to_vec(),
+    };
+    let stop = CancellationToken::new();
+    let windows = tokio::spawn(sample(probes, every, stop.clone()));
+    (stop, windows)
+}
+
 /// Samples every `every` until `stop`, printing each window as it closes.
-pub async fn sample(probes: Probes, every: Duration, stop: CancellationToken) -> Vec<Window> {
+async fn sample(probes: Probes, every: Duration, stop: CancellationToken) -> Vec<Window> {
     let started = tokio::time::Instant::now();
     let mut windows = Vec::new();
     let mut ticks = tokio::time::interval_at(started + every, every);

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 
 use events::Envelope;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, warn};
 
+use super::plan::{DeadLetterCause, Plan};
 use super::{BatchReport, ConsumeError, Consumer, EventHandler, HandleError, ReadFrom};
 use crate::backoff::Backoff;
 use crate::database::{self, Failure};
 use crate::dead_letters::Verdict;
-use crate::observability::{EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED, EVENTS_SKIPPED};
+use crate::observability::{EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED};
 use crate::stream_reply::{RawEntry, parse_read_reply};
-use crate::telemetry;
 
 /// What became of one entry of a batch: the one description every step uses, from the
 /// transaction that applied it to the ack.
@@ -42,40 +42,6 @@ impl Outcome {
             Self::Applied
         } else {
             Self::Duplicate
-        }
-    }
-}
-
-/// What to do with an entry, decided before touching the database.
-enum Plan {
-    /// Ack without handling (deleted while pending, or an unknown event type).
-    Skip,
-    /// Can never be handled: dead-letter for this cause, with this error.
-    DeadLetter(DeadLetterCause, String),
-    /// Handle it, in this span.
-    Apply(Box<Envelope>, tracing::Span),
-}
-
-/// Why an entry is dead-lettered: the `cause` label of `events_dead_lettered_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DeadLetterCause {
-    /// It is not an event of a known type (missing or malformed fields, bad payload).
-    Undecodable,
-    /// It decodes but fails the content checks: forged, or corrupted on the way.
-    InvalidContent,
-    /// Its handler refused it (e.g. a payment contradicting its order).
-    Rejected,
-    /// It failed on its last allowed delivery.
-    Exhausted,
-}
-
-impl DeadLetterCause {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Undecodable => "undecodable",
-            Self::InvalidContent => "invalid_content",
-            Self::Rejected => "rejected",
-            Self::Exhausted => "exhausted",
         }
     }
 }
@@ -314,51 +280,6 @@ impl<H: EventHandler> Consumer<H> {
             }
             other @ (Outcome::Skipped | Outcome::DeadLettered | Outcome::Unfinished(_)) => other,
         }
-    }
-
-    /// Decides what to do with an entry before touching the database. An event gets a
-    /// span that continues its producer's trace.
-    fn plan(&self, entry: &RawEntry, deliveries: u64) -> Plan {
-        let stream = self.stream_key.as_str();
-        let skip = |reason: &'static str| {
-            metrics::counter!(EVENTS_SKIPPED, "stream" => stream.to_owned(), "reason" => reason)
-                .increment(1);
-            Plan::Skip
-        };
-        let Some(fields) = &entry.fields else {
-            debug!(entry_id = %entry.id, "entry was deleted from the stream while pending; acking");
-            return skip("deleted");
-        };
-        let mut envelope = match Envelope::from_fields(
-            fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-        ) {
-            Ok(envelope) => envelope,
-            Err(e) if e.is_unknown_event_type() => {
-                info!(entry_id = %entry.id, error = %e, "skipping an event type this version does not know");
-                return skip("unknown_type");
-            }
-            Err(e) if e.is_invalid_content() => {
-                warn!(entry_id = %entry.id, error = %e, "an entry no honest producer writes (forged or corrupted)");
-                return Plan::DeadLetter(DeadLetterCause::InvalidContent, e.to_string());
-            }
-            Err(e) => return Plan::DeadLetter(DeadLetterCause::Undecodable, e.to_string()),
-        };
-        let max = self.config.max_deliveries;
-        if deliveries > max {
-            // Only reached when a consumer died while handling it (a crash loop).
-            return Plan::DeadLetter(
-                DeadLetterCause::Exhausted,
-                format!("delivered {deliveries} times, more than MAX_DELIVERIES={max}"),
-            );
-        }
-        let span = info_span!("consume", stream, entry_id = %entry.id,
-            event_type = envelope.event_type().as_str(), event_id = %envelope.event_id, order_id = %envelope.order_id);
-        if let Some(traceparent) = &envelope.traceparent {
-            telemetry::continue_trace(&span, traceparent);
-        }
-        // Handlers see the consuming span's context, for the events they publish in answer.
-        envelope.traceparent = telemetry::traceparent_of(&span).or(envelope.traceparent);
-        Plan::Apply(Box::new(envelope), span)
     }
 
     fn count_consumed(&self, event_type: &'static str, result: &'static str) {

@@ -24,11 +24,13 @@
 //! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
 //!
 //! Here: the handler contract, the settings and the run loop. A batch from read to ack
-//! is in [`batch`], the database side of it in [`apply`], reclaiming in [`reclaim`], and
+//! is in [`batch`] (what each entry needs decided in [`plan`]), the database side of it in
+//! [`apply`], reclaiming in [`reclaim`], and
 //! dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
+mod plan;
 mod reclaim;
 
 use std::future::Future;
