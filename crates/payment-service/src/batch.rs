@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use events::{Envelope, Event, OrderCancelled, OrderCreated};
 use uuid::Uuid;
 
-use crate::db::{OrderPayment, Payment};
+use crate::db::{ClaimedOrders, OrderPayment, Payment};
 use crate::domain::OrderPaymentState;
 use crate::ledger::LedgerError;
 
@@ -62,14 +62,24 @@ pub fn orders_of<'a>(events: &[OrderEvent<'a>]) -> BTreeMap<Uuid, &'a str> {
 /// Checks that every event names the customer its order belongs to (`customers`, as
 /// claimed). order-service never changes an order's customer, so an event that names
 /// another one is forged or corrupted: it must neither charge nor refund anyone.
+///
+/// Only orders whose customer an `OrderCreated` established are checked (charged,
+/// declined or refunded): a saga row that a cancellation opened, before any
+/// `OrderCreated`, names whoever that cancellation named, and an `OrderCreated`
+/// contradicting it is declined as cancelled anyway (no money moves either way), rather
+/// than dead-lettered and asked again for ever.
 pub fn check_customers(
     events: &[OrderEvent<'_>],
-    customers: &HashMap<Uuid, String>,
+    claimed: &ClaimedOrders,
 ) -> Result<(), LedgerError> {
     for event in events {
         let order_id = event.order_id();
-        match customers.get(&order_id) {
-            Some(owner) if owner != event.customer_id() => {
+        let created = matches!(
+            claimed.states.get(&order_id),
+            Some(Some(decided)) if decided.state != OrderPaymentState::Cancelled
+        );
+        match claimed.customers.get(&order_id) {
+            Some(owner) if created && owner != event.customer_id() => {
                 return Err(LedgerError::CustomerMismatch {
                     order_id,
                     named: event.customer_id().to_owned(),

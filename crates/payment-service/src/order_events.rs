@@ -60,7 +60,7 @@ impl EventHandler for OrderEvents {
             .collect::<Result<Vec<_>, _>>()
             .map_err(rejected)?;
         let claimed = db::claim_orders(tx, &orders_of(&events)).await?;
-        check_customers(&events, &claimed.customers).map_err(rejected)?;
+        check_customers(&events, &claimed).map_err(rejected)?;
         let claimed = claimed.states;
         let refunding = payments_to_refund(&events, &claimed);
         let payments = if refunding.is_empty() {

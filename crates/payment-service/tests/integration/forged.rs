@@ -121,3 +121,24 @@ async fn forged_order_events_move_no_money_and_are_dead_lettered() {
         "every forged entry is dead-lettered"
     );
 }
+
+#[tokio::test]
+async fn an_order_created_after_a_cancellation_naming_another_customer_is_still_answered() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("jan", 700);
+    // The cancellation opens the order's saga row, naming someone else: whichever is
+    // forged, no money moves, and the order is answered rather than dead-lettered.
+    ctx.xadd(ORDER_EVENTS, &cancelled(&order, "mallory").to_fields())
+        .await;
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    let answers = wait_for_outcomes(&ctx, 2).await;
+    assert!(
+        answers.iter().any(|a| matches!(&a.event,
+            Event::PaymentFailed(failed) if failed.order_id == order.order_id
+                && failed.reason == events::FailureReason::OrderCancelled)),
+        "{answers:?}"
+    );
+    assert_eq!(balance(&app, "jan").await, 100_000, "nothing charged");
+    assert!(ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await.is_empty());
+}
