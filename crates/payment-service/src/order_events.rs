@@ -5,8 +5,8 @@
 //! 1. claim the saga row of every order it names (locking them, in order-id order):
 //!    `OrderCreated` and `OrderCancelled` of one order are serialised by the database
 //!    whatever order they arrive in, and a cancelled order is never charged without
-//!    being refunded;
-//!    an event naming another customer than its order's is refused (forged);
+//!    being refunded; an event naming another customer than the one the order's
+//!    `OrderCreated` named is refused (forged);
 //! 2. read the payments it will refund (only when it cancels paid orders);
 //! 3. open and lock the accounts it touches (in customer order);
 //! 4. settle the events in stream order in memory ([`Ledger`]);

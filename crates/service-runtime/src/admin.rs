@@ -4,6 +4,8 @@
 //! in constant time; with no
 //! `ADMIN_TOKEN` configured the routes do not exist (404), so nothing is open by default.
 
+use std::sync::Arc;
+
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -12,8 +14,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-use std::sync::Arc;
 
 use crate::consumer::Replay;
 use crate::dead_letters::{DeadLetter, DeadLetterStream, ReplayError, Replayed};

@@ -62,7 +62,10 @@ impl Infrastructure {
 /// latency of every consumed batch several times over a loopback.
 fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    let asked = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let in_url = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("sslmode=")));
+    let asked = in_url || std::env::var_os("PGSSLMODE").is_some();
     Ok(if asked {
         options
     } else {
@@ -80,6 +83,8 @@ mod tests {
     fn tls_only_when_asked_for() {
         let plain = connect_options("postgres://u@db/x").expect("valid");
         assert!(plain.to_url_lossy().as_str().contains("sslmode=disable"));
+        let password = connect_options("postgres://u:sslmode=x@db/x").expect("valid");
+        assert!(password.to_url_lossy().as_str().contains("sslmode=disable"));
         let asked = connect_options("postgres://u@db/x?sslmode=verify-full").expect("valid");
         assert!(
             asked
