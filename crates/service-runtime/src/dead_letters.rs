@@ -2,7 +2,7 @@
 //! operator gets it back.
 //!
 //! An entry that cannot be decoded, that its handler rejects, or that failed its last
-//! allowed delivery is copied to `<stream>:dlq` with why, and only then acked: one bad
+//! allowed delivery is copied to `{<stream>}:dlq` with why, and only then acked: one bad
 //! entry never blocks the ones behind it, and nothing is lost. A dead letter holds the
 //! runtime's own metadata, always the first [`fields::METADATA`] fields in that order,
 //! followed by the original entry's fields, so `redis-cli XRANGE` shows the whole story.
@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use serde::Serialize;
 
 use crate::consumer::{ConsumeError, Replay};
@@ -56,10 +56,10 @@ pub mod fields {
 /// The dead-letter stream of one consumed stream.
 #[derive(Clone)]
 pub struct DeadLetterStream {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     /// Key of the consumed stream, e.g. `ns:payment-events`: where entries come from.
     source: String,
-    /// Key of the dead-letter stream, e.g. `ns:payment-events:dlq`.
+    /// Key of the dead-letter stream, e.g. `{ns:payment-events}:dlq`.
     key: String,
 }
 
@@ -118,7 +118,7 @@ type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl DeadLetterStream {
     /// The dead letters of the logical stream `consumed`.
-    pub fn new(redis: ConnectionManager, keys: &StreamKeys, consumed: &str) -> Self {
+    pub fn new(redis: RedisConnection, keys: &StreamKeys, consumed: &str) -> Self {
         Self {
             redis,
             source: keys.stream(consumed),

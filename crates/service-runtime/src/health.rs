@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use crate::redis_conn::RedisConnection;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -21,7 +21,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Readiness {
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub migrator: &'static Migrator,
 }
 
@@ -116,7 +116,7 @@ async fn postgres_ok(pool: &PgPool) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn redis_ok(mut redis: ConnectionManager) -> Result<bool, String> {
+async fn redis_ok(mut redis: RedisConnection) -> Result<bool, String> {
     redis::cmd("PING")
         .query_async::<String>(&mut redis)
         .await

@@ -2,7 +2,8 @@
 //! named in [`dead_letters::fields`](crate::dead_letters::fields).
 //!
 //! Stream keys are the logical names of [`events::streams`] behind the optional
-//! `STREAM_NAMESPACE` prefix, so tests and deployments can share one Redis.
+//! `STREAM_NAMESPACE` prefix, so tests and deployments can share one Redis. Each stream's
+//! dead letters share its hash slot, so nothing breaks on a Redis Cluster.
 
 use events::streams::DEAD_LETTER_SUFFIX;
 
@@ -29,9 +30,11 @@ impl StreamKeys {
         }
     }
 
-    /// The key of a logical stream's dead-letter stream: `ns:order-events:dlq`.
+    /// The key of a logical stream's dead-letter stream: `{ns:order-events}:dlq`. The
+    /// stream's key is its hash tag, so in a Redis Cluster both live in one slot (a key
+    /// without braces hashes whole, a tagged one hashes its tag).
     pub fn dead_letter(&self, logical: &str) -> String {
-        format!("{}{DEAD_LETTER_SUFFIX}", self.stream(logical))
+        format!("{{{}}}{DEAD_LETTER_SUFFIX}", self.stream(logical))
     }
 }
 
@@ -43,13 +46,16 @@ mod tests {
     fn no_namespace_gives_bare_names() {
         let keys = StreamKeys::new("");
         assert_eq!(keys.stream("order-events"), "order-events");
-        assert_eq!(keys.dead_letter("order-events"), "order-events:dlq");
+        assert_eq!(keys.dead_letter("order-events"), "{order-events}:dlq");
     }
 
     #[test]
     fn namespace_prefixes_every_key() {
         let keys = StreamKeys::new("ns");
         assert_eq!(keys.stream("order-events"), "ns:order-events");
-        assert_eq!(keys.dead_letter("payment-events"), "ns:payment-events:dlq");
+        assert_eq!(
+            keys.dead_letter("payment-events"),
+            "{ns:payment-events}:dlq"
+        );
     }
 }

@@ -43,4 +43,5 @@ pub mod telemetry;
 
 pub use consumer::{Consumer, EventHandler, HandleError};
 pub use keys::StreamKeys;
+pub use redis_conn::RedisConnection;
 pub use relay::OutboxRelay;

@@ -9,10 +9,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConnection;
 use axum::http::header;
 use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -110,7 +110,7 @@ pub async fn refresh_outbox_gauges(pool: &PgPool) -> anyhow::Result<u64> {
 
 /// Refreshes lag and pending of `group` on `stream` from `XINFO GROUPS`.
 pub async fn refresh_group_gauges(
-    mut redis: ConnectionManager,
+    mut redis: RedisConnection,
     stream: &str,
     group: &str,
 ) -> anyhow::Result<u64> {

@@ -22,7 +22,7 @@ use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
 use crate::observability::EVENTS_PUBLISHED;
 use crate::outbox::RelayWaker;
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 
 /// Why a relay pass published nothing. The rows stay unpublished and are retried.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum RelayError {
 /// Publishes one service's outbox.
 pub struct OutboxRelay {
     pool: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: StreamKeys,
     batch_size: i64,
     poll_interval: Duration,
@@ -48,7 +48,7 @@ impl OutboxRelay {
     /// every `poll_interval` when nobody wakes it.
     pub fn new(
         pool: PgPool,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: StreamKeys,
         batch_size: usize,
         poll_interval: Duration,

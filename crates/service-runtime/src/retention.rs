@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConnection;
 use sqlx::PgPool;
 
 use crate::observability::{CONSUMERS_DELETED, ROWS_PRUNED, STREAM_ENTRIES_TRIMMED, STREAM_LENGTH};
@@ -77,7 +77,7 @@ const PRUNE_BATCH: i64 = 1000;
 /// Trims `stream` (when `group` exists on it) to what its groups still need and what is
 /// younger than `retention`. Returns how many entries were trimmed.
 pub async fn trim_stream(
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     stream: &str,
     group: &str,
     retention: Duration,
@@ -94,7 +94,7 @@ pub async fn trim_stream(
 
 /// Trims the dead letters in `key` older than `retention`. Returns how many.
 pub async fn trim_dead_letters(
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     key: &str,
     retention: Duration,
 ) -> redis::RedisResult<u64> {
@@ -115,7 +115,7 @@ pub async fn trim_dead_letters(
 /// Removes the consumers of `group` on `stream` idle longer than `idle` with nothing
 /// pending, except `keep` (the caller). Returns how many.
 pub async fn delete_idle_consumers(
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     stream: &str,
     group: &str,
     idle: Duration,
@@ -133,10 +133,7 @@ pub async fn delete_idle_consumers(
 }
 
 /// Sets the length gauge of each of `streams`.
-pub async fn measure_streams(
-    redis: &ConnectionManager,
-    streams: &[&str],
-) -> redis::RedisResult<()> {
+pub async fn measure_streams(redis: &RedisConnection, streams: &[&str]) -> redis::RedisResult<()> {
     for stream in streams {
         let length: u64 = redis::cmd("XLEN")
             .arg(*stream)

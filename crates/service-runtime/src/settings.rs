@@ -91,7 +91,19 @@ pub fn database_url(url: &str) -> Result<SecretUrl, String> {
 
 /// Parses a Redis URL.
 pub fn redis_url(url: &str) -> Result<SecretUrl, String> {
-    SecretUrl::parse_with_schemes(url, &["redis", "rediss", "redis+unix", "unix"])
+    let schemes = [
+        "redis",
+        "rediss",
+        "redis+unix",
+        "unix",
+        "redis+cluster",
+        "rediss+cluster",
+    ];
+    let url = SecretUrl::parse_with_schemes(url, &schemes)?;
+    match crate::redis_conn::cluster_nodes(url.expose()) {
+        Some(Err(reason)) => Err(reason),
+        _ => Ok(url),
+    }
 }
 
 /// Log output: `pretty` for people, `json` for log shippers.
@@ -341,15 +353,22 @@ fn otlp_endpoint(value: &str) -> Result<SecretUrl, String> {
     }
 }
 
-fn namespace(value: &str) -> Result<String, String> {
+fn printable(value: &str) -> Result<String, String> {
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
     }
     Ok(value.to_owned())
 }
 
+fn namespace(value: &str) -> Result<String, String> {
+    if value.contains(['{', '}']) {
+        return Err("must not contain { or }: the stream keys' hash tags are made of them".into());
+    }
+    printable(value)
+}
+
 fn consumer_name(value: &str) -> Result<String, String> {
-    match namespace(value)? {
+    match printable(value)? {
         name if name.is_empty() => Err("must not be empty".into()),
         name => Ok(name),
     }
@@ -429,6 +448,14 @@ mod tests {
             "redis://r:6379"
         );
         assert_eq!(
+            redis_url("rediss+cluster://svc:s3cret@a:7000,b:7001")
+                .expect("valid")
+                .to_string(),
+            "rediss+cluster://svc:***@a:7000,b:7001"
+        );
+        let error = redis_url("redis+cluster://svc:s3cret@").expect_err("no node");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert_eq!(
             database_url("postgres://u@db/x?sslmode=require&password=s3cret&sslpassword=k3y")
                 .expect("valid")
                 .to_string(),
@@ -492,6 +519,8 @@ mod tests {
             &["--log-format", "xml"],
             &["--database-url", "mysql://x"],
             &["--consumer-name", ""],
+            &["--stream-namespace", "{shop}"],
+            &["--redis-url", "redis+cluster://,"],
         ] {
             let e = parse(args).expect_err("rejected");
             let line = one_line(&e);

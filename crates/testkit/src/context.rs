@@ -4,7 +4,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use service_runtime::StreamKeys;
+use service_runtime::{RedisConnection, StreamKeys};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
@@ -63,11 +63,15 @@ impl TestContext {
         StreamKeys::new(self.namespace.as_str()).stream(logical)
     }
 
-    /// A Redis connection for the test's own commands.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.redis_url()).expect("REDIS_URL is a Redis URL");
-        client
-            .get_multiplexed_async_connection()
+    /// The key of a logical stream's dead-letter stream in this test's namespace.
+    pub fn dead_letter_stream(&self, logical: &str) -> String {
+        StreamKeys::new(self.namespace.as_str()).dead_letter(logical)
+    }
+
+    /// A Redis connection for the test's own commands (to one node or to a cluster, as
+    /// the services connect).
+    pub async fn redis(&self) -> RedisConnection {
+        RedisConnection::connect_for_commands(self.redis_url())
             .await
             .expect("Redis is reachable")
     }
@@ -75,8 +79,22 @@ impl TestContext {
     /// `XADD`s raw fields to a logical stream of this test (a test may write anything,
     /// poison included). Returns the entry id.
     pub async fn xadd<V: AsRef<[u8]>>(&self, logical: &str, fields: &[(&str, V)]) -> String {
+        self.xadd_to(&self.stream(logical), fields).await
+    }
+
+    /// `XADD`s raw fields to the dead letters of a logical stream. Returns the entry id.
+    pub async fn xadd_dead_letter<V: AsRef<[u8]>>(
+        &self,
+        logical: &str,
+        fields: &[(&str, V)],
+    ) -> String {
+        self.xadd_to(&self.dead_letter_stream(logical), fields)
+            .await
+    }
+
+    async fn xadd_to<V: AsRef<[u8]>>(&self, key: &str, fields: &[(&str, V)]) -> String {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.stream(logical)).arg("*");
+        cmd.arg(key).arg("*");
         for (name, value) in fields {
             cmd.arg(*name).arg(value.as_ref());
         }
@@ -87,9 +105,18 @@ impl TestContext {
 
     /// Every entry of a logical stream: id and fields (values as lossy UTF-8).
     pub async fn entries(&self, logical: &str) -> Vec<(String, Vec<(String, String)>)> {
+        self.entries_at(&self.stream(logical)).await
+    }
+
+    /// Every entry of a logical stream's dead letters.
+    pub async fn dead_letters(&self, logical: &str) -> Vec<(String, Vec<(String, String)>)> {
+        self.entries_at(&self.dead_letter_stream(logical)).await
+    }
+
+    async fn entries_at(&self, key: &str) -> Vec<(String, Vec<(String, String)>)> {
         type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
         let raw: Vec<RawEntry> = redis::cmd("XRANGE")
-            .arg(self.stream(logical))
+            .arg(key)
             .arg("-")
             .arg("+")
             .query_async(&mut self.redis().await)
@@ -203,7 +230,11 @@ impl Drop for TestContext {
     /// runtime, since `Drop` cannot await.
     fn drop(&mut self) {
         let databases = std::mem::take(self.databases.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let pattern = format!("{}:*", self.namespace);
+        // The streams (`ns:…`) and their dead letters (`{ns:…}:dlq`).
+        let patterns = [
+            format!("{}:*", self.namespace),
+            format!("{{{}:*", self.namespace),
+        ];
         let redis_url = self.redis_url.clone();
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -219,17 +250,17 @@ impl Drop for TestContext {
                         let _ = admin.execute(drop.as_str().into_sql()).await;
                     }
                 }
-                if let Ok(client) = redis::Client::open(redis_url.as_str())
-                    && let Ok(mut redis) = client.get_multiplexed_async_connection().await
-                {
-                    let keys: Vec<String> = redis::cmd("KEYS")
-                        .arg(&pattern)
-                        .query_async(&mut redis)
-                        .await
-                        .unwrap_or_default();
-                    if !keys.is_empty() {
-                        let _: Result<(), _> =
-                            redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
+                if let Ok(mut redis) = RedisConnection::connect_for_commands(&redis_url).await {
+                    for pattern in patterns {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(&pattern)
+                            .query_async(&mut redis)
+                            .await
+                            .unwrap_or_default();
+                        for key in keys {
+                            let _: Result<(), _> =
+                                redis::cmd("DEL").arg(key).query_async(&mut redis).await;
+                        }
                     }
                 }
             });

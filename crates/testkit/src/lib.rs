@@ -2,8 +2,9 @@
 //!
 //! [`backends`] finds the servers, [`context`] gives each test its slice of them,
 //! [`spawned`] starts services in-process, [`waiting`] waits with a deadline, and
-//! [`faults`] breaks things for one test only, and [`tls`] gives one test servers that
-//! speak TLS with certificates it generates.
+//! [`faults`] breaks things for one test only, [`cluster`] gives one test a Redis Cluster
+//! to fail over, kill and reshard, and [`tls`] gives one test servers that speak TLS with
+//! certificates it generates.
 //!
 //! - Backends come from `DATABASE_URL` and `REDIS_URL` when set (CI sets them); otherwise
 //!   Postgres 16 and Redis 7.2 containers are started once per test process with
@@ -15,6 +16,7 @@
 //! - Traces are made as in production; logs stay silent unless `TEST_LOG=1`.
 
 pub mod backends;
+pub mod cluster;
 pub mod context;
 pub mod faults;
 pub mod spawned;
@@ -22,6 +24,7 @@ pub mod tls;
 pub mod waiting;
 
 pub use backends::{Backends, backends, with_database};
+pub use cluster::RedisCluster;
 pub use context::TestContext;
 pub use faults::{FaultProxy, PrivateRedis, free_port, host_port};
 pub use spawned::Spawned;

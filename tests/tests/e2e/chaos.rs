@@ -312,7 +312,7 @@ async fn postgres_unreachable_acks_nothing_and_processing_resumes_when_it_return
     let outcome = assert_invariants(&orders.pool, &direct, QUIET).await;
     assert_eq!(outcome.paid, placed.accepted.len());
     assert!(
-        ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await.is_empty(),
+        ctx.dead_letters(ORDER_EVENTS).await.is_empty(),
         "an outage dead-letters nothing"
     );
 }
@@ -383,7 +383,7 @@ async fn poison_entries_of_every_shape_are_dead_lettered_and_the_flow_goes_on() 
     ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
     ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
     for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
-        let dead = ctx.entries(&format!("{logical}:dlq")).await;
+        let dead = ctx.dead_letters(logical).await;
         assert_eq!(
             dead.len(),
             shapes.len(),

@@ -2,6 +2,7 @@
 //! Postgres and Redis, in-process and as real processes.
 
 mod chaos;
+mod cluster;
 mod flows;
 mod happy_path;
 mod observability;

@@ -85,7 +85,7 @@ async fn set_on(admin: &PgPool, apps: &[&Spawned], name: &str, value: Option<&st
 /// Nothing on either dead-letter stream.
 async fn no_dead_letters(ctx: &TestContext) {
     for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
-        let dead = ctx.entries(&format!("{logical}:dlq")).await;
+        let dead = ctx.dead_letters(logical).await;
         assert!(dead.is_empty(), "{logical}: dead-lettered {dead:?}");
     }
 }
@@ -211,9 +211,8 @@ async fn an_event_that_can_never_commit_is_dead_lettered_in_the_end_and_the_rest
         }
     })
     .await;
-    let dead_letters = format!("{ORDER_EVENTS}:dlq");
     eventually("zed's order dead-lettered", QUIET, || async {
-        match ctx.entries(&dead_letters).await.len() {
+        match ctx.dead_letters(ORDER_EVENTS).await.len() {
             0 => Err("none yet".to_owned()),
             _ => Ok(()),
         }

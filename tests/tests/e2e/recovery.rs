@@ -146,9 +146,8 @@ async fn a_dead_lettered_order_cancelled_is_sent_again_once_the_fault_is_gone() 
     .await
     .expect("fault injected");
     cancel_all(&orders, &placed).await;
-    let dead_letters = format!("{ORDER_EVENTS}:dlq");
     eventually("the cancellations dead-lettered", QUIET, || async {
-        let dead = ctx.entries(&dead_letters).await.len();
+        let dead = ctx.dead_letters(ORDER_EVENTS).await.len();
         if dead >= placed.len() {
             Ok(())
         } else {

@@ -118,7 +118,7 @@ async fn forged_payment_outcomes_change_nothing_and_are_dead_lettered() {
     let (_, order) = app.get_json(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "PENDING", "{order}");
     assert_eq!(order["payment_id"], serde_json::Value::Null, "{order}");
-    let dead = ctx.entries(&format!("{PAYMENT_EVENTS}:dlq")).await;
+    let dead = ctx.dead_letters(PAYMENT_EVENTS).await;
     assert_eq!(
         dead.len(),
         contradicting.len() + implausible.len(),

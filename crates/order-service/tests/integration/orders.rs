@@ -275,7 +275,7 @@ async fn poison_entries_are_dead_lettered_unknown_types_skipped_and_the_flow_goe
     .await;
     ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
 
-    let dead = ctx.entries(&format!("{PAYMENT_EVENTS}:dlq")).await;
+    let dead = ctx.dead_letters(PAYMENT_EVENTS).await;
     let originals: Vec<&str> = dead
         .iter()
         .filter_map(|(_, f)| field(f, "dlq:original_id"))
@@ -423,7 +423,7 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
         ("dlq:error", "failed on delivery 5".into()),
     ];
     fields.extend(event.to_fields());
-    let dead_id = ctx.xadd(&format!("{PAYMENT_EVENTS}:dlq"), &fields).await;
+    let dead_id = ctx.xadd_dead_letter(PAYMENT_EVENTS, &fields).await;
 
     let admin = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN_TOKEN).send();
     let response = app
@@ -483,9 +483,7 @@ async fn dead_letters_are_listed_and_replayed_behind_the_admin_token() {
     })
     .await;
     assert!(
-        ctx.entries(&format!("{PAYMENT_EVENTS}:dlq"))
-            .await
-            .is_empty(),
+        ctx.dead_letters(PAYMENT_EVENTS).await.is_empty(),
         "the dead letter is gone"
     );
 }
@@ -546,12 +544,11 @@ async fn a_dead_letter_cannot_name_where_it_is_replayed() {
         ],
     )
     .await;
-    let dead_letters = format!("{PAYMENT_EVENTS}:dlq");
     eventually(
         "the forged entry dead-lettered",
         Duration::from_secs(5),
         || async {
-            match ctx.entries(&dead_letters).await.len() {
+            match ctx.dead_letters(PAYMENT_EVENTS).await.len() {
                 1 => Ok(()),
                 n => Err(format!("{n} dead letters")),
             }

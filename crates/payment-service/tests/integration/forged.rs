@@ -114,7 +114,7 @@ async fn forged_order_events_move_no_money_and_are_dead_lettered() {
         "only the genuine order is answered: {answered:?}"
     );
     assert!(matches!(answered[0].event, Event::PaymentCompleted(_)));
-    let dead = ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await;
+    let dead = ctx.dead_letters(ORDER_EVENTS).await;
     assert_eq!(
         dead.len(),
         forged.len(),
@@ -140,5 +140,5 @@ async fn an_order_created_after_a_cancellation_naming_another_customer_is_still_
         "{answers:?}"
     );
     assert_eq!(balance(&app, "jan").await, 100_000, "nothing charged");
-    assert!(ctx.entries(&format!("{ORDER_EVENTS}:dlq")).await.is_empty());
+    assert!(ctx.dead_letters(ORDER_EVENTS).await.is_empty());
 }

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use service_runtime::retention;
 use service_runtime::schema::RUNTIME_MIGRATOR;
+use service_runtime::{RedisConnection, retention};
 use sqlx::PgPool;
 use testkit::{TestContext, eventually};
 use uuid::Uuid;
@@ -13,15 +12,11 @@ use uuid::Uuid;
 const OWN: &str = "payment-service";
 const OTHER: &str = "analytics";
 
-async fn redis(ctx: &TestContext) -> ConnectionManager {
-    redis::Client::open(ctx.redis_url())
-        .expect("a Redis URL")
-        .get_connection_manager()
-        .await
-        .expect("Redis")
+async fn redis(ctx: &TestContext) -> RedisConnection {
+    ctx.redis().await
 }
 
-async fn cmd<T: redis::FromRedisValue>(redis: &ConnectionManager, args: &[&str]) -> T {
+async fn cmd<T: redis::FromRedisValue>(redis: &RedisConnection, args: &[&str]) -> T {
     redis::cmd(args[0])
         .arg(&args[1..])
         .query_async(&mut redis.clone())
@@ -31,7 +26,7 @@ async fn cmd<T: redis::FromRedisValue>(redis: &ConnectionManager, args: &[&str])
 
 /// `XREADGROUP` of up to `count` new entries as `consumer`; returns their ids.
 async fn read(
-    redis: &ConnectionManager,
+    redis: &RedisConnection,
     stream: &str,
     group: &str,
     consumer: &str,
@@ -57,7 +52,7 @@ async fn read(
         .collect()
 }
 
-async fn ack(redis: &ConnectionManager, stream: &str, group: &str, ids: &[String]) {
+async fn ack(redis: &RedisConnection, stream: &str, group: &str, ids: &[String]) {
     let _: u64 = redis::cmd("XACK")
         .arg(stream)
         .arg(group)
@@ -67,7 +62,7 @@ async fn ack(redis: &ConnectionManager, stream: &str, group: &str, ids: &[String
         .expect("XACK");
 }
 
-async fn ids(redis: &ConnectionManager, stream: &str) -> Vec<String> {
+async fn ids(redis: &RedisConnection, stream: &str) -> Vec<String> {
     let entries: redis::streams::StreamRangeReply = cmd(redis, &["XRANGE", stream, "-", "+"]).await;
     entries.ids.into_iter().map(|e| e.id).collect()
 }
@@ -140,7 +135,7 @@ async fn a_trim_never_removes_what_a_group_has_not_acknowledged() {
 async fn dead_letters_are_trimmed_by_age() {
     let ctx = TestContext::new();
     let redis = redis(&ctx).await;
-    let key = ctx.stream("order-events:dlq");
+    let key = ctx.dead_letter_stream("order-events");
     let _: String = cmd(&redis, &["XADD", &key, "1000-0", "old", "letter"]).await;
     let recent: String = cmd(&redis, &["XADD", &key, "*", "new", "letter"]).await;
     let trimmed = retention::trim_dead_letters(&redis, &key, Duration::from_secs(3600)).await;

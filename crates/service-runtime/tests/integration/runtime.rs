@@ -202,7 +202,7 @@ async fn an_entry_failing_its_last_allowed_delivery_is_dead_lettered() {
         report.dead_lettered, 1,
         "failing the 5th delivery (MAX_DELIVERIES=5) dead-letters: {report:?}"
     );
-    let dead = ctx.entries(&format!("{STREAM}:dlq")).await;
+    let dead = ctx.dead_letters(STREAM).await;
     let count = dead[0]
         .1
         .iter()
