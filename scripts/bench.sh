@@ -9,6 +9,8 @@
 #   scripts/bench.sh --orders 300 --pgbench-seconds 2 # the smoke run CI does
 #   scripts/bench.sh --rate 800 --duration 600 --quiet  # a soak: a line a minute
 #   PAYMENT_REPLICAS=2 scripts/bench.sh               # two payment-service replicas
+#   REDIS_CLUSTER=1 scripts/bench.sh                  # on a local Redis Cluster (3+3 nodes,
+#                                                     # the tests' own, started and stopped here)
 #
 # Any loadgen flag may be given (see `cargo run -p loadgen -- --help`).
 set -euo pipefail
@@ -25,6 +27,17 @@ done
 cargo build --profile "$PROFILE" --bin loadgen
 bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
+if [ "${REDIS_CLUSTER:-0}" = 1 ]; then
+  cargo build -p testkit --bin redis-cluster # a launcher: the dev build the tests share
+  cluster_out=$(mktemp)
+  target/debug/redis-cluster >"$cluster_out" &
+  cluster=$!
+  trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null' EXIT
+  timeout 120 bash -c "until [ -s '$cluster_out' ]; do kill -0 $cluster || exit 1; sleep 0.5; done"
+  export REDIS_URL=$(head -n 1 "$cluster_out")
+  echo "Redis Cluster: $REDIS_URL"
+fi
+
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--orders 10000 --concurrency 16)
 run() {
@@ -38,5 +51,6 @@ export -f run
 export bin
 status=0
 scripts/with-local-services.sh bash -c 'run "$@"' run "${args[@]}" || status=$?
-redis-cli --scan --pattern "$STREAM_NAMESPACE:*" | xargs -r redis-cli del >/dev/null || true
+[ "${REDIS_CLUSTER:-0}" = 1 ] ||
+  redis-cli --scan --pattern "*$STREAM_NAMESPACE:*" | xargs -r redis-cli del >/dev/null || true
 exit $status

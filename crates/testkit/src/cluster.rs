@@ -226,7 +226,8 @@ impl RedisCluster {
         target.port
     }
 
-    /// Waits until every live node says `cluster_state:ok` and agrees on the masters.
+    /// Waits until every live node says `cluster_state:ok`, each live node is a master
+    /// with slots or a replica, and all agree on the masters.
     async fn settled(&self) {
         eventually("the cluster to settle", SETTLE, || async {
             let mut views = vec![];
@@ -239,6 +240,12 @@ impl RedisCluster {
                     return Err(format!("{} is not ok yet", node.port));
                 }
                 let view = self.try_nodes_view(node.port).await?;
+                if let Some(idle) = view
+                    .iter()
+                    .find(|n| n.master && n.slots.is_empty() && self.is_live(n.port))
+                {
+                    return Err(format!("{} is a master without slots yet", idle.port));
+                }
                 let mut masters: Vec<(u16, Vec<(u16, u16)>)> = view
                     .into_iter()
                     .filter(|n| n.master && !n.failed && !n.slots.is_empty())
@@ -285,6 +292,12 @@ impl RedisCluster {
             .await
             .map_err(|e| e.to_string())?;
         Ok(text.lines().filter_map(parse_node_line).collect())
+    }
+
+    fn is_live(&self, port: u16) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.port == port && n.server.is_some())
     }
 
     fn live_port(&self) -> u16 {

@@ -47,8 +47,9 @@ async fn orders_at_least(orders: &PgPool, n: i64) {
     .await;
 }
 
-/// Places `n` orders in the background; `fault` runs once a quarter of them exist. Then
-/// every accepted order must end paid or declined, with the invariants holding.
+/// Places `n` orders in the background; `fault` runs once a quarter of them exist, and
+/// another `n / 2` are placed once it is over (through the new topology). Then every
+/// accepted order must end paid or declined, with the invariants holding.
 async fn under_load<F>(ctx: &TestContext, n: usize, fault: F)
 where
     F: AsyncFnOnce(),
@@ -56,14 +57,23 @@ where
     let (orders, payments) = services(ctx).await;
     let load = tokio::spawn({
         let url = orders.url("");
-        async move { place_orders(&url, n, 4).await }
+        async move { place_orders(&url, n, 2).await }
     });
     orders_at_least(&orders.pool, (n / 4) as i64).await;
     fault().await;
-    let placed = load.await.expect("the load ran");
-    assert_eq!(placed.failed, 0, "orders are accepted whatever Redis does");
+    let after = place_orders(&orders.url(""), n / 2, 4).await;
+    let during = load.await.expect("the load ran");
+    assert_eq!(
+        during.failed + after.failed,
+        0,
+        "orders are accepted whatever Redis does"
+    );
     let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
-    assert_eq!(outcome.paid + outcome.payment_failed, n, "{outcome:?}");
+    assert_eq!(
+        outcome.paid + outcome.payment_failed,
+        n + n / 2,
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
