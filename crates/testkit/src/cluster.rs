@@ -135,13 +135,8 @@ impl RedisCluster {
         let master = self.master_of(key).await;
         let replica = self.replica_of(master).await;
         let _: String = self.command(replica, &["CLUSTER", "FAILOVER"]).await;
-        eventually("the replica to take over", SETTLE, || async {
-            match self.try_master_of(key).await {
-                Some(port) if port == replica => Ok(()),
-                other => Err(format!("master is {other:?}")),
-            }
-        })
-        .await;
+        self.until_master_of(key, replica, "the replica to take over")
+            .await;
         self.settled().await;
     }
 
@@ -157,13 +152,8 @@ impl RedisCluster {
             let _ = server.kill();
             let _ = server.wait();
         }
-        eventually("the replica to be promoted", SETTLE, || async {
-            match self.try_master_of(key).await {
-                Some(port) if port == replica => Ok(()),
-                other => Err(format!("master is {other:?}")),
-            }
-        })
-        .await;
+        self.until_master_of(key, replica, "the replica to be promoted")
+            .await;
         self.settled().await;
         master
     }
@@ -215,13 +205,8 @@ impl RedisCluster {
                 )
                 .await;
         }
-        eventually("the slot to move", SETTLE, || async {
-            match self.try_master_of(key).await {
-                Some(port) if port == target.port => Ok(()),
-                other => Err(format!("master is {other:?}")),
-            }
-        })
-        .await;
+        self.until_master_of(key, target.port, "the slot to move")
+            .await;
         self.settled().await;
         target.port
     }
@@ -269,6 +254,17 @@ impl RedisCluster {
             .command(self.live_port(), &["CLUSTER", "KEYSLOT", key])
             .await;
         slot
+    }
+
+    /// Waits until `port` is the master of `key`'s slot.
+    async fn until_master_of(&self, key: &str, port: u16, what: &str) {
+        eventually(what, SETTLE, || async {
+            match self.try_master_of(key).await {
+                Some(master) if master == port => Ok(()),
+                other => Err(format!("master is {other:?}")),
+            }
+        })
+        .await;
     }
 
     async fn try_master_of(&self, key: &str) -> Option<u16> {

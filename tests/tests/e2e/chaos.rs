@@ -49,6 +49,22 @@ pub(crate) async fn published(ctx: &TestContext, logical: &str, n: usize) {
     .await;
 }
 
+/// Waits until at least `n` orders are in the order database.
+pub(crate) async fn orders_at_least(orders: &PgPool, n: i64) {
+    eventually("the flow to get going", Duration::from_secs(30), || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(orders)
+            .await
+            .map_err(|e| e.to_string())?;
+        if count >= n {
+            Ok(())
+        } else {
+            Err(format!("{count} orders"))
+        }
+    })
+    .await;
+}
+
 async fn xpending_of(ctx: &TestContext, logical: &str, group: &str, consumer: &str) -> usize {
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(ctx.stream(logical))
@@ -226,18 +242,7 @@ async fn a_broker_wiped_twice_under_load_loses_and_duplicates_nothing() {
         async move { place_orders(&url, 200, 4).await }
     });
     for after in [40, 120] {
-        eventually("the flow to get going", Duration::from_secs(20), || async {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-                .fetch_one(&orders.pool)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n >= after {
-                Ok(())
-            } else {
-                Err(format!("{n} orders"))
-            }
-        })
-        .await;
+        orders_at_least(&orders.pool, after).await;
         redis.flush_all().await;
     }
     let placed = load.await.expect("load ran");

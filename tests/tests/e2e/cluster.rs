@@ -12,11 +12,10 @@ use std::time::Duration;
 use e2e::{Outcome, assert_invariants, place_orders};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
-use sqlx::PgPool;
 use testkit::{RedisCluster, Spawned, TestContext, eventually};
 use tokio::sync::Mutex;
 
-use crate::chaos::{ORDER_ARGS, PAYMENT_ARGS, QUIET};
+use crate::chaos::{ORDER_ARGS, PAYMENT_ARGS, QUIET, orders_at_least};
 use crate::flows::{final_order, order_of, post};
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -29,22 +28,6 @@ async fn services(ctx: &TestContext) -> (Spawned, Spawned) {
         .spawn("payment-service", PAYMENT_ARGS, payment_service::start)
         .await;
     (orders, payments)
-}
-
-/// Waits until at least `n` orders are in the order database.
-async fn orders_at_least(orders: &PgPool, n: i64) {
-    eventually("the flow to get going", Duration::from_secs(30), || async {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(orders)
-            .await
-            .map_err(|e| e.to_string())?;
-        if count >= n {
-            Ok(())
-        } else {
-            Err(format!("{count} orders"))
-        }
-    })
-    .await;
 }
 
 /// Places `n` orders in the background; `fault` runs once a quarter of them exist, and
