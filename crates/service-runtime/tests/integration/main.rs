@@ -1,8 +1,9 @@
 //! The runtime's integration tests, in one test binary (one link step): the HTTP
-//! middleware and server (slow clients), and the stream runtime and its retention
-//! against real Postgres and Redis.
+//! middleware and server (slow clients), the Redis connections (one node and a cluster),
+//! and the stream runtime and its retention against real Postgres and Redis.
 
 mod http;
+mod redis_connections;
 mod retention;
 mod runtime;
 mod slow_clients;
