@@ -6,7 +6,7 @@ use std::time::Duration;
 use service_runtime::schema::RUNTIME_MIGRATOR;
 use service_runtime::{RedisConnection, retention};
 use sqlx::PgPool;
-use testkit::{TestContext, eventually};
+use testkit::{RedisCluster, TestContext, eventually};
 use uuid::Uuid;
 
 const OWN: &str = "payment-service";
@@ -69,8 +69,11 @@ async fn ids(redis: &RedisConnection, stream: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_trim_never_removes_what_a_group_has_not_acknowledged() {
-    let ctx = TestContext::new();
-    let redis = redis(&ctx).await;
+    trims_keeping_what_a_group_has_not_acknowledged(&TestContext::new()).await;
+}
+
+async fn trims_keeping_what_a_group_has_not_acknowledged(ctx: &TestContext) {
+    let redis = redis(ctx).await;
     let stream = ctx.stream("order-events");
     let mut added = Vec::new();
     for i in 0..10 {
@@ -133,8 +136,11 @@ async fn a_trim_never_removes_what_a_group_has_not_acknowledged() {
 
 #[tokio::test]
 async fn dead_letters_are_trimmed_by_age() {
-    let ctx = TestContext::new();
-    let redis = redis(&ctx).await;
+    trims_dead_letters_by_age(&TestContext::new()).await;
+}
+
+async fn trims_dead_letters_by_age(ctx: &TestContext) {
+    let redis = redis(ctx).await;
     let key = ctx.dead_letter_stream("order-events");
     let _: String = cmd(&redis, &["XADD", &key, "1000-0", "old", "letter"]).await;
     let recent: String = cmd(&redis, &["XADD", &key, "*", "new", "letter"]).await;
@@ -145,8 +151,11 @@ async fn dead_letters_are_trimmed_by_age() {
 
 #[tokio::test]
 async fn idle_consumers_with_nothing_pending_are_removed() {
-    let ctx = TestContext::new();
-    let redis = redis(&ctx).await;
+    removes_idle_consumers_with_nothing_pending(&TestContext::new()).await;
+}
+
+async fn removes_idle_consumers_with_nothing_pending(ctx: &TestContext) {
+    let redis = redis(ctx).await;
     let stream = ctx.stream("order-events");
     let _: () = cmd(&redis, &["XGROUP", "CREATE", &stream, OWN, "0", "MKSTREAM"]).await;
     for n in ["1", "2", "3"] {
@@ -195,6 +204,15 @@ async fn idle_consumers_with_nothing_pending_are_removed() {
         ["crashed-with-work", "me"],
         "a consumer holding entries, and this one, stay"
     );
+}
+
+#[tokio::test]
+async fn the_stream_retention_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let on_the_cluster = || TestContext::with_redis(&cluster.url());
+    trims_keeping_what_a_group_has_not_acknowledged(&on_the_cluster()).await;
+    trims_dead_letters_by_age(&on_the_cluster()).await;
+    removes_idle_consumers_with_nothing_pending(&on_the_cluster()).await;
 }
 
 #[tokio::test]
