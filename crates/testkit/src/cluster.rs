@@ -41,14 +41,26 @@ struct NodeLine {
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<Node>,
+    /// The password every node asks for (`requirepass`), if any.
+    password: Option<String>,
 }
 
 impl RedisCluster {
     /// Starts six nodes (three masters, three replicas) and waits until the cluster is ok.
     pub async fn start() -> Self {
+        Self::start_with_password(None).await
+    }
+
+    /// Like [`start`](Self::start), every node asking for `password` (`requirepass`, and
+    /// `masterauth` for replication).
+    pub async fn start_with_password(password: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!("redis-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let mut cluster = Self { dir, nodes: vec![] };
+        let mut cluster = Self {
+            dir,
+            nodes: vec![],
+            password: password.map(str::to_owned),
+        };
         for _ in 0..6 {
             let port = cluster_port();
             let server = cluster.spawn_node(port);
@@ -58,7 +70,7 @@ impl RedisCluster {
             });
         }
         for node in &cluster.nodes {
-            crate::faults::answers(&node_url(node.port), "a cluster node").await;
+            crate::faults::answers(&cluster.node_url(node.port), "a cluster node").await;
         }
         let addresses: Vec<String> = cluster
             .nodes
@@ -66,6 +78,12 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let created = Command::new("redis-cli")
+            .args(
+                cluster
+                    .password
+                    .iter()
+                    .flat_map(|p| ["-a", p, "--no-auth-warning"]),
+            )
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -89,19 +107,39 @@ impl RedisCluster {
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.to_string_lossy()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass", p, "--masterauth", p]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed")
     }
 
-    /// `redis+cluster://` with three of the nodes as seeds.
+    /// `redis+cluster://` with three of the nodes as seeds (and the password, if any).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes[..3]
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        format!("redis+cluster://{}{}", self.credentials(), seeds.join(","))
+    }
+
+    /// The same URL without the password.
+    pub fn url_without_password(&self) -> String {
+        self.url().replace(&self.credentials(), "")
+    }
+
+    fn credentials(&self) -> String {
+        self.password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(":{p}@"))
+    }
+
+    fn node_url(&self, port: u16) -> String {
+        format!("redis://{}127.0.0.1:{port}", self.credentials())
     }
 
     /// The port of the master serving `key`'s slot now.
@@ -315,7 +353,7 @@ impl RedisCluster {
         port: u16,
         args: &[&str],
     ) -> redis::RedisResult<T> {
-        let client = redis::Client::open(node_url(port))?;
+        let client = redis::Client::open(self.node_url(port))?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let mut cmd = redis::cmd(args[0]);
         for arg in &args[1..] {
@@ -335,10 +373,6 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn node_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
 }
 
 fn serves(node: &NodeLine, slot: u16) -> bool {

@@ -1,6 +1,7 @@
 //! The runtime's Redis connections, to one node and to a Redis Cluster: a blocking read
 //! longer than an ordinary command may take comes back empty, not as a timeout (CRATES.md
-//! trap 1), and commands sent meanwhile are not stuck behind it.
+//! trap 1), and commands sent meanwhile are not stuck behind it; a cluster asking for a
+//! password is reached with the one in `redis+cluster://:password@…`.
 
 use std::time::{Duration, Instant};
 
@@ -67,4 +68,36 @@ async fn a_blocking_read_longer_than_a_command_may_take_comes_back_empty_on_one_
 async fn a_blocking_read_longer_than_a_command_may_take_comes_back_empty_on_a_cluster() {
     let cluster = RedisCluster::start().await;
     a_long_blocking_read_waits_it_out(&TestContext::with_redis(&cluster.url())).await;
+}
+
+#[tokio::test]
+async fn a_cluster_asking_for_a_password_is_reached_with_the_one_in_the_url() {
+    let cluster = RedisCluster::start_with_password(Some("cluster-s3cret")).await;
+    let ctx = TestContext::with_redis(&cluster.url());
+    let redis = RedisConnections::connect(ctx.redis_url(), BLOCK)
+        .await
+        .expect("connects with the password");
+    let stream = ctx.stream("guarded");
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("n")
+        .arg(1)
+        .query_async(&mut redis.commands.clone())
+        .await
+        .expect("XADD with the password");
+
+    let refused = match RedisConnections::connect(&cluster.url_without_password(), BLOCK).await {
+        Err(e) => e.to_string(),
+        Ok(without) => redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async::<u64>(&mut without.commands.clone())
+            .await
+            .expect_err("refused without the password")
+            .to_string(),
+    };
+    assert!(
+        refused.contains("NOAUTH") || refused.to_lowercase().contains("auth"),
+        "{refused}"
+    );
 }
