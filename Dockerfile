@@ -1,12 +1,12 @@
-# syntax=docker/dockerfile:1
-#
-# Builds either service:
-#   docker build --build-arg SERVICE=order-service   -t order-service .
-#   docker build --build-arg SERVICE=payment-service -t payment-service .
+# Builds both services in one builder stage, with one runtime image per service:
+#   docker build --target order-service   -t order-service .
+#   docker build --target payment-service -t payment-service .
+# (docker-compose.yml builds both this way.) The second build reuses the first's stages.
 #
 # Stages: `planner` records the dependency graph (cargo-chef recipe), `builder` compiles
-# the dependencies in a layer cached until Cargo.toml/Cargo.lock change, then the
-# service; `runtime` is a slim Debian with the one binary, run as a non-root user.
+# the dependencies in a layer cached until Cargo.toml/Cargo.lock change, then both
+# services; each runtime is a slim Debian with its one binary, run as a non-root user.
+# Works with the classic builder and with BuildKit.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -20,12 +20,12 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-ARG SERVICE=order-service
 COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json --package ${SERVICE} --bin ${SERVICE}
+RUN cargo chef cook --release --locked --recipe-path recipe.json \
+    --package order-service --package payment-service
 COPY . .
-RUN cargo build --release --locked --package ${SERVICE} --bin ${SERVICE} \
-    && cp target/release/${SERVICE} /usr/local/bin/service
+RUN cargo build --release --locked --bin order-service --bin payment-service \
+    && cp target/release/order-service target/release/payment-service /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # curl only for the health check; no compiler, no cargo.
@@ -33,7 +33,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
-COPY --from=builder /usr/local/bin/service /usr/local/bin/service
 USER app
 ENV LOG_FORMAT=json
-ENTRYPOINT ["/usr/local/bin/service"]
+
+FROM runtime AS payment-service
+COPY --from=builder /usr/local/bin/payment-service /usr/local/bin/payment-service
+ENTRYPOINT ["/usr/local/bin/payment-service"]
+
+# The last stage is what a build without --target gives.
+FROM runtime AS order-service
+COPY --from=builder /usr/local/bin/order-service /usr/local/bin/order-service
+ENTRYPOINT ["/usr/local/bin/order-service"]

@@ -1,7 +1,7 @@
 //! The Docker packaging agrees with the code, checked statically (no Docker engine is
 //! needed): every variable docker-compose.yml sets is one the service reads, ports and
 //! health checks match `HTTP_ADDR`, start-up order waits for healthy dependencies, the
-//! services can be scaled, the Dockerfile builds a slim non-root image, and the Kubernetes
+//! services can be scaled, the Dockerfile builds slim non-root images, and the Kubernetes
 //! manifests of `deploy/k8s/` set only settings the services read, from Secrets where secret.
 
 use std::collections::BTreeSet;
@@ -117,9 +117,13 @@ fn check_service(name: &str, command: clap::Command, default_port: u16) {
     }
     let build = &service["build"];
     assert_eq!(
-        build["args"]["SERVICE"].as_str(),
+        build["target"].as_str(),
         Some(name),
         "{name} is built as itself"
+    );
+    assert!(
+        dockerfile_stages().iter().any(|stage| stage.name == name),
+        "the Dockerfile has a stage {name}"
     );
 }
 
@@ -135,6 +139,29 @@ fn payment_service_in_compose_matches_the_code() {
         payment_service::Settings::command(),
         8081,
     );
+}
+
+#[test]
+fn payment_replicas_are_payment_service_unpublished_and_off_by_default() {
+    let compose = compose();
+    let (first, replica) = (
+        &compose["services"]["payment-service"],
+        &compose["services"]["payment-replica"],
+    );
+    for key in ["build", "environment", "depends_on", "healthcheck"] {
+        assert_eq!(first[key], replica[key], "payment-replica's {key}");
+    }
+    assert_eq!(
+        first["ports"].as_sequence().map(Vec::len),
+        Some(1),
+        "one fixed host port: the walkthrough's localhost:8081"
+    );
+    assert!(
+        !text(&first["ports"][0]).contains('-'),
+        "no port range: the engine could pick any port of it"
+    );
+    assert_eq!(replica["ports"].as_sequence().map(Vec::len), Some(0));
+    assert_eq!(replica["scale"].as_u64(), Some(0), "none unless scaled");
 }
 
 #[test]
@@ -200,32 +227,82 @@ fn backing_services_are_the_supported_versions_and_redis_persists() {
     );
 }
 
-#[test]
-fn the_dockerfile_builds_a_slim_non_root_image() {
+/// A stage of the Dockerfile: `FROM <from> AS <name>` and its lines.
+struct Stage {
+    from: String,
+    name: String,
+    body: String,
+}
+
+fn dockerfile_stages() -> Vec<Stage> {
     let dockerfile = repo_file("Dockerfile");
-    let stages: Vec<&str> = dockerfile
-        .lines()
-        .filter(|l| l.starts_with("FROM "))
-        .collect();
-    assert!(stages.len() >= 3, "multi-stage: {stages:?}");
+    dockerfile
+        .split("\nFROM ")
+        .skip(1)
+        .map(|stage| {
+            let (header, body) = stage.split_once('\n').unwrap_or((stage, ""));
+            let mut words = header.split_whitespace();
+            let from = words.next().unwrap_or_default().to_owned();
+            let name = words.nth(1).unwrap_or_default().to_owned();
+            Stage {
+                from,
+                name,
+                body: body.to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_dockerfile_builds_slim_non_root_images_from_one_builder() {
+    let stages = dockerfile_stages();
+    let dockerfile = repo_file("Dockerfile");
     assert!(
         dockerfile.contains("cargo chef cook"),
         "dependencies are cached in their own layer"
     );
-    let runtime = dockerfile.rsplit("\nFROM ").next().expect("a final stage");
+    let builds: Vec<&Stage> = stages
+        .iter()
+        .filter(|s| s.body.contains("cargo build"))
+        .collect();
+    assert_eq!(builds.len(), 1, "one builder stage builds both services");
     assert!(
-        runtime.contains("-slim"),
-        "the final image is slim: {runtime}"
+        builds[0]
+            .body
+            .contains("--bin order-service --bin payment-service")
     );
-    assert!(
-        !runtime.contains("rust:") && !runtime.contains("cargo "),
-        "no build tools in the final image"
-    );
-    let user = runtime
-        .lines()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("a USER");
-    assert!(user != "root" && user != "0", "runs as a non-root user");
+    for service in ["order-service", "payment-service"] {
+        // The stage and the stages it is built FROM, down to a base image.
+        let mut chain = vec![];
+        let mut name = service;
+        while let Some(stage) = stages.iter().find(|s| s.name == name) {
+            chain.push(stage);
+            name = &stage.from;
+        }
+        assert!(chain.len() >= 2, "{service} is a stage on a runtime stage");
+        let base = &chain.last().expect("a base").from;
+        assert!(base.contains("-slim"), "{service} is slim: {base}");
+        for stage in &chain {
+            assert!(
+                !stage.from.contains("rust:") && !stage.body.contains("cargo "),
+                "no build tools in {service}"
+            );
+        }
+        let user = chain
+            .iter()
+            .find_map(|s| s.body.lines().find_map(|l| l.strip_prefix("USER ")))
+            .expect("a USER");
+        assert!(
+            user != "root" && user != "0",
+            "{service} runs as a non-root user"
+        );
+        let entrypoint = chain[0]
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+            .expect("an ENTRYPOINT");
+        assert!(entrypoint.contains(service), "{service} runs {entrypoint}");
+    }
     let dockerignore = repo_file(".dockerignore");
     assert!(
         dockerignore.lines().any(|l| l.trim() == "target/"),
