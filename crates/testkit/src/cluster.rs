@@ -2,7 +2,8 @@
 //! local `redis-server`, joined with `redis-cli --cluster create`, with a short
 //! `cluster-node-timeout` so that a killed master's replica takes over within seconds.
 //! The test can find the master of a key, fail it over gracefully, kill it, or move a
-//! key's slot to another master.
+//! key's slot to another master. It may ask for a password, or speak TLS besides (on
+//! clients' connections, its bus and replication): [`ClusterOptions`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::faults::free_port;
+use crate::tls::TestCertificates;
 use crate::waiting::eventually;
 
 /// How long a node may be unreachable before the cluster counts it as failed (ms).
@@ -21,6 +23,8 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// One `redis-server` of the cluster.
 struct Node {
     port: u16,
+    /// Its TLS port, on a cluster started with certificates.
+    tls_port: Option<u16>,
     server: Option<Child>,
 }
 
@@ -43,29 +47,46 @@ pub struct RedisCluster {
     nodes: Vec<Node>,
     /// The password every node asks for (`requirepass`), if any.
     password: Option<String>,
+    /// With TLS: the certificate, key and authority files every node uses.
+    tls: Option<[String; 3]>,
+}
+
+/// How a test cluster is secured; the default is neither password nor TLS.
+#[derive(Default)]
+pub struct ClusterOptions<'a> {
+    /// Every node asks for this password (`requirepass`, and `masterauth` for replication).
+    pub password: Option<&'a str>,
+    /// Every node also listens for TLS with these certificates, and the cluster bus and
+    /// replication use TLS; clients need not present a certificate.
+    pub tls: Option<&'a TestCertificates>,
 }
 
 impl RedisCluster {
     /// Starts six nodes (three masters, three replicas) and waits until the cluster is ok.
     pub async fn start() -> Self {
-        Self::start_with_password(None).await
+        Self::start_with(ClusterOptions::default()).await
     }
 
-    /// Like [`start`](Self::start), every node asking for `password` (`requirepass`, and
-    /// `masterauth` for replication).
-    pub async fn start_with_password(password: Option<&str>) -> Self {
+    /// Like [`start`](Self::start), secured as `options` say.
+    pub async fn start_with(options: ClusterOptions<'_>) -> Self {
         let dir = std::env::temp_dir().join(format!("redis-cluster-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let mut cluster = Self {
             dir,
             nodes: vec![],
-            password: password.map(str::to_owned),
+            password: options.password.map(str::to_owned),
+            tls: options
+                .tls
+                .map(|certs| [path(&certs.cert), path(&certs.key), path(&certs.ca)]),
         };
         for _ in 0..6 {
             let port = cluster_port();
-            let server = cluster.spawn_node(port);
+            let tls_port = cluster.tls.is_some().then(free_port);
+            let server = cluster.spawn_node(port, tls_port);
             cluster.nodes.push(Node {
                 port,
+                tls_port,
                 server: Some(server),
             });
         }
@@ -96,7 +117,28 @@ impl RedisCluster {
         cluster
     }
 
-    fn spawn_node(&self, port: u16) -> Child {
+    fn spawn_node(&self, port: u16, tls_port: Option<u16>) -> Child {
+        let tls: Vec<String> = match (&self.tls, tls_port) {
+            (Some([cert, key, ca]), Some(tls_port)) => [
+                "--tls-port",
+                &tls_port.to_string(),
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+                "--tls-auth-clients",
+                "no",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            _ => vec![],
+        };
         let config = self.dir.join(format!("nodes-{port}.conf"));
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -112,6 +154,7 @@ impl RedisCluster {
                     .iter()
                     .flat_map(|p| ["--requirepass", p, "--masterauth", p]),
             )
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -125,6 +168,25 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         format!("redis+cluster://{}{}", self.credentials(), seeds.join(","))
+    }
+
+    /// `rediss+cluster://` with the TLS ports of three of the nodes as seeds.
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self.nodes[..3]
+            .iter()
+            .filter_map(|n| n.tls_port)
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        assert!(!seeds.is_empty(), "a cluster started without TLS");
+        format!("rediss+cluster://{}{}", self.credentials(), seeds.join(","))
+    }
+
+    /// The TLS port of the node on `port`.
+    pub fn tls_port(&self, port: u16) -> Option<u16> {
+        self.nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.tls_port)
     }
 
     /// The same URL without the password.
@@ -342,7 +404,8 @@ impl RedisCluster {
             .expect("a live node")
     }
 
-    async fn command<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> T {
+    /// Runs a command on the node on `port` (over its plain port).
+    pub async fn command<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> T {
         self.try_command(port, args)
             .await
             .unwrap_or_else(|e| panic!("{args:?} on {port}: {e}"))

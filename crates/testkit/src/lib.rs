@@ -24,7 +24,7 @@ pub mod tls;
 pub mod waiting;
 
 pub use backends::{Backends, backends, with_database};
-pub use cluster::RedisCluster;
+pub use cluster::{ClusterOptions, RedisCluster};
 pub use context::TestContext;
 pub use faults::{FaultProxy, PrivateRedis, free_port, host_port};
 pub use spawned::Spawned;

@@ -1,14 +1,19 @@
 //! TLS to both backends, with certificates the test generates: the service binary runs
 //! against a PostgreSQL with `ssl = on` (`sslmode=verify-full`, `sslrootcert=`) and a
 //! Redis on its TLS port (`rediss://`, the authority from `SSL_CERT_FILE`), serves an
-//! order end to end over both, and refuses to start when it cannot verify either.
+//! order end to end over both, and refuses to start when it cannot verify either; and the
+//! same against a Redis Cluster speaking TLS (`rediss+cluster://`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
+use service_runtime::RedisConnection;
 use sqlx::Connection;
-use testkit::{TestCertificates, TlsPostgres, TlsRedis, eventually, free_port};
+use testkit::{
+    ClusterOptions, RedisCluster, TestCertificates, TestContext, TlsPostgres, TlsRedis, eventually,
+    free_port,
+};
 
 use crate::support::alice_order;
 
@@ -57,15 +62,8 @@ async fn exits_failing(mut service: Service) -> bool {
     .await
 }
 
-#[tokio::test]
-async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
-    let certs = TestCertificates::generate();
-    let ca = certs.ca.to_str().expect("a UTF-8 path").to_owned();
-    let postgres = TlsPostgres::start(&certs).await;
-    let redis = TlsRedis::start(&certs).await;
-    let port = free_port();
-    let service = order_service(port, &verify_full(&postgres, &ca), &redis.tls_url(), &ca);
-
+/// Waits until the service on `port` is ready, and places an order there.
+async fn ready_and_ordered(port: u16) {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     eventually(
@@ -86,6 +84,17 @@ async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
         .await
         .expect("answers");
     assert_eq!(placed.status(), 201);
+}
+
+#[tokio::test]
+async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
+    let certs = TestCertificates::generate();
+    let ca = certs.ca.to_str().expect("a UTF-8 path").to_owned();
+    let postgres = TlsPostgres::start(&certs).await;
+    let redis = TlsRedis::start(&certs).await;
+    let port = free_port();
+    let service = order_service(port, &verify_full(&postgres, &ca), &redis.tls_url(), &ca);
+    ready_and_ordered(port).await;
 
     let client = redis::Client::open(redis.plain_url()).expect("a URL");
     let mut plain = client
@@ -144,4 +153,60 @@ async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
     let trusted = verify_full(&postgres, &ca);
     let service = order_service(free_port(), &trusted, &redis.tls_url(), &stranger);
     assert!(exits_failing(service).await, "Redis unverified");
+}
+
+#[tokio::test]
+async fn the_service_speaks_tls_to_a_redis_cluster_and_verifies_it() {
+    let certs = TestCertificates::generate();
+    let ca = certs.ca.to_str().expect("a UTF-8 path").to_owned();
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        tls: Some(&certs),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let ctx = TestContext::new(); // owns the database: dropping it drops the database
+    let database = ctx.database().await;
+    let port = free_port();
+    let service = order_service(port, &database, &cluster.tls_url(), &ca);
+    ready_and_ordered(port).await;
+
+    let mut plain = RedisConnection::connect_for_commands(&cluster.url())
+        .await
+        .expect("connects");
+    eventually(
+        "OrderCreated published over TLS",
+        Duration::from_secs(10),
+        || {
+            let mut plain = plain.clone();
+            async move {
+                match redis::cmd("XLEN")
+                    .arg(ORDER_EVENTS)
+                    .query_async::<u64>(&mut plain)
+                    .await
+                {
+                    Ok(1) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let master = cluster.master_of(ORDER_EVENTS).await;
+    let clients: String = cluster.command(master, &["CLIENT", "LIST"]).await;
+    let tls_port = cluster.tls_port(master).expect("a TLS port");
+    assert!(
+        clients.contains(&format!("laddr=127.0.0.1:{tls_port}")),
+        "the service reached the stream's master on its TLS port: {clients}"
+    );
+    let _: u64 = redis::cmd("XLEN")
+        .arg(ORDER_EVENTS)
+        .query_async(&mut plain)
+        .await
+        .expect("the plain port still answers the test");
+    drop(service);
+
+    let stranger = TestCertificates::generate();
+    let stranger = stranger.ca.to_str().expect("a UTF-8 path").to_owned();
+    let service = order_service(free_port(), &database, &cluster.tls_url(), &stranger);
+    assert!(exits_failing(service).await, "the cluster unverified");
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use service_runtime::redis_conn::RedisConnections;
-use testkit::{RedisCluster, TestContext};
+use testkit::{ClusterOptions, RedisCluster, TestContext};
 
 /// Longer than the 5 s an ordinary command may take.
 const BLOCK: Duration = Duration::from_millis(6000);
@@ -72,7 +72,11 @@ async fn a_blocking_read_longer_than_a_command_may_take_comes_back_empty_on_a_cl
 
 #[tokio::test]
 async fn a_cluster_asking_for_a_password_is_reached_with_the_one_in_the_url() {
-    let cluster = RedisCluster::start_with_password(Some("cluster-s3cret")).await;
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        password: Some("cluster-s3cret"),
+        ..ClusterOptions::default()
+    })
+    .await;
     let ctx = TestContext::with_redis(&cluster.url());
     let redis = RedisConnections::connect(ctx.redis_url(), BLOCK)
         .await
