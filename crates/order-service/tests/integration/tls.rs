@@ -86,19 +86,10 @@ async fn ready_and_ordered(port: u16) {
     assert_eq!(placed.status(), 201);
 }
 
-#[tokio::test]
-async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
-    let certs = TestCertificates::generate();
-    let ca = certs.ca.to_str().expect("a UTF-8 path").to_owned();
-    let postgres = TlsPostgres::start(&certs).await;
-    let redis = TlsRedis::start(&certs).await;
-    let port = free_port();
-    let service = order_service(port, &verify_full(&postgres, &ca), &redis.tls_url(), &ca);
-    ready_and_ordered(port).await;
-
-    let client = redis::Client::open(redis.plain_url()).expect("a URL");
-    let mut plain = client
-        .get_multiplexed_async_connection()
+/// Waits until the one `OrderCreated` is on the stream, read over the plain port at
+/// `url`; returns that connection for the test's further checks.
+async fn order_created_published(url: &str) -> RedisConnection {
+    let plain = RedisConnection::connect_for_commands(url)
         .await
         .expect("connects");
     eventually(
@@ -119,6 +110,20 @@ async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
         },
     )
     .await;
+    plain
+}
+
+#[tokio::test]
+async fn the_service_speaks_tls_to_postgres_and_redis_and_verifies_them() {
+    let certs = TestCertificates::generate();
+    let ca = certs.ca.to_str().expect("a UTF-8 path").to_owned();
+    let postgres = TlsPostgres::start(&certs).await;
+    let redis = TlsRedis::start(&certs).await;
+    let port = free_port();
+    let service = order_service(port, &verify_full(&postgres, &ca), &redis.tls_url(), &ca);
+    ready_and_ordered(port).await;
+
+    let mut plain = order_created_published(&redis.plain_url()).await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut plain)
@@ -170,27 +175,7 @@ async fn the_service_speaks_tls_to_a_redis_cluster_and_verifies_it() {
     let service = order_service(port, &database, &cluster.tls_url(), &ca);
     ready_and_ordered(port).await;
 
-    let mut plain = RedisConnection::connect_for_commands(&cluster.url())
-        .await
-        .expect("connects");
-    eventually(
-        "OrderCreated published over TLS",
-        Duration::from_secs(10),
-        || {
-            let mut plain = plain.clone();
-            async move {
-                match redis::cmd("XLEN")
-                    .arg(ORDER_EVENTS)
-                    .query_async::<u64>(&mut plain)
-                    .await
-                {
-                    Ok(1) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        },
-    )
-    .await;
+    let mut plain = order_created_published(&cluster.url()).await;
     let master = cluster.master_of(ORDER_EVENTS).await;
     let clients: String = cluster.command(master, &["CLIENT", "LIST"]).await;
     let tls_port = cluster.tls_port(master).expect("a TLS port");
