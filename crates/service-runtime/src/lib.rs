@@ -36,6 +36,7 @@ pub mod relay;
 pub mod request;
 pub mod retention;
 pub mod schema;
+pub mod secret_url;
 pub mod service;
 pub mod settings;
 mod stream_reply;
