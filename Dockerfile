@@ -24,7 +24,10 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
     --package order-service --package payment-service
 COPY . .
-RUN cargo build --release --locked --bin order-service --bin payment-service \
+# The same package selection as the cook: features are resolved over the packages
+# selected, so `--bin` alone (which selects every workspace member) would rebuild the
+# dependencies the test crates give other features.
+RUN cargo build --release --locked --package order-service --package payment-service \
     && cp target/release/order-service target/release/payment-service /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime

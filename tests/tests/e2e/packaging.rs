@@ -266,10 +266,14 @@ fn the_dockerfile_builds_slim_non_root_images_from_one_builder() {
         .filter(|s| s.body.contains("cargo build"))
         .collect();
     assert_eq!(builds.len(), 1, "one builder stage builds both services");
+    let selection = "--package order-service --package payment-service";
     assert!(
-        builds[0]
-            .body
-            .contains("--bin order-service --bin payment-service")
+        builds[0].body.contains(selection),
+        "both services, selected as the cook selects them (features differ otherwise)"
+    );
+    assert!(
+        dockerfile.contains(&format!("--recipe-path recipe.json \\\n    {selection}")),
+        "the cook selects the same packages"
     );
     for service in ["order-service", "payment-service"] {
         // The stage and the stages it is built FROM, down to a base image.
