@@ -70,11 +70,6 @@ impl RedisConnection {
     pub async fn connect_for_commands(url: &str) -> redis::RedisResult<Self> {
         Self::connect(url, COMMAND_TIMEOUT).await
     }
-
-    /// Whether this is a cluster connection.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
 }
 
 impl ConnectionLike for RedisConnection {

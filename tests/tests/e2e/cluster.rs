@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::chaos::{ORDER_ARGS, PAYMENT_ARGS, QUIET, orders_at_least};
 use crate::flows::{final_order, order_of, post};
+use crate::recovery::cancel_all;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -78,14 +79,7 @@ async fn the_flows_run_on_a_redis_cluster() {
     let (status, declined) = post(&orders, "/orders", &order_of("kim", 150_000)).await;
     assert_eq!(status, 201);
     let (_, cancelled) = post(&orders, "/orders", &order_of("lee", 100)).await;
-    let cancelled = cancelled["id"].as_str().expect("an id");
-    let response = orders
-        .http
-        .post(orders.url(&format!("/orders/{cancelled}/cancel")))
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(response.status(), 200);
+    cancel_all(&orders, &[cancelled]).await;
     ctx.xadd(
         ORDER_EVENTS,
         &[("event_type", "OrderCreated"), ("payload", "{")],

@@ -23,7 +23,7 @@ async fn paid_orders(orders: &Spawned, payments: &Spawned, n: usize) -> Vec<Valu
 }
 
 /// Cancels every order through the API.
-async fn cancel_all(orders: &Spawned, placed: &[Value]) {
+pub(crate) async fn cancel_all(orders: &Spawned, placed: &[Value]) {
     for order in placed {
         let id = order["id"].as_str().expect("an id");
         let response = orders
