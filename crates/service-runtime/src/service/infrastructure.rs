@@ -62,15 +62,20 @@ impl Infrastructure {
 /// latency of every consumed batch several times over a loopback.
 fn connect_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    let in_url = url
-        .split_once('?')
-        .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("sslmode=")));
-    let asked = in_url || std::env::var_os("PGSSLMODE").is_some();
-    Ok(if asked {
+    Ok(if postgres_tls_asked(url) {
         options
     } else {
         options.ssl_mode(PgSslMode::Disable)
     })
+}
+
+/// Whether a service connects to the Postgres of `url` over TLS: only when the URL or
+/// `PGSSLMODE` names an `sslmode`.
+pub fn postgres_tls_asked(url: &str) -> bool {
+    let in_url = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("sslmode=")));
+    in_url || std::env::var_os("PGSSLMODE").is_some()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-pub use infrastructure::Infrastructure;
+pub use infrastructure::{Infrastructure, postgres_tls_asked};
 use jobs::Consumed;
 pub use jobs::{PRUNE_INTERVAL, PeriodicJob};
 pub use process::{run_main, shutdown_signal};
