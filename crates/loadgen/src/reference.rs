@@ -2,9 +2,9 @@
 //! and its outbox row in one statement, durable commit) against the same Postgres, in a
 //! scratch database migrated with order-service's own migrations and the runtime's (the
 //! same tables and indexes; no trigger, no notification: the one durable write every
-//! order needs). It is sent as order-service sends it: one prepared statement per order,
+//! order needs). It is sent as order-service sends one order: one prepared statement,
 //! over a plain-text connection unless the URL or `PGSSLMODE` asks for TLS (the services'
-//! own rule). Its rate is the most this box can commit of what every order must commit.
+//! own rule). Its rate is what this box commits, one order per commit.
 
 use std::process::Command;
 
@@ -13,8 +13,10 @@ use sqlx::{Connection, Executor, PgConnection};
 
 const DATABASE: &str = "loadgen_reference";
 
-/// The statement, as order-service sends it (`db::insert_order_with_event`; time-ordered
-/// ids like its UUID v7), prepared once per client.
+/// One order's statement, as order-service writes it (`db::insert_orders_with_events`
+/// with one order; time-ordered ids like its UUID v7), prepared once per client. Each
+/// client writes one order per statement and commit: order-service groups orders placed
+/// at the same moment into one statement, the reference does not.
 const SCRIPT: &str = r#"
 \set n random(1, 1000000000)
 WITH placed AS (

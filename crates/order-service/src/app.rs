@@ -14,7 +14,13 @@ use crate::db::{self, MIGRATOR};
 use crate::http::{self, AppState};
 use crate::orders;
 use crate::payment_events::PaymentEvents;
+use crate::placing::Placing;
 use crate::settings::Settings;
+
+/// Writers of placed orders: each writes one group of orders at a time, so under load
+/// there are always a few statements in flight and the orders arriving meanwhile wait to
+/// form the next groups.
+const WRITERS: usize = 2;
 
 /// Connects, migrates, and starts HTTP, the outbox relay, the `payment-events`
 /// consumer and the reconciler; they run until `shutdown` fires.
@@ -26,6 +32,7 @@ pub async fn start(
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
         relay: infra.relay_waker.clone(),
+        placing: Placing::start(infra.pool.clone(), infra.relay_waker.clone(), WRITERS),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
     let (pool, relay) = (infra.pool.clone(), infra.relay_waker.clone());

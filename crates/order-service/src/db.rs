@@ -18,30 +18,60 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/order"))
 });
 
-/// Inserts a new `PENDING` order with id `id` together with its `OrderCreated` outbox
-/// row, in one statement: both or neither, without a transaction's extra round trips.
-#[tracing::instrument(level = "debug", skip_all, fields(order_id = %id))]
-pub async fn insert_order_with_event<'c>(
+/// An order to insert: its id, the order, and its `OrderCreated` outbox row.
+pub type NewOrderRow<'a> = (Uuid, &'a NewOrder, &'a OutboxRow);
+
+/// Inserts new `PENDING` orders together with their `OrderCreated` outbox rows, in one
+/// statement: all or none, without a transaction's extra round trips. Returns the orders
+/// as stored, in the order given.
+#[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
+pub async fn insert_orders_with_events<'c>(
     conn: impl sqlx::PgExecutor<'c>,
-    id: Uuid,
-    order: &NewOrder,
-    event: &OutboxRow,
-) -> sqlx::Result<Order> {
+    orders: &[NewOrderRow<'_>],
+) -> sqlx::Result<Vec<Order>> {
     let mut query = QueryBuilder::new(
         "WITH placed AS (
-             INSERT INTO orders (id, customer_id, items, total_cents, currency) VALUES (",
+             INSERT INTO orders (id, customer_id, items, total_cents, currency)
+             SELECT * FROM unnest(",
     );
     query
-        .separated(", ")
-        .push_bind(id)
-        .push_bind(&order.customer_id)
-        .push_bind(Json(&order.items))
-        .push_bind(order.total_cents)
-        .push_bind(order.currency.as_str());
-    query.push(") RETURNING *), queued AS (");
-    event.push_insert(&mut query);
+        .push_bind(orders.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(
+            orders
+                .iter()
+                .map(|(_, o, _)| o.customer_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .push("::text[], ")
+        .push_bind(
+            orders
+                .iter()
+                .map(|(_, o, _)| Json(o.items.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .push("::jsonb[], ")
+        .push_bind(
+            orders
+                .iter()
+                .map(|(_, o, _)| o.total_cents)
+                .collect::<Vec<_>>(),
+        )
+        .push("::bigint[], ")
+        .push_bind(
+            orders
+                .iter()
+                .map(|(_, o, _)| o.currency.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .push("::text[]) RETURNING *), queued AS (");
+    let events: Vec<&OutboxRow> = orders.iter().map(|(_, _, event)| *event).collect();
+    OutboxRow::push_insert_all(&events, &mut query);
     query.push(") SELECT * FROM placed");
-    query.build_query_as().fetch_one(conn).await
+    let mut placed: Vec<Order> = query.build_query_as().fetch_all(conn).await?;
+    let position = |order: &Order| orders.iter().position(|(id, _, _)| *id == order.id);
+    placed.sort_by_key(position);
+    Ok(placed)
 }
 
 /// The order with id `id`, if any.

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::db::{self, OrderFilter};
 use crate::domain::{NewOrder, Order, OrderRequest, OrderStatus};
-use crate::orders::{self, CancelError, PlaceError};
+use crate::orders::{self, CancelError};
+use crate::placing::{PlaceError, Placing};
 use service_runtime::outbox::RelayWaker;
 
 /// Page size of `GET /orders` when none is asked for, and the most it gives.
@@ -28,8 +29,9 @@ pub const MAX_PAGE: i64 = 100;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    /// Woken after an order or a cancellation committed its event.
+    /// Woken after a cancellation committed its event.
     pub relay: RelayWaker,
+    pub placing: Placing,
 }
 
 /// The order routes.
@@ -81,7 +83,7 @@ async fn create_order(
 ) -> Result<Response, Problem> {
     let key = idempotency::idempotency_key(&headers)?;
     let order = NewOrder::try_from(request).map_err(Problem::validation)?;
-    let placed = orders::place_order(&state.pool, &state.relay, &order, key).await?;
+    let placed = state.placing.place(order, key).await?;
     let location = format!("/orders/{}", placed.order.id);
     let mut response = (
         StatusCode::CREATED,

@@ -3,7 +3,8 @@
 //!
 //! - [`domain`]: orders and their validation, pure.
 //! - [`db`]: every query, one function each.
-//! - [`orders`]: placing an order (the outbox write).
+//! - [`placing`]: placing orders (the outbox write, grouped under load).
+//! - [`orders`]: cancelling and reconciling orders.
 //! - [`http`]: routes and the service's HTTP errors.
 //! - [`payment_events`]: what a payment event does to an order.
 //! - [`app`]: wiring, started by `main` and by tests alike.
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod http;
 pub mod orders;
 pub mod payment_events;
+pub mod placing;
 pub mod settings;
 
 pub use app::start;

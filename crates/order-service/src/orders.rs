@@ -1,10 +1,7 @@
 //! The order use cases, each owning its transaction, and waking the relay after a commit
 //! that gave it events to publish.
 //!
-//! - Placing: the order row and its `OrderCreated` commit in one transaction
-//!   (transactional outbox, SPEC §4.1); the relay publishes the event. An
-//!   `Idempotency-Key` is claimed in the same transaction, so a retried request returns
-//!   the order of the first and publishes nothing new.
+//! - Placing: in [`crate::placing`].
 //! - Cancelling: the order is locked, the state machine decides, and `OrderCancelled`
 //!   commits with the new status; payment-service refunds a paid order.
 //! - Reconciling: an order that stays `PENDING`, or stays cancelled without
@@ -16,14 +13,14 @@
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, EventType, OrderCancelled, OrderCreated, Producer};
+use events::{Envelope, Event, EventType, OrderCancelled, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox::{self, AwaitingAnswer, OutboxRow, RelayWaker};
+use service_runtime::outbox::{self, AwaitingAnswer, RelayWaker};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db;
-use crate::domain::{NewOrder, Order, OrderStatus, OrderTrigger, Transition, transition};
+use crate::domain::{Order, OrderStatus, OrderTrigger, Transition, transition};
 
 /// The outbox rows whose answer has not arrived: the `OrderCreated` of an order still
 /// `PENDING`, the `OrderCancelled` of a cancellation not confirmed. The sweeper keeps them.
@@ -37,79 +34,6 @@ pub const AWAITING_ANSWER: AwaitingAnswer = AwaitingAnswer(
 
 /// The reason `OrderCancelled` carries for a cancellation through the API.
 pub const CANCEL_REASON: &str = "customer_request";
-
-/// A placed order, and whether it was placed by an earlier request with the same key.
-#[derive(Debug)]
-pub struct Placed {
-    pub order: Order,
-    pub replayed: bool,
-}
-
-/// Why an order was not placed.
-#[derive(Debug, thiserror::Error)]
-pub enum PlaceError {
-    #[error("the idempotency key was used with another request")]
-    KeyReused,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Stores `order` as `PENDING` and enqueues its `OrderCreated`, atomically: in one
-/// statement, or, with `idempotency_key`, in a transaction that also claims the key (a
-/// repeat of the same request then returns the first order).
-pub async fn place_order(
-    pool: &PgPool,
-    relay: &RelayWaker,
-    order: &NewOrder,
-    idempotency_key: Option<&str>,
-) -> Result<Placed, PlaceError> {
-    let id = Uuid::now_v7();
-    let event = OutboxRow::new(
-        ORDER_EVENTS,
-        &Envelope::new(
-            Producer::OrderService,
-            Event::OrderCreated(OrderCreated {
-                order_id: id,
-                customer_id: order.customer_id.clone(),
-                items: order.items.clone(),
-                total_cents: order.total_cents,
-                currency: order.currency,
-            }),
-        ),
-    );
-    let Some(key) = idempotency_key else {
-        let order = db::insert_order_with_event(pool, id, order, &event).await?;
-        relay.wake();
-        return Ok(Placed {
-            order,
-            replayed: false,
-        });
-    };
-    let mut tx = pool.begin().await?;
-    let request = order.canonical_json();
-    if !db::claim_idempotency_key(&mut tx, key, &request, id).await? {
-        let (first_request, first_order) = db::find_idempotency_key(&mut tx, key)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        if first_request != request {
-            return Err(PlaceError::KeyReused);
-        }
-        let order = db::find_order(&mut *tx, first_order)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        return Ok(Placed {
-            order,
-            replayed: true,
-        });
-    }
-    let placed = db::insert_order_with_event(&mut *tx, id, order, &event).await?;
-    tx.commit().await?;
-    relay.wake();
-    Ok(Placed {
-        order: placed,
-        replayed: false,
-    })
-}
 
 /// Why an order was not cancelled.
 #[derive(Debug, thiserror::Error)]

@@ -75,18 +75,34 @@ impl OutboxRow {
         }
     }
 
-    /// Appends `INSERT INTO outbox (...) VALUES (...)` for this row to `query`, for a
-    /// service that writes the row in the same statement as its change (e.g. a CTE).
-    pub fn push_insert(&self, query: &mut QueryBuilder<Postgres>) {
-        query.push("INSERT INTO outbox (event_id, stream, event_type, order_id, fields) VALUES (");
-        let mut values = query.separated(", ");
-        values
-            .push_bind(self.event_id)
-            .push_bind(self.stream.as_str())
-            .push_bind(self.event_type)
-            .push_bind(self.order_id)
-            .push_bind(&self.fields);
-        query.push(")");
+    /// Appends `INSERT INTO outbox (...) SELECT ... FROM unnest(...)` of `rows`, in the
+    /// order given, to `query`: for a service that writes its rows in the same statement
+    /// as its change (e.g. a CTE).
+    pub fn push_insert_all(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
+        // A field list per row: Postgres arrays of arrays must be rectangular, so each list
+        // travels as a JSON array and becomes a `text[]` again in the statement.
+        let fields: Vec<serde_json::Value> =
+            rows.iter().map(|r| serde_json::json!(r.fields)).collect();
+        query.push(
+            "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+             SELECT event_id, stream, event_type, order_id,
+                    ARRAY(SELECT jsonb_array_elements_text(fields))
+             FROM unnest(",
+        );
+        query
+            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .push("::uuid[], ")
+            .push_bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
+            .push("::text[], ")
+            .push_bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
+            .push("::text[], ")
+            .push_bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .push("::uuid[], ")
+            .push_bind(fields)
+            .push(
+                "::jsonb[]) WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
+             ORDER BY n",
+            );
     }
 }
 
@@ -117,24 +133,9 @@ pub async fn enqueue_all(
         .iter()
         .map(|e| OutboxRow::new(stream, e))
         .collect();
-    // A field list per row: Postgres arrays of arrays must be rectangular, so each list
-    // travels as a JSON array and becomes a `text[]` again in the statement.
-    let fields: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::json!(r.fields)).collect();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
-         SELECT event_id, $2, event_type, order_id,
-                ARRAY(SELECT jsonb_array_elements_text(fields))
-         FROM unnest($1::uuid[], $3::text[], $4::uuid[], $5::jsonb[])
-              WITH ORDINALITY AS t(event_id, event_type, order_id, fields, n)
-         ORDER BY n",
-    )
-    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-    .bind(stream)
-    .bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-    .bind(fields)
-    .execute(conn)
-    .await?;
+    let mut query = QueryBuilder::new("");
+    OutboxRow::push_insert_all(&rows.iter().collect::<Vec<_>>(), &mut query);
+    query.build().execute(conn).await?;
     Ok(())
 }
 

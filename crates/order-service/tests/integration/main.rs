@@ -5,5 +5,6 @@
 mod flows;
 mod forged;
 mod orders;
+mod placing;
 mod support;
 mod tls;

@@ -1,0 +1,207 @@
+//! Placing an order (SPEC §4.1): the order row and its `OrderCreated` outbox row commit in
+//! one statement (transactional outbox), and the relay publishes the event.
+//!
+//! Orders placed at the same moment share that statement, and so its commit: a request
+//! hands its order to a writer, and a writer that is free takes every order waiting (up
+//! to [`MAX_GROUP`]) and inserts them together. A lone request is written at once, so
+//! this adds no latency; under load, a round trip and a durable commit, most of what
+//! writing one order costs Postgres, serve many orders (group commit, done before the
+//! database has to). If a group's statement fails, each of its orders is written again on
+//! its own: an order Postgres refuses fails alone, and each request gets its own answer.
+//!
+//! With an `Idempotency-Key` the key is claimed in the order's own transaction, so a
+//! retried request returns the order of the first and publishes nothing new; such orders
+//! are written one at a time, as that transaction needs.
+
+use std::sync::Arc;
+
+use events::streams::ORDER_EVENTS;
+use events::{Envelope, Event, OrderCreated, Producer};
+use service_runtime::outbox::{OutboxRow, RelayWaker};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::db::{self, NewOrderRow};
+use crate::domain::{NewOrder, Order};
+
+/// The most orders one statement inserts.
+pub const MAX_GROUP: usize = 64;
+
+/// Orders waiting for a writer at most; a request beyond waits to hand its order over.
+const QUEUE: usize = 1024;
+
+/// A placed order, and whether it was placed by an earlier request with the same key.
+#[derive(Debug)]
+pub struct Placed {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("the idempotency key was used with another request")]
+    KeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Places orders. Clones share the writers, which stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct Placing {
+    pool: PgPool,
+    relay: RelayWaker,
+    queue: mpsc::Sender<Waiting>,
+}
+
+/// An order handed to the writers, and where its outcome goes.
+struct Waiting {
+    id: Uuid,
+    order: NewOrder,
+    event: OutboxRow,
+    outcome: oneshot::Sender<sqlx::Result<Order>>,
+}
+
+impl Placing {
+    /// Starts `writers` writers on `pool` (at least one), each writing one group at a
+    /// time; the relay is woken after each group commits.
+    pub fn start(pool: PgPool, relay: RelayWaker, writers: usize) -> Self {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(write_groups(pool.clone(), relay.clone(), waiting.clone()));
+        }
+        Self { pool, relay, queue }
+    }
+
+    /// How many orders wait for a writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Stores `order` as `PENDING` with its `OrderCreated`, atomically; with
+    /// `idempotency_key`, in a transaction that also claims the key (a repeat of the same
+    /// request then returns the first order).
+    pub async fn place(
+        &self,
+        order: NewOrder,
+        idempotency_key: Option<&str>,
+    ) -> Result<Placed, PlaceError> {
+        let id = Uuid::now_v7();
+        let event = order_created(id, &order);
+        let Some(key) = idempotency_key else {
+            let (outcome, placed) = oneshot::channel();
+            let waiting = Waiting {
+                id,
+                order,
+                event,
+                outcome,
+            };
+            // The writers are gone only when the service is shutting down.
+            self.queue
+                .send(waiting)
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let order = placed.await.map_err(|_| sqlx::Error::PoolClosed)??;
+            return Ok(Placed {
+                order,
+                replayed: false,
+            });
+        };
+        let mut tx = self.pool.begin().await?;
+        let request = order.canonical_json();
+        if !db::claim_idempotency_key(&mut tx, key, &request, id).await? {
+            let (first_request, first_order) = db::find_idempotency_key(&mut tx, key)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            if first_request != request {
+                return Err(PlaceError::KeyReused);
+            }
+            let order = db::find_order(&mut *tx, first_order)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok(Placed {
+                order,
+                replayed: true,
+            });
+        }
+        let placed = db::insert_orders_with_events(&mut *tx, &[(id, &order, &event)]).await?;
+        tx.commit().await?;
+        self.relay.wake();
+        let order = placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)?;
+        Ok(Placed {
+            order,
+            replayed: false,
+        })
+    }
+}
+
+/// The `OrderCreated` outbox row of order `id`.
+fn order_created(id: Uuid, order: &NewOrder) -> OutboxRow {
+    OutboxRow::new(
+        ORDER_EVENTS,
+        &Envelope::new(
+            Producer::OrderService,
+            Event::OrderCreated(OrderCreated {
+                order_id: id,
+                customer_id: order.customer_id.clone(),
+                items: order.items.clone(),
+                total_cents: order.total_cents,
+                currency: order.currency,
+            }),
+        ),
+    )
+}
+
+/// One writer: takes every order waiting (once one is), writes them, answers each.
+async fn write_groups(
+    pool: PgPool,
+    relay: RelayWaker,
+    waiting: Arc<Mutex<mpsc::Receiver<Waiting>>>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    loop {
+        if waiting.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
+            return; // every sender is gone
+        }
+        match insert(&pool, &group).await {
+            Ok(placed) => {
+                relay.wake();
+                for (waiting, order) in group.drain(..).zip(placed) {
+                    let _ = waiting.outcome.send(Ok(order));
+                }
+            }
+            Err(error) if group.len() == 1 => {
+                if let Some(waiting) = group.pop() {
+                    let _ = waiting.outcome.send(Err(error));
+                }
+            }
+            Err(_) => {
+                // Which order was refused, or whether the database failed for all, only
+                // writing each on its own tells; they go concurrently.
+                futures::future::join_all(group.drain(..).map(|waiting| async {
+                    let outcome = insert(&pool, std::slice::from_ref(&waiting))
+                        .await
+                        .and_then(|placed| {
+                            placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+                        });
+                    if outcome.is_ok() {
+                        relay.wake();
+                    }
+                    let _ = waiting.outcome.send(outcome);
+                }))
+                .await;
+            }
+        }
+    }
+}
+
+/// Inserts `group` in one statement.
+async fn insert(pool: &PgPool, group: &[Waiting]) -> sqlx::Result<Vec<Order>> {
+    let rows: Vec<NewOrderRow<'_>> = group
+        .iter()
+        .map(|waiting| (waiting.id, &waiting.order, &waiting.event))
+        .collect();
+    db::insert_orders_with_events(pool, &rows).await
+}
