@@ -1,14 +1,14 @@
 //! `loadgen`: the benchmark of the whole system against the limit of its box.
 //!
-//! Every order must commit at least once in Postgres, so the ceiling is the rate at which
-//! this Postgres commits the order-create transaction (insert order + insert outbox row,
-//! durable commit). In one run, `loadgen`:
+//! Every order must commit at least once in Postgres, so the reference is the rate at
+//! which this Postgres commits order-service's create statement (insert order + insert
+//! outbox row, durable commit), one order per commit. In one run, `loadgen`:
 //!
 //! 1. places `--orders` orders against a running order-service, `--concurrency` at a
 //!    time or at a fixed `--rate`, and times each `POST /orders`;
 //! 2. waits until every accepted order is final, and reads created -> final latencies
 //!    from the order database;
-//! 3. runs pgbench with the order-create transaction at the same concurrency against the
+//! 3. runs pgbench with the order-create statement at the same concurrency against the
 //!    same Postgres (a scratch database with the real schema), for the reference rate;
 //! 4. reports memory and idle CPU of the service processes it is told to watch;
 //! 5. prints the figures, writes them as JSON, and draws the latency CDFs as SVG.
