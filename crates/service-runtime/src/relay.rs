@@ -1,9 +1,9 @@
 //! Outbox relay (SPEC §4.1): publishes committed outbox rows to their streams.
 //!
-//! [`OutboxRelay::relay_once`] locks a batch of unpublished rows (`FOR UPDATE SKIP
-//! LOCKED`, so several replicas share the work without publishing a row twice at once),
-//! `XADD`s them in one pipeline, marks them published and commits (without waiting for
-//! the disk: a lost mark only means a repeat). If Redis fails the
+//! [`OutboxRelay::relay_once`] locks and marks a batch of unpublished rows in one
+//! statement (`FOR UPDATE SKIP LOCKED`, so several replicas share the work without
+//! publishing a row twice at once), `XADD`s them in one pipeline, and commits the marks
+//! (without waiting for the disk: a lost mark only means a repeat). If Redis fails the
 //! transaction rolls back and the rows stay unpublished; if the commit fails after the
 //! `XADD`, the rows are published again later with the same `event_id`, which consumers'
 //! inboxes absorb. Either way an event is published at least once and applied once.
@@ -74,12 +74,16 @@ impl OutboxRelay {
             .pool
             .begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
             .await?;
+        // Claimed and marked in one statement; the mark commits only after the `XADD`s
+        // answered, so a failed publish leaves the rows unpublished.
         let rows = sqlx::query(
-            "SELECT id, stream, event_type, fields FROM outbox
-             WHERE published_at IS NULL
-             ORDER BY id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox SET published_at = now()
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE published_at IS NULL
+                          ORDER BY id
+                          LIMIT $1
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING id, stream, event_type, fields",
         )
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
@@ -87,10 +91,15 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
+        // `RETURNING` keeps no order: publish oldest first, as the rows were committed.
+        let mut rows = rows
+            .into_iter()
+            .map(|row| Ok((row.try_get::<i64, _>("id")?, row)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        rows.sort_by_key(|(id, _)| *id);
         let mut pipe = redis::pipe();
-        let mut ids = Vec::with_capacity(rows.len());
         let mut published = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for (_, row) in &rows {
             let stream: &str = row.try_get("stream")?;
             published.push((
                 self.keys.stream(stream),
@@ -102,20 +111,15 @@ impl OutboxRelay {
                 .arg("*")
                 .arg(fields)
                 .ignore();
-            ids.push(row.try_get::<i64, _>("id")?);
         }
         pipe.exec_async(&mut self.redis.clone()).await?;
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         for (stream, event_type) in published {
             metrics::counter!(EVENTS_PUBLISHED, "stream" => stream, "event_type" => event_type)
                 .increment(1);
         }
-        debug!(published = ids.len(), "outbox rows published");
-        Ok(ids.len())
+        debug!(published = rows.len(), "outbox rows published");
+        Ok(rows.len())
     }
 
     /// Publishes until `shutdown`, then makes one last pass to flush what is committed.

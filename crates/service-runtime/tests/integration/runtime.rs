@@ -12,7 +12,7 @@ use service_runtime::outbox::RelayWaker;
 use service_runtime::redis_conn::RedisConnections;
 use service_runtime::{Consumer, EventHandler, HandleError, OutboxRelay, StreamKeys, outbox};
 use sqlx::{PgConnection, PgPool};
-use testkit::{TestContext, eventually};
+use testkit::{PrivateRedis, TestContext, eventually};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -336,6 +336,44 @@ async fn two_relays_publish_every_row_exactly_once() {
     let mut expected: Vec<String> = sent.iter().map(|e| e.event_id.to_string()).collect();
     expected.sort();
     assert_eq!(published, expected, "each event exactly once");
+}
+
+#[tokio::test]
+async fn a_relay_that_cannot_publish_marks_nothing_and_publishes_once_redis_is_back() {
+    let mut redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        enqueue(&pool, &event()).await;
+    }
+
+    redis.kill();
+    assert!(relay.relay_once().await.is_err(), "no Redis, no publish");
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("counts");
+    assert_eq!(
+        unpublished, 3,
+        "a row is marked only once its XADD answered"
+    );
+
+    redis.restart().await;
+    eventually(
+        "the relay to publish once Redis is back",
+        Duration::from_secs(10),
+        || async { relay.relay_once().await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    published(
+        &ctx,
+        3,
+        "the three rows on the stream",
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 #[tokio::test]
