@@ -40,14 +40,14 @@ pub async fn insert_orders_with_events<'c>(
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| o.customer_id.clone())
+                .map(|(_, o, _)| o.customer_id.as_str())
                 .collect::<Vec<_>>(),
         )
         .push("::text[], ")
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| Json(o.items.clone()))
+                .map(|(_, o, _)| Json(&o.items))
                 .collect::<Vec<_>>(),
         )
         .push("::jsonb[], ")
