@@ -31,11 +31,11 @@ pub async fn start(
     let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
-        relay: infra.relay_waker.clone(),
-        placing: Placing::start(infra.pool.clone(), infra.relay_waker.clone(), WRITERS),
+        relay: infra.relay_queue.clone(),
+        placing: Placing::start(infra.pool.clone(), infra.relay_queue.clone(), WRITERS),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
-    let (pool, relay) = (infra.pool.clone(), infra.relay_waker.clone());
+    let (pool, relay) = (infra.pool.clone(), infra.relay_queue.clone());
     let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
         let (pool, relay) = (pool.clone(), relay.clone());
         async move { Ok(orders::republish_unanswered(&pool, &relay, after).await?) }

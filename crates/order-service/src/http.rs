@@ -19,7 +19,7 @@ use crate::db::{self, OrderFilter};
 use crate::domain::{NewOrder, Order, OrderRequest, OrderStatus};
 use crate::orders::{self, CancelError};
 use crate::placing::{PlaceError, Placing};
-use service_runtime::outbox::RelayWaker;
+use service_runtime::outbox::RelayQueue;
 
 /// Page size of `GET /orders` when none is asked for, and the most it gives.
 pub const DEFAULT_PAGE: i64 = 20;
@@ -30,7 +30,7 @@ pub const MAX_PAGE: i64 = 100;
 pub struct AppState {
     pub pool: PgPool,
     /// Woken after a cancellation committed its event.
-    pub relay: RelayWaker,
+    pub relay: RelayQueue,
     pub placing: Placing,
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, EventType, OrderCancelled, Producer};
 use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox::{self, AwaitingAnswer, RelayWaker};
+use service_runtime::outbox::{self, AwaitingAnswer, RelayQueue};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -51,7 +51,7 @@ pub enum CancelError {
 /// others see `CANCELLED` and conflict.
 pub async fn cancel_order(
     pool: &PgPool,
-    relay: &RelayWaker,
+    relay: &RelayQueue,
     id: Uuid,
 ) -> Result<Order, CancelError> {
     let mut tx = pool.begin().await?;
@@ -73,9 +73,9 @@ pub async fn cancel_order(
                     reason: CANCEL_REASON.to_owned(),
                 }),
             );
-            outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
+            let queued = outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
             tx.commit().await?;
-            relay.wake();
+            relay.hand_over(queued);
             Ok(cancelled)
         }
         Transition::Keep | Transition::Conflict => Err(CancelError::Conflict(order.status)),
@@ -88,7 +88,7 @@ pub async fn cancel_order(
 /// ago. Returns how many.
 pub async fn republish_unanswered(
     pool: &PgPool,
-    relay: &RelayWaker,
+    relay: &RelayQueue,
     after: Duration,
 ) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
@@ -97,12 +97,11 @@ pub async fn republish_unanswered(
     let mut rearmed = outbox::republish(&mut tx, &pending, Some(&created), after).await?;
     let cancelled = db::unconfirmed_cancellations(&mut tx, after).await?;
     let cancellation = [EventType::OrderCancelled];
-    rearmed += outbox::republish(&mut tx, &cancelled, Some(&cancellation), after).await?;
+    rearmed.extend(outbox::republish(&mut tx, &cancelled, Some(&cancellation), after).await?);
     tx.commit().await?;
-    if rearmed > 0 {
-        relay.wake();
-    }
-    Ok(rearmed)
+    let count = rearmed.len() as u64;
+    relay.hand_over(rearmed);
+    Ok(count)
 }
 
 /// Records how long an order took from creation to its final state (first final state

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::Envelope;
+use service_runtime::outbox::OutboxRow;
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
@@ -28,9 +29,11 @@ pub struct PaymentEvents;
 
 impl EventHandler for PaymentEvents {
     /// Payment outcomes only change orders; nothing is published in answer.
-    const WRITES_OUTBOX: bool = false;
-
-    async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<OutboxRow>, HandleError> {
         let outcomes = events
             .iter()
             .map(|envelope| {
@@ -83,6 +86,6 @@ impl EventHandler for PaymentEvents {
                 orders::record_time_to_final(&order);
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, OrderCreated, Producer};
-use service_runtime::outbox::{OutboxRow, RelayWaker};
+use service_runtime::outbox::{OutboxRow, RelayQueue};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -51,7 +51,7 @@ pub enum PlaceError {
 #[derive(Clone)]
 pub struct Placing {
     pool: PgPool,
-    relay: RelayWaker,
+    relay: RelayQueue,
     queue: mpsc::Sender<Waiting>,
 }
 
@@ -65,8 +65,8 @@ struct Waiting {
 
 impl Placing {
     /// Starts `writers` writers on `pool` (at least one), each writing one group at a
-    /// time; the relay is woken after each group commits.
-    pub fn start(pool: PgPool, relay: RelayWaker, writers: usize) -> Self {
+    /// time; each group's events go to the relay once it commits.
+    pub fn start(pool: PgPool, relay: RelayQueue, writers: usize) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..writers.max(1) {
@@ -128,7 +128,7 @@ impl Placing {
         }
         let placed = db::insert_orders_with_events(&mut *tx, &[(id, &order, &event)]).await?;
         tx.commit().await?;
-        self.relay.wake();
+        self.relay.hand_over(vec![event]);
         let order = placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)?;
         Ok(Placed {
             order,
@@ -157,7 +157,7 @@ fn order_created(id: Uuid, order: &NewOrder) -> OutboxRow {
 /// One writer: takes every order waiting (once one is), writes them, answers each.
 async fn write_groups(
     pool: PgPool,
-    relay: RelayWaker,
+    relay: RelayQueue,
     waiting: Arc<Mutex<mpsc::Receiver<Waiting>>>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
@@ -167,10 +167,12 @@ async fn write_groups(
         }
         match insert(&pool, &group).await {
             Ok(placed) => {
-                relay.wake();
+                let mut events = Vec::with_capacity(group.len());
                 for (waiting, order) in group.drain(..).zip(placed) {
                     let _ = waiting.outcome.send(Ok(order));
+                    events.push(waiting.event);
                 }
+                relay.hand_over(events);
             }
             Err(error) if group.len() == 1 => {
                 if let Some(waiting) = group.pop() {
@@ -187,7 +189,7 @@ async fn write_groups(
                             placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)
                         });
                     if outcome.is_ok() {
-                        relay.wake();
+                        relay.hand_over(vec![waiting.event.clone()]);
                     }
                     let _ = waiting.outcome.send(outcome);
                 }))

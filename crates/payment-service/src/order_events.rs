@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use events::Envelope;
 use events::streams::PAYMENT_EVENTS;
-use service_runtime::{EventHandler, HandleError, outbox};
+use service_runtime::outbox::{self, OutboxRow};
+use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
 
@@ -53,7 +54,11 @@ impl EventHandler for OrderEvents {
         }
     }
 
-    async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<OutboxRow>, HandleError> {
         let events = events
             .iter()
             .map(|envelope| OrderEvent::of(envelope))
@@ -80,23 +85,27 @@ impl EventHandler for OrderEvents {
         }
         let settled = ledger.finish();
         db::settle(tx, &settled.settlement).await?;
-        outbox::enqueue_all(tx, PAYMENT_EVENTS, &settled.published).await?;
+        let mut outgoing = outbox::enqueue_all(tx, PAYMENT_EVENTS, &settled.published).await?;
         let asked = &settled.asked_again;
-        outbox::republish(
-            tx,
-            &asked.created,
-            Some(&ANSWERS_TO_CREATED),
-            Duration::ZERO,
-        )
-        .await?;
-        outbox::republish(
-            tx,
-            &asked.cancelled,
-            Some(&ANSWERS_TO_CANCELLED),
-            Duration::ZERO,
-        )
-        .await?;
-        Ok(())
+        outgoing.extend(
+            outbox::republish(
+                tx,
+                &asked.created,
+                Some(&ANSWERS_TO_CREATED),
+                Duration::ZERO,
+            )
+            .await?,
+        );
+        outgoing.extend(
+            outbox::republish(
+                tx,
+                &asked.cancelled,
+                Some(&ANSWERS_TO_CANCELLED),
+                Duration::ZERO,
+            )
+            .await?,
+        );
+        Ok(outgoing)
     }
 
     /// A repeated question means order-service has not heard the answer (its reconciler
@@ -106,16 +115,16 @@ impl EventHandler for OrderEvents {
         &self,
         tx: &mut PgConnection,
         envelope: &Envelope,
-    ) -> Result<(), HandleError> {
+    ) -> Result<Vec<OutboxRow>, HandleError> {
         let (order_id, answers) = match OrderEvent::of(envelope) {
             Ok(OrderEvent::Created(_, order)) => (order.order_id, ANSWERS_TO_CREATED),
             Ok(OrderEvent::Cancelled(_, cancel)) => (cancel.order_id, ANSWERS_TO_CANCELLED),
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(Vec::new()),
         };
         let rearmed = outbox::republish(tx, &[order_id], Some(&answers), Duration::ZERO).await?;
-        if rearmed > 0 {
-            info!(%order_id, rearmed, "order-service asked again; re-publishing the recorded answer");
+        if !rearmed.is_empty() {
+            info!(%order_id, rearmed = rearmed.len(), "order-service asked again; re-publishing the recorded answer");
         }
-        Ok(())
+        Ok(rearmed)
     }
 }

@@ -3,42 +3,69 @@
 //! A service never writes its database and then `XADD`s separately: a crash between the
 //! two would lose the event or publish one for a change that never committed. Instead it
 //! calls [`enqueue`] inside the transaction of the state change; the row commits or rolls
-//! back with it, and the [relay](crate::relay) publishes it afterwards. The code that
-//! committed it wakes its own process's relay through a [`RelayWaker`], after the
-//! commit: no `NOTIFY`, which would serialise the commits of every notifying transaction
-//! (Postgres holds a global lock across them), so commits still group.
+//! back with it. After the commit, the code that committed it hands the rows to its own
+//! process's relay ([`RelayQueue`]), which publishes them at once, from memory, and then
+//! marks them published. A row whose writer died before handing it over, or whose
+//! publish failed, is still unpublished in the table: the relay's poll finds it there.
+//! (No `NOTIFY` either: Postgres serialises the commits of every notifying transaction,
+//! holding a global lock across them, so commits would no longer group.)
 //!
 //! The row stores the finished field list of the stream entry, so what the relay writes,
 //! and re-writes after a broker loss, is byte-for-byte the event that was committed. A
 //! service may also write the [`OutboxRow`] in the very statement that makes its change
 //! (one statement is atomic on its own), saving the round trips of a transaction.
 
-use std::sync::Arc;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::{Envelope, EventType};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Wakes this process's relay: call [`wake`](Self::wake) after committing a transaction
-/// that added or re-armed outbox rows. It never blocks, and a wake while the relay is
-/// busy makes it pass once more, so none is lost. Rows of another process are published
-/// by that process's relay; rows whose writer died before waking anyone, by the relay's
-/// poll (every second).
-#[derive(Debug, Clone, Default)]
-pub struct RelayWaker(Arc<Notify>);
+/// The most committed rows waiting in memory for the relay. Past it, rows are left to the
+/// relay's poll (they are in the table either way): memory stays bounded while Redis is
+/// down and writers keep committing.
+const QUEUE_LIMIT: usize = 10_000;
 
-impl RelayWaker {
-    /// Tells the relay there are rows to publish.
-    pub fn wake(&self) {
-        self.0.notify_one();
+/// This process's line to its relay. After committing a transaction that added or
+/// re-armed outbox rows, [`hand_over`](Self::hand_over) them: the relay publishes them
+/// without reading them back. It never blocks. Rows never handed over (their writer died
+/// first) or that could not be published are found by the relay's poll.
+#[derive(Debug, Clone, Default)]
+pub struct RelayQueue(Arc<QueueInner>);
+
+#[derive(Debug, Default)]
+struct QueueInner {
+    rows: Mutex<Vec<OutboxRow>>,
+    ready: Notify,
+}
+
+impl RelayQueue {
+    /// Gives the relay `rows`, committed: call it after the commit, never before (a row
+    /// of a transaction that rolled back must never be published).
+    pub fn hand_over(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        {
+            let mut queued = self.0.rows.lock().unwrap_or_else(|e| e.into_inner());
+            let room = QUEUE_LIMIT.saturating_sub(queued.len());
+            queued.extend(rows.into_iter().take(room));
+        }
+        self.0.ready.notify_one();
     }
 
-    /// Waits for the next [`wake`](Self::wake) (or returns at once for one that came
-    /// while nobody waited).
-    pub(crate) async fn woken(&self) {
-        self.0.notified().await;
+    /// Takes every row handed over so far.
+    pub(crate) fn take(&self) -> Vec<OutboxRow> {
+        std::mem::take(&mut *self.0.rows.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits until rows are handed over (or returns at once for rows handed over while
+    /// nobody waited).
+    pub(crate) async fn ready(&self) {
+        self.0.ready.notified().await;
     }
 }
 
@@ -107,27 +134,29 @@ impl OutboxRow {
 }
 
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
-/// Call it on the transaction that makes the change the event describes. (A service may
+/// Call it on the transaction that makes the change the event describes, and hand the
+/// row it returns to the [`RelayQueue`] once that transaction committed. (A service may
 /// instead write the [`OutboxRow`] in the same statement as its change.)
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
     envelope: &Envelope,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Vec<OutboxRow>> {
     enqueue_all(conn, stream, std::slice::from_ref(envelope)).await
 }
 
 /// Adds `envelopes` to the outbox in one statement, to be published on the logical stream
-/// `stream`, in the order given. Call it on the transaction that makes the changes the
-/// events describe. Each envelope should carry the trace context it continues.
+/// `stream`, in the order given, and returns their rows for the [`RelayQueue`]. Call it on
+/// the transaction that makes the changes the events describe. Each envelope should carry
+/// the trace context it continues.
 #[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
 pub async fn enqueue_all(
     conn: &mut PgConnection,
     stream: &str,
     envelopes: &[Envelope],
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Vec<OutboxRow>> {
     if envelopes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let rows: Vec<OutboxRow> = envelopes
         .iter()
@@ -136,38 +165,52 @@ pub async fn enqueue_all(
     let mut query = QueryBuilder::new("");
     OutboxRow::push_insert_all(&rows.iter().collect::<Vec<_>>(), &mut query);
     query.build().execute(conn).await?;
-    Ok(())
+    Ok(rows)
 }
 
 /// Publishes again, with the same `event_id`s, the events of `order_ids` that went out
 /// at least `published_ago` ago: all of them, or only those of `event_types`. Returns
-/// how many; wake the relay after the commit when there are any. A consumer's inbox absorbs
-/// the repeat; a producer uses this to repair a broker that lost an event, or to answer
-/// a question asked again (SPEC §4.6).
+/// their rows, for the [`RelayQueue`] once the transaction committed. A consumer's inbox
+/// absorbs the repeat; a producer uses this to repair a broker that lost an event, or to
+/// answer a question asked again (SPEC §4.6).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
 pub async fn republish(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
     event_types: Option<&[EventType]>,
     published_ago: Duration,
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<Vec<OutboxRow>> {
     if order_ids.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let types: Option<Vec<&str>> = event_types.map(|t| t.iter().map(|t| t.as_str()).collect());
     let rearmed = sqlx::query(
         "UPDATE outbox SET published_at = NULL
          WHERE order_id = ANY($1)
            AND ($2::text[] IS NULL OR event_type = ANY($2))
-           AND published_at <= now() - make_interval(secs => $3)",
+           AND published_at <= now() - make_interval(secs => $3)
+         RETURNING event_id, stream, event_type, order_id, fields",
     )
     .bind(order_ids)
     .bind(types)
     .bind(published_ago.as_secs_f64())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(rearmed)
+    .fetch_all(conn)
+    .await?;
+    rearmed
+        .iter()
+        .map(|row| {
+            let event_type: &str = row.try_get("event_type")?;
+            Ok(OutboxRow {
+                event_id: row.try_get("event_id")?,
+                stream: row.try_get("stream")?,
+                event_type: EventType::from_str(event_type)
+                    .map_err(|e| sqlx::Error::Decode(e.into()))?
+                    .as_str(),
+                order_id: row.try_get("order_id")?,
+                fields: row.try_get("fields")?,
+            })
+        })
+        .collect()
 }
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an

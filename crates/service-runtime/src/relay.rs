@@ -1,27 +1,32 @@
 //! Outbox relay (SPEC §4.1): publishes committed outbox rows to their streams.
 //!
-//! [`OutboxRelay::relay_once`] locks and marks a batch of unpublished rows in one
-//! statement (`FOR UPDATE SKIP LOCKED`, so several replicas share the work without
-//! publishing a row twice at once), `XADD`s them in one pipeline, and commits the marks
-//! (without waiting for the disk: a lost mark only means a repeat). If Redis fails the
-//! transaction rolls back and the rows stay unpublished; if the commit fails after the
-//! `XADD`, the rows are published again later with the same `event_id`, which consumers'
-//! inboxes absorb. Either way an event is published at least once and applied once.
+//! Two ways in, one guarantee (every committed row is published at least once; consumers'
+//! inboxes absorb a repeat):
+//! - **Handed over** ([`RelayQueue`]): the code that committed rows gives them to its own
+//!   process's relay, which `XADD`s them at once, without reading them back, then marks
+//!   them published. This is the normal path, and costs the event no round trip to
+//!   Postgres before its `XADD`.
+//! - **Claimed** ([`OutboxRelay::relay_once`]), the safety net: every poll the relay
+//!   locks and marks, in one statement (`FOR UPDATE SKIP LOCKED`, so replicas share the
+//!   work), unpublished rows older than `claim_after`, `XADD`s them in one pipeline, and
+//!   commits the marks only then. Those are rows whose writer died before handing them
+//!   over, or whose publish or mark failed: left younger than `claim_after`, a row is its
+//!   writer's to publish, so the two paths rarely publish one row twice.
 //!
-//! [`OutboxRelay::run`] wakes when its process committed rows ([`RelayWaker`]), with a
-//! periodic poll as the safety net for rows no live process woke it for (their writer
-//! died between commit and wake, or another replica's relay is gone).
+//! If Redis fails, the rows stay unpublished and the poll retries them; a lost mark only
+//! means a repeat.
 
 use std::time::Duration;
 
 use sqlx::{PgPool, Row};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
 use crate::observability::EVENTS_PUBLISHED;
-use crate::outbox::RelayWaker;
+use crate::outbox::RelayQueue;
 use crate::redis_conn::RedisConnection;
 
 /// Why a relay pass published nothing. The rows stay unpublished and are retried.
@@ -40,19 +45,21 @@ pub struct OutboxRelay {
     keys: StreamKeys,
     batch_size: i64,
     poll_interval: Duration,
-    waker: RelayWaker,
+    claim_after: Duration,
+    queue: RelayQueue,
 }
 
 impl OutboxRelay {
-    /// A relay publishing up to `batch_size` rows per pass, woken by `waker`, polling
-    /// every `poll_interval` when nobody wakes it.
+    /// A relay publishing the rows handed to `queue`, and every `poll_interval` claiming
+    /// up to `batch_size` rows per pass among those unpublished for longer than
+    /// `claim_after`.
     pub fn new(
         pool: PgPool,
         redis: RedisConnection,
         keys: StreamKeys,
         batch_size: usize,
-        poll_interval: Duration,
-        waker: RelayWaker,
+        (poll_interval, claim_after): (Duration, Duration),
+        queue: RelayQueue,
     ) -> Self {
         Self {
             pool,
@@ -60,11 +67,43 @@ impl OutboxRelay {
             keys,
             batch_size: i64::try_from(batch_size).unwrap_or(i64::MAX),
             poll_interval,
-            waker,
+            claim_after,
+            queue,
         }
     }
 
-    /// Publishes one batch of unpublished rows, oldest first. Returns how many.
+    /// Publishes the rows handed over since the last call, then marks them published.
+    /// Returns how many. If Redis fails they are dropped from memory, still unpublished
+    /// in the table, for the poll.
+    pub async fn publish_handed_over(&self) -> Result<usize, RelayError> {
+        let rows = self.queue.take();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for row in &rows {
+            pipe.cmd("XADD")
+                .arg(self.keys.stream(&row.stream))
+                .arg("*")
+                .arg(&row.fields)
+                .ignore();
+        }
+        pipe.exec_async(&mut self.redis.clone()).await?;
+        self.count_published(rows.iter().map(|row| (row.stream.as_str(), row.event_type)));
+        let event_ids: Vec<_> = rows.iter().map(|row| row.event_id).collect();
+        sqlx::query(
+            "UPDATE outbox SET published_at = now()
+             WHERE event_id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(&event_ids)
+        .execute(&self.pool)
+        .await?;
+        debug!(published = rows.len(), "handed-over outbox rows published");
+        Ok(rows.len())
+    }
+
+    /// Claims one batch of rows unpublished for longer than `claim_after`, oldest first,
+    /// and publishes them. Returns how many.
     #[tracing::instrument(skip_all, level = "debug")]
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         // Marking rows published need not wait for the disk: if a crash loses the mark,
@@ -80,12 +119,14 @@ impl OutboxRelay {
             "UPDATE outbox SET published_at = now()
              WHERE id IN (SELECT id FROM outbox
                           WHERE published_at IS NULL
+                            AND created_at < now() - make_interval(secs => $2)
                           ORDER BY id
                           LIMIT $1
                           FOR UPDATE SKIP LOCKED)
              RETURNING id, stream, event_type, fields",
         )
         .bind(self.batch_size)
+        .bind(self.claim_after.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -93,19 +134,19 @@ impl OutboxRelay {
         }
         // `RETURNING` keeps no order: publish oldest first, as the rows were committed.
         let mut rows = rows
-            .into_iter()
-            .map(|row| Ok((row.try_get::<i64, _>("id")?, row)))
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>("id")?,
+                    row.try_get::<&str, _>("stream")?,
+                    row.try_get::<&str, _>("event_type")?,
+                    row.try_get::<Vec<String>, _>("fields")?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        rows.sort_by_key(|(id, _)| *id);
+        rows.sort_by_key(|(id, ..)| *id);
         let mut pipe = redis::pipe();
-        let mut published = Vec::with_capacity(rows.len());
-        for (_, row) in &rows {
-            let stream: &str = row.try_get("stream")?;
-            published.push((
-                self.keys.stream(stream),
-                row.try_get::<String, _>("event_type")?,
-            ));
-            let fields: Vec<String> = row.try_get("fields")?;
+        for (_, stream, _, fields) in &rows {
             pipe.cmd("XADD")
                 .arg(self.keys.stream(stream))
                 .arg("*")
@@ -114,33 +155,53 @@ impl OutboxRelay {
         }
         pipe.exec_async(&mut self.redis.clone()).await?;
         tx.commit().await?;
-        for (stream, event_type) in published {
-            metrics::counter!(EVENTS_PUBLISHED, "stream" => stream, "event_type" => event_type)
-                .increment(1);
-        }
-        debug!(published = rows.len(), "outbox rows published");
+        self.count_published(rows.iter().map(|(_, stream, event_type, _)| (*stream, *event_type)));
+        debug!(published = rows.len(), "outbox rows claimed and published");
         Ok(rows.len())
     }
 
-    /// Publishes until `shutdown`, then makes one last pass to flush what is committed.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
-        loop {
-            if let Err(e) = self.drain().await {
-                warn!(error = %e, "outbox relay failed; retrying");
-                if !backoff.wait(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-            backoff.reset();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.poll_interval) => {}
-                () = self.waker.woken() => {}
+    /// Counts published events by stream and type (one update per pair, not per event).
+    fn count_published<'a>(&self, published: impl Iterator<Item = (&'a str, &'a str)>) {
+        let mut counts: Vec<((&str, &str), u64)> = Vec::new();
+        for pair in published {
+            match counts.iter_mut().find(|(seen, _)| *seen == pair) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((pair, 1)),
             }
         }
-        match self.drain().await {
+        for ((stream, event_type), n) in counts {
+            metrics::counter!(EVENTS_PUBLISHED, "stream" => self.keys.stream(stream), "event_type" => event_type.to_owned())
+                .increment(n);
+        }
+    }
+
+    /// Publishes until `shutdown`: handed-over rows as they come, claimed rows every
+    /// `poll_interval`. Then publishes what is handed over and claimable, once more.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut poll = tokio::time::interval(self.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let pass = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.queue.ready() => self.publish_handed_over().await.map(drop),
+                _ = poll.tick() => self.drain().await,
+            };
+            match pass {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    warn!(error = %e, "outbox relay failed; unpublished rows are retried");
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let flushed = match self.publish_handed_over().await {
+            Ok(_) => self.drain().await,
+            Err(e) => Err(e),
+        };
+        match flushed {
             Ok(()) => info!("outbox relay stopped"),
             Err(e) => {
                 warn!(error = %e, "outbox relay stopped without flushing; rows stay for the next start")

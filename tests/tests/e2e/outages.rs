@@ -12,7 +12,7 @@ use std::time::Duration;
 use e2e::{assert_invariants, place_orders};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use order_service::orders;
-use service_runtime::outbox::RelayWaker;
+use service_runtime::outbox::RelayQueue;
 use sqlx::PgPool;
 use testkit::{Spawned, TestContext, backends, eventually};
 
@@ -222,7 +222,7 @@ async fn an_event_that_can_never_commit_is_dead_lettered_in_the_end_and_the_rest
     // Released; order-service asks again for what is still pending, and it ends.
     blocker.rollback().await.expect("released");
     // Asked from the test process: the service's relay finds the rows by its poll.
-    orders::republish_unanswered(&orders.pool, &RelayWaker::default(), Duration::ZERO)
+    orders::republish_unanswered(&orders.pool, &RelayQueue::default(), Duration::ZERO)
         .await
         .expect("asks again");
     let outcome = assert_invariants(&orders.pool, &payments[0].pool, QUIET).await;

@@ -1,6 +1,8 @@
 //! Applying a batch's events in the database: inbox records and the handler's effects in
 //! one transaction per partition group; if any event fails, the group is redone one
-//! event at a time, a savepoint each, so a failing event undoes only itself.
+//! event at a time, a savepoint each, so a failing event undoes only itself. The outbox
+//! rows a transaction wrote go to the relay once it committed, only those of events that
+//! committed.
 
 use std::hash::{Hash, Hasher};
 
@@ -12,6 +14,7 @@ use super::batch::{Outcome, Pending};
 use super::{Consumer, EventHandler, HandleError};
 use crate::database::{self, Failure};
 use crate::inbox;
+use crate::outbox::OutboxRow;
 
 impl<H: EventHandler> Consumer<H> {
     /// Applies a batch: split by [`EventHandler::partition_key`] into at most
@@ -72,8 +75,9 @@ impl<H: EventHandler> Consumer<H> {
             span.follows_from(&pending.span);
         }
         match self.apply(&mut tx, &envelopes).instrument(span).await {
-            Ok(outcomes) => {
+            Ok((outcomes, outgoing)) => {
                 tx.commit().await?;
+                self.relay.hand_over(outgoing);
                 Ok(Some(outcomes))
             }
             Err(e) => {
@@ -88,11 +92,15 @@ impl<H: EventHandler> Consumer<H> {
     async fn try_one_by_one(&self, group: &[&Pending]) -> Result<Vec<Outcome>, sqlx::Error> {
         let mut tx = self.begin().await?;
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut outgoing = Vec::new();
         for pending in group {
             let outcome = async {
                 sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
                 let outcome = match self.apply(&mut tx, &[&*pending.envelope]).await {
-                    Ok(mut one) => one.pop().unwrap_or(Outcome::Duplicate),
+                    Ok((mut one, rows)) => {
+                        outgoing.extend(rows);
+                        one.pop().unwrap_or(Outcome::Duplicate)
+                    }
                     Err(e) => {
                         sqlx::query("ROLLBACK TO SAVEPOINT event")
                             .execute(&mut *tx)
@@ -110,6 +118,7 @@ impl<H: EventHandler> Consumer<H> {
             outcomes.push(outcome);
         }
         tx.commit().await?;
+        self.relay.hand_over(outgoing);
         Ok(outcomes)
     }
 
@@ -125,24 +134,27 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Inbox records, then the effects of the events seen for the first time and the
-    /// duplicate hook of the others. Returns `Applied` or `Duplicate` for each.
+    /// duplicate hook of the others. Returns `Applied` or `Duplicate` for each, and the
+    /// outbox rows written, for the relay once the transaction commits.
     async fn apply(
         &self,
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
-    ) -> Result<Vec<Outcome>, HandleError> {
+    ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), HandleError> {
         let first_time = inbox::record(conn, envelopes).await?;
         let (fresh, repeated): (Vec<_>, Vec<_>) = envelopes
             .iter()
             .zip(&first_time)
             .partition(|(_, first)| **first);
+        let mut outgoing = Vec::new();
         if !fresh.is_empty() {
             let fresh: Vec<&Envelope> = fresh.into_iter().map(|(e, _)| *e).collect();
-            self.handler.handle(conn, &fresh).await?;
+            outgoing = self.handler.handle(conn, &fresh).await?;
         }
         for (envelope, _) in repeated {
-            self.handler.on_duplicate(conn, envelope).await?;
+            outgoing.extend(self.handler.on_duplicate(conn, envelope).await?);
         }
-        Ok(first_time.into_iter().map(Outcome::committed).collect())
+        let outcomes = first_time.into_iter().map(Outcome::committed).collect();
+        Ok((outcomes, outgoing))
     }
 }

@@ -148,12 +148,6 @@ impl<H: EventHandler> Consumer<H> {
                 }
             }
             to_apply = again;
-            let committed = outcomes
-                .iter()
-                .any(|o| matches!(o, Some(Outcome::Applied | Outcome::Duplicate)));
-            if H::WRITES_OUTBOX && committed {
-                self.relay.wake();
-            }
             if to_apply.is_empty() {
                 break;
             }

@@ -46,19 +46,17 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::dead_letters::DeadLetterStream;
 use crate::keys::StreamKeys;
-use crate::outbox::RelayWaker;
+use crate::outbox::{OutboxRow, RelayQueue};
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::RawEntry;
 
 /// What a service does with events. Called inside the transaction that also records the
 /// events in the inbox; whatever it writes on `tx` commits together with those records.
 pub trait EventHandler: Send + Sync + 'static {
-    /// Whether handling (or [`on_duplicate`](Self::on_duplicate)) may write the outbox:
-    /// then the consumer wakes the relay after each batch that committed. A handler that
-    /// never publishes says `false` and saves the relay an empty pass per batch.
-    const WRITES_OUTBOX: bool = true;
-
-    /// Applies `events`, all seen for the first time, in stream order. Never called
+    /// Applies `events`, all seen for the first time, in stream order, and returns the
+    /// outbox rows it wrote or re-armed ([`outbox::enqueue_all`](crate::outbox::enqueue_all),
+    /// [`outbox::republish`](crate::outbox::republish)): the consumer hands them to the
+    /// relay once the transaction committed. Never called
     /// twice for one `event_id` with both committing. Meant to be set-based: a few
     /// statements for the whole slice, not a round trip per event.
     ///
@@ -70,7 +68,7 @@ pub trait EventHandler: Send + Sync + 'static {
         &self,
         tx: &mut PgConnection,
         events: &[&Envelope],
-    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send;
 
     /// Events with the same key are applied in stream order, in one transaction; events
     /// with different keys may be applied concurrently. Choose a key under which two
@@ -83,13 +81,13 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
     /// applied before (a redelivery or a re-publish), in a transaction of its own. The
     /// default does nothing; a service may re-publish what it answered back then, for a
-    /// producer that lost the answer (SPEC §4.6).
+    /// producer that lost the answer (SPEC §4.6), returning the rows it re-armed.
     fn on_duplicate(
         &self,
         _tx: &mut PgConnection,
         _envelope: &Envelope,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send {
-        async { Ok(()) }
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
+        async { Ok(Vec::new()) }
     }
 }
 
@@ -194,7 +192,7 @@ pub struct Consumer<H> {
     stream_key: String,
     dead_letters: DeadLetterStream,
     handler: H,
-    relay: RelayWaker,
+    relay: RelayQueue,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -204,7 +202,7 @@ impl<H: EventHandler> Consumer<H> {
         keys: &StreamKeys,
         config: ConsumerConfig,
         handler: H,
-        relay: RelayWaker,
+        relay: RelayQueue,
     ) -> Self {
         Self {
             relay,

@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::keys::StreamKeys;
-use crate::outbox::RelayWaker;
+use crate::outbox::RelayQueue;
 use crate::redis_conn::RedisConnections;
 use crate::settings::CommonSettings;
 
@@ -18,9 +18,9 @@ pub struct Infrastructure {
     pub pool: PgPool,
     pub redis: RedisConnections,
     pub keys: StreamKeys,
-    /// Wakes the service's relay: the code that commits outbox rows wakes it after the
-    /// commit.
-    pub relay_waker: RelayWaker,
+    /// The service's relay queue: the code that commits outbox rows hands them over after
+    /// the commit.
+    pub relay_queue: RelayQueue,
 }
 
 impl Infrastructure {
@@ -49,7 +49,7 @@ impl Infrastructure {
             pool,
             redis,
             keys: StreamKeys::new(settings.stream.stream_namespace.clone()),
-            relay_waker: RelayWaker::default(),
+            relay_queue: RelayQueue::default(),
         })
     }
 }

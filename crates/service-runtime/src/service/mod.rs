@@ -45,8 +45,11 @@ use crate::relay::OutboxRelay;
 use crate::request;
 use crate::settings::CommonSettings;
 
-/// How often the relay polls when nobody wakes it (the safety net only).
+/// How often the relay claims rows nobody handed over (the safety net only).
 const RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a committed row is left to the process that wrote it before any relay claims
+/// it: far above the time a handed-over row takes to be published and marked.
+const RELAY_CLAIM_AFTER: Duration = Duration::from_secs(3);
 /// Outbox rows per relay pass.
 const RELAY_BATCH_SIZE: usize = 500;
 
@@ -132,7 +135,7 @@ pub async fn start<H: EventHandler>(
             parallelism: settings.stream.consumer_parallelism as usize,
         },
         parts.handler,
-        infra.relay_waker.clone(),
+        infra.relay_queue.clone(),
     ));
 
     let dead_letters =
@@ -166,8 +169,8 @@ pub async fn start<H: EventHandler>(
         infra.redis.commands.clone(),
         infra.keys.clone(),
         RELAY_BATCH_SIZE,
-        RELAY_POLL_INTERVAL,
-        infra.relay_waker.clone(),
+        (RELAY_POLL_INTERVAL, RELAY_CLAIM_AFTER),
+        infra.relay_queue.clone(),
     );
     let mut tasks = JoinSet::new();
     let (stop, limits) = (shutdown.clone(), settings.http_limits());

@@ -1,6 +1,7 @@
 //! The stream runtime against real Postgres and Redis, through its deterministic hooks
 //! (`consume_once`, `relay_once`): inbox dedupe, ack only after commit, retry of
-//! transient failures, relay wake-up (in process, and by its poll), two relays, and a vanished group.
+//! transient failures, the relay (rows handed over in process, rows claimed by its poll),
+//! two relays, and a vanished group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use events::{Currency, Envelope, Event, OrderCreated, Producer};
 use service_runtime::consumer::ConsumerConfig;
-use service_runtime::outbox::RelayWaker;
+use service_runtime::outbox::{OutboxRow, RelayQueue};
 use service_runtime::redis_conn::RedisConnections;
 use service_runtime::{Consumer, EventHandler, HandleError, OutboxRelay, StreamKeys, outbox};
 use sqlx::{PgConnection, PgPool};
@@ -20,10 +21,13 @@ use uuid::Uuid;
 use service_runtime::schema::RUNTIME_MIGRATOR as MIGRATOR;
 
 const STREAM: &str = "order-events";
+/// Where [`CountingHandler`] publishes an answer to each event it applies.
+const ANSWERS: &str = "payment-events";
 const GROUP: &str = "test-group";
 
-/// Counts how often each event's effect committed; fails while `failing` is set, and
-/// always for the event id in `poisoned`.
+/// Counts how often each event's effect committed and publishes an answer to each (a copy
+/// with its own id, on [`ANSWERS`]); fails while `failing` is set, and always for the
+/// event id in `poisoned`.
 #[derive(Clone, Default)]
 struct CountingHandler {
     failing: Arc<AtomicBool>,
@@ -31,7 +35,11 @@ struct CountingHandler {
 }
 
 impl EventHandler for CountingHandler {
-    async fn handle(&self, tx: &mut PgConnection, events: &[&Envelope]) -> Result<(), HandleError> {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<OutboxRow>, HandleError> {
         let poisoned = *self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
         if self.failing.load(Ordering::SeqCst)
             || events.iter().any(|e| Some(e.event_id) == poisoned)
@@ -49,7 +57,14 @@ impl EventHandler for CountingHandler {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(())
+        let answers: Vec<Envelope> = events
+            .iter()
+            .map(|e| Envelope {
+                event_id: Uuid::now_v7(),
+                ..(*e).clone()
+            })
+            .collect();
+        Ok(outbox::enqueue_all(tx, ANSWERS, &answers).await?)
     }
 }
 
@@ -70,6 +85,15 @@ async fn consumer(
     pool: &PgPool,
     handler: CountingHandler,
 ) -> Consumer<CountingHandler> {
+    consumer_handing_to(ctx, pool, handler, &RelayQueue::default()).await
+}
+
+async fn consumer_handing_to(
+    ctx: &TestContext,
+    pool: &PgPool,
+    handler: CountingHandler,
+    queue: &RelayQueue,
+) -> Consumer<CountingHandler> {
     let redis = RedisConnections::connect(ctx.redis_url(), Duration::from_millis(100))
         .await
         .expect("redis");
@@ -89,7 +113,7 @@ async fn consumer(
         &StreamKeys::new(ctx.namespace()),
         config,
         handler,
-        RelayWaker::default(),
+        queue.clone(),
     );
     consumer.ensure_group().await.expect("group");
     consumer
@@ -212,15 +236,16 @@ async fn an_entry_failing_its_last_allowed_delivery_is_dead_lettered() {
     assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
 }
 
+/// A relay that claims every unpublished row (none is left to its writer).
 async fn relay(ctx: &TestContext, pool: &PgPool, poll: Duration) -> OutboxRelay {
-    relay_woken_by(ctx, pool, poll, &RelayWaker::default()).await
+    relay_with(ctx, pool, (poll, Duration::ZERO), &RelayQueue::default()).await
 }
 
-async fn relay_woken_by(
+async fn relay_with(
     ctx: &TestContext,
     pool: &PgPool,
-    poll: Duration,
-    waker: &RelayWaker,
+    (poll, claim_after): (Duration, Duration),
+    queue: &RelayQueue,
 ) -> OutboxRelay {
     let redis = RedisConnections::connect(ctx.redis_url(), Duration::from_secs(1))
         .await
@@ -230,17 +255,26 @@ async fn relay_woken_by(
         redis.commands,
         StreamKeys::new(ctx.namespace()),
         50,
-        poll,
-        waker.clone(),
+        (poll, claim_after),
+        queue.clone(),
     )
 }
 
-async fn enqueue(pool: &PgPool, envelope: &Envelope) {
+/// Commits `envelope`'s outbox row; returns the row, for a relay queue.
+async fn enqueue(pool: &PgPool, envelope: &Envelope) -> Vec<OutboxRow> {
     let mut tx = pool.begin().await.expect("begins");
-    outbox::enqueue(&mut tx, STREAM, envelope)
+    let rows = outbox::enqueue(&mut tx, STREAM, envelope)
         .await
         .expect("enqueues");
     tx.commit().await.expect("commits");
+    rows
+}
+
+async fn unpublished(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .expect("counts")
 }
 
 /// How many entries `ctx`'s stream holds, within `deadline`, once it holds `n`.
@@ -255,51 +289,129 @@ async fn published(ctx: &TestContext, n: usize, what: &str, deadline: Duration) 
 }
 
 #[tokio::test]
-async fn the_relay_wakes_when_its_process_committed_not_on_its_poll() {
+async fn the_relay_publishes_what_its_process_hands_over_without_claiming_it() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
-    let waker = RelayWaker::default();
-    let relay = relay_woken_by(&ctx, &pool, Duration::from_secs(3600), &waker).await;
+    let queue = RelayQueue::default();
+    let hour = Duration::from_secs(3600);
+    // Neither a poll nor a claim within the test: only the hand-over can publish.
+    let handing = relay_with(&ctx, &pool, (hour, hour), &queue).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(handing.run(shutdown.clone()));
+
+    queue.hand_over(enqueue(&pool, &event()).await);
+    published(&ctx, 1, "the handed-over row on the stream", Duration::from_secs(3)).await;
+    // Rows handed over while it is busy or before it waits are not lost either.
+    for _ in 0..3 {
+        queue.hand_over(enqueue(&pool, &event()).await);
+    }
+    published(&ctx, 4, "every handed-over row on the stream", Duration::from_secs(3)).await;
+    eventually("the rows marked published", Duration::from_secs(3), || async {
+        match unpublished(&pool).await {
+            0 => Ok(()),
+            n => Err(format!("{n} unpublished")),
+        }
+    })
+    .await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+
+    // Marked, so a relay that claims everything finds nothing to publish again.
+    let claiming = relay(&ctx, &pool, hour).await;
+    assert_eq!(claiming.relay_once().await.expect("relays"), 0);
+}
+
+#[tokio::test]
+async fn the_relay_leaves_young_rows_to_their_writer_and_polls_for_the_rest() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let claim_after = Duration::from_millis(1500);
+    // Committed by a process that died before handing it over.
+    enqueue(&pool, &event()).await;
+    let relay = relay_with(
+        &ctx,
+        &pool,
+        (Duration::from_millis(100), claim_after),
+        &RelayQueue::default(),
+    )
+    .await;
+    assert_eq!(
+        relay.relay_once().await.expect("relays"),
+        0,
+        "a row younger than claim_after is its writer's to publish"
+    );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
-
-    enqueue(&pool, &event()).await;
-    waker.wake();
-    published(
-        &ctx,
-        1,
-        "the event on the stream, an hour before the next poll",
-        Duration::from_secs(3),
-    )
-    .await;
-    // Wakes while it is busy or before it waits are not lost either.
-    for _ in 0..3 {
-        enqueue(&pool, &event()).await;
-        waker.wake();
-    }
-    published(
-        &ctx,
-        4,
-        "every woken row on the stream",
-        Duration::from_secs(3),
-    )
-    .await;
+    published(&ctx, 1, "the row found by the poll", Duration::from_secs(5)).await;
+    assert_eq!(unpublished(&pool).await, 0);
     shutdown.cancel();
     running.await.expect("relay stops");
 }
 
 #[tokio::test]
-async fn the_relay_polls_for_rows_nobody_woke_it_for() {
+async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_back() {
+    let mut redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let queue = RelayQueue::default();
+    let relay = relay_with(&ctx, &pool, (Duration::from_secs(1), Duration::ZERO), &queue).await;
+    for _ in 0..3 {
+        queue.hand_over(enqueue(&pool, &event()).await);
+    }
+
+    redis.kill();
+    assert!(
+        relay.publish_handed_over().await.is_err(),
+        "no Redis, no publish"
+    );
+    assert_eq!(unpublished(&pool).await, 3, "nothing marked");
+    redis.restart().await;
+    assert_eq!(
+        relay.publish_handed_over().await.expect("publishes"),
+        0,
+        "the refused rows left memory"
+    );
+    eventually(
+        "the poll to publish them once Redis is back",
+        Duration::from_secs(10),
+        || async { relay.relay_once().await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    published(&ctx, 3, "the three rows on the stream", Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn only_the_answers_of_events_that_committed_go_to_the_relay() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
-    let relay = relay(&ctx, &pool, Duration::from_millis(200)).await;
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
-    // Committed by a process that died before waking its relay.
-    enqueue(&pool, &event()).await;
-    published(&ctx, 1, "the row found by the poll", Duration::from_secs(3)).await;
-    shutdown.cancel();
-    running.await.expect("relay stops");
+    let queue = RelayQueue::default();
+    let handler = CountingHandler::default();
+    let consumer = consumer_handing_to(&ctx, &pool, handler.clone(), &queue).await;
+    let (good, poisoned, other) = (event(), event(), event());
+    *handler.poisoned.lock().expect("lock") = Some(poisoned.event_id);
+    for e in [&good, &poisoned, &other] {
+        ctx.xadd(STREAM, &e.to_fields()).await;
+    }
+    let report = consumer.consume_once().await.expect("consumes");
+    assert_eq!(report.applied, 2, "{report:?}");
+
+    let hour = Duration::from_secs(3600);
+    let relay = relay_with(&ctx, &pool, (hour, hour), &queue).await;
+    assert_eq!(
+        relay.publish_handed_over().await.expect("publishes"),
+        2,
+        "the answers of the two events that committed, not of the one rolled back"
+    );
+    let mut answered: Vec<String> = ctx
+        .entries(ANSWERS)
+        .await
+        .into_iter()
+        .filter_map(|(_, f)| f.into_iter().find(|(k, _)| k == "order_id").map(|(_, v)| v))
+        .collect();
+    answered.sort();
+    let mut expected = vec![good.order_id.to_string(), other.order_id.to_string()];
+    expected.sort();
+    assert_eq!(answered, expected);
 }
 
 #[tokio::test]
@@ -350,13 +462,9 @@ async fn a_relay_that_cannot_publish_marks_nothing_and_publishes_once_redis_is_b
 
     redis.kill();
     assert!(relay.relay_once().await.is_err(), "no Redis, no publish");
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .expect("counts");
     assert_eq!(
-        unpublished, 3,
+        unpublished(&pool).await,
+        3,
         "a row is marked only once its XADD answered"
     );
 
