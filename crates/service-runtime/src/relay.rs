@@ -155,7 +155,10 @@ impl OutboxRelay {
         }
         pipe.exec_async(&mut self.redis.clone()).await?;
         tx.commit().await?;
-        self.count_published(rows.iter().map(|(_, stream, event_type, _)| (*stream, *event_type)));
+        self.count_published(
+            rows.iter()
+                .map(|(_, stream, event_type, _)| (*stream, *event_type)),
+        );
         debug!(published = rows.len(), "outbox rows claimed and published");
         Ok(rows.len())
     }

@@ -300,18 +300,34 @@ async fn the_relay_publishes_what_its_process_hands_over_without_claiming_it() {
     let running = tokio::spawn(handing.run(shutdown.clone()));
 
     queue.hand_over(enqueue(&pool, &event()).await);
-    published(&ctx, 1, "the handed-over row on the stream", Duration::from_secs(3)).await;
+    published(
+        &ctx,
+        1,
+        "the handed-over row on the stream",
+        Duration::from_secs(3),
+    )
+    .await;
     // Rows handed over while it is busy or before it waits are not lost either.
     for _ in 0..3 {
         queue.hand_over(enqueue(&pool, &event()).await);
     }
-    published(&ctx, 4, "every handed-over row on the stream", Duration::from_secs(3)).await;
-    eventually("the rows marked published", Duration::from_secs(3), || async {
-        match unpublished(&pool).await {
-            0 => Ok(()),
-            n => Err(format!("{n} unpublished")),
-        }
-    })
+    published(
+        &ctx,
+        4,
+        "every handed-over row on the stream",
+        Duration::from_secs(3),
+    )
+    .await;
+    eventually(
+        "the rows marked published",
+        Duration::from_secs(3),
+        || async {
+            match unpublished(&pool).await {
+                0 => Ok(()),
+                n => Err(format!("{n} unpublished")),
+            }
+        },
+    )
     .await;
     shutdown.cancel();
     running.await.expect("relay stops");
@@ -354,7 +370,13 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
     let ctx = TestContext::with_redis(&redis.url());
     let pool = database(&ctx).await;
     let queue = RelayQueue::default();
-    let relay = relay_with(&ctx, &pool, (Duration::from_secs(1), Duration::ZERO), &queue).await;
+    let relay = relay_with(
+        &ctx,
+        &pool,
+        (Duration::from_secs(1), Duration::ZERO),
+        &queue,
+    )
+    .await;
     for _ in 0..3 {
         queue.hand_over(enqueue(&pool, &event()).await);
     }
@@ -377,7 +399,13 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
         || async { relay.relay_once().await.map_err(|e| e.to_string()) },
     )
     .await;
-    published(&ctx, 3, "the three rows on the stream", Duration::from_secs(3)).await;
+    published(
+        &ctx,
+        3,
+        "the three rows on the stream",
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 #[tokio::test]
