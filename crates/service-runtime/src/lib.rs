@@ -15,8 +15,8 @@
 //! | retention | [`retention`] | every store bounded, nothing unfinished removed |
 //!
 //! and the service shell around them: [`settings`], [`telemetry`], [`health`],
-//! [`problem`] (HTTP errors), [`admin`] (admin routes, admin token), [`service`]
-//! (start, run, shut down, periodic jobs).
+//! [`problem`] (HTTP errors), [`admin`] (admin routes, admin token), [`memory`] (freed
+//! memory back to the system), [`service`] (start, run, shut down, periodic jobs).
 
 pub mod admin;
 mod backoff;
@@ -28,6 +28,7 @@ pub mod http_server;
 pub mod idempotency;
 pub mod inbox;
 pub mod keys;
+pub mod memory;
 pub mod observability;
 pub mod outbox;
 pub mod problem;

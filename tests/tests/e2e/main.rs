@@ -5,6 +5,7 @@ mod chaos;
 mod cluster;
 mod flows;
 mod happy_path;
+mod memory;
 mod observability;
 mod openapi;
 mod outages;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Infrastructure;
+use crate::memory;
 use crate::observability::{self, GAUGE_REFRESH};
 use crate::outbox::{self, AwaitingAnswer};
 use crate::retention;
@@ -69,7 +70,8 @@ pub(super) struct Consumed {
 }
 
 /// The jobs every service runs: retention (the outbox sweeper, the inbox pruner, the
-/// stream trimmer) and the gauges of the outbox and of the consumer group.
+/// stream trimmer), the gauges of the outbox and of the consumer group, and returning
+/// freed memory to the system.
 pub(super) fn runtime_jobs(
     infra: &Infrastructure,
     settings: &CommonSettings,
@@ -122,5 +124,16 @@ pub(super) fn runtime_jobs(
             Ok(trimmed + deleted)
         }
     });
-    vec![sweeper, inbox_pruner, trimmer, outbox_gauges, group_gauges]
+    let memory = PeriodicJob::new("memory release", memory::RELEASE_INTERVAL, || async {
+        memory::release_free();
+        Ok(0)
+    });
+    vec![
+        sweeper,
+        inbox_pruner,
+        trimmer,
+        outbox_gauges,
+        group_gauges,
+        memory,
+    ]
 }
