@@ -288,6 +288,18 @@ async fn published(ctx: &TestContext, n: usize, what: &str, deadline: Duration) 
     .await;
 }
 
+/// Claims rows until a pass succeeds (Redis, just restarted, may refuse the first), then
+/// waits for the `n` rows on the stream.
+async fn claimed_once_redis_is_back(ctx: &TestContext, relay: &OutboxRelay, n: usize) {
+    eventually(
+        "the relay to publish once Redis is back",
+        Duration::from_secs(10),
+        || async { relay.relay_once().await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    published(ctx, n, "the rows on the stream", Duration::from_secs(3)).await;
+}
+
 #[tokio::test]
 async fn the_relay_publishes_what_its_process_hands_over_without_claiming_it() {
     let ctx = TestContext::new();
@@ -393,19 +405,7 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
         0,
         "the refused rows left memory"
     );
-    eventually(
-        "the poll to publish them once Redis is back",
-        Duration::from_secs(10),
-        || async { relay.relay_once().await.map_err(|e| e.to_string()) },
-    )
-    .await;
-    published(
-        &ctx,
-        3,
-        "the three rows on the stream",
-        Duration::from_secs(3),
-    )
-    .await;
+    claimed_once_redis_is_back(&ctx, &relay, 3).await;
 }
 
 #[tokio::test]
@@ -497,19 +497,7 @@ async fn a_relay_that_cannot_publish_marks_nothing_and_publishes_once_redis_is_b
     );
 
     redis.restart().await;
-    eventually(
-        "the relay to publish once Redis is back",
-        Duration::from_secs(10),
-        || async { relay.relay_once().await.map_err(|e| e.to_string()) },
-    )
-    .await;
-    published(
-        &ctx,
-        3,
-        "the three rows on the stream",
-        Duration::from_secs(3),
-    )
-    .await;
+    claimed_once_redis_is_back(&ctx, &relay, 3).await;
 }
 
 #[tokio::test]
