@@ -29,7 +29,7 @@ pub const MAX_PAGE: i64 = 100;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    /// Woken after a cancellation committed its event.
+    /// Handed the event of a cancellation once it committed.
     pub relay: RelayQueue,
     pub placing: Placing,
 }
