@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use serde::Serialize;
+use service_runtime::outbox::OutboxRow;
 use sqlx::migrate::Migrator;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -153,50 +154,77 @@ pub struct NewPayment {
     pub refunded: bool,
 }
 
-/// Writes `settlement` in one statement: new payments, refunds, balances and saga states.
-/// The orders and accounts must be locked ([`claim_orders`], [`open_and_lock_accounts`]).
+/// Writes `settlement` and its `answers` (outbox rows) in one statement: new payments,
+/// refunds, balances, saga states and the events that tell them. The orders and accounts
+/// must be locked ([`claim_orders`], [`open_and_lock_accounts`]).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = settlement.orders.len()))]
-pub async fn settle(conn: &mut PgConnection, settlement: &Settlement) -> sqlx::Result<()> {
+pub async fn settle(
+    conn: &mut PgConnection,
+    settlement: &Settlement,
+    answers: &[OutboxRow],
+) -> sqlx::Result<()> {
     let payments = &settlement.new_payments;
     let (order_ids, states): (Vec<Uuid>, Vec<(OrderPaymentState, Option<Uuid>)>) = settlement
         .orders
         .iter()
         .map(|(id, state)| (*id, *state))
         .unzip();
-    sqlx::query(
-        "WITH new_payments AS (
-             INSERT INTO payments (id, order_id, customer_id, amount_cents, currency, status, refunded_at)
-             SELECT id, order_id, customer_id, amount_cents, currency,
-                    CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
-                    CASE WHEN refunded THEN now() END
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::bool[])
-                  AS t(id, order_id, customer_id, amount_cents, currency, refunded)
-         ), refunds AS (
-             UPDATE payments SET status = 'REFUNDED', refunded_at = now()
-             WHERE id = ANY($7) AND status = 'COMPLETED'
-         ), balances AS (
-             UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
-             FROM unnest($8::text[], $9::bigint[]) AS t(customer_id, delta)
-             WHERE a.customer_id = t.customer_id
-         )
-         UPDATE order_payments o SET state = t.state, payment_id = t.payment_id, updated_at = now()
-         FROM unnest($10::uuid[], $11::text[], $12::uuid[]) AS t(order_id, state, payment_id)
-         WHERE o.order_id = t.order_id",
-    )
-    .bind(payments.iter().map(|p| p.id).collect::<Vec<_>>())
-    .bind(payments.iter().map(|p| p.order_id).collect::<Vec<_>>())
-    .bind(payments.iter().map(|p| p.customer_id.as_str()).collect::<Vec<_>>())
-    .bind(payments.iter().map(|p| p.amount_cents).collect::<Vec<_>>())
-    .bind(payments.iter().map(|p| p.currency.as_str()).collect::<Vec<_>>())
-    .bind(payments.iter().map(|p| p.refunded).collect::<Vec<_>>())
-    .bind(&settlement.refunded)
-    .bind(settlement.balance_deltas.keys().map(String::as_str).collect::<Vec<_>>())
-    .bind(settlement.balance_deltas.values().copied().collect::<Vec<_>>())
-    .bind(order_ids)
-    .bind(states.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
-    .bind(states.iter().map(|(_, payment)| *payment).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    let mut query = QueryBuilder::new("WITH ");
+    if !answers.is_empty() {
+        query.push("queued AS (");
+        OutboxRow::push_insert_all(&answers.iter().collect::<Vec<_>>(), &mut query);
+        query.push("), ");
+    }
+    query
+        .push(
+            "new_payments AS (
+                 INSERT INTO payments (id, order_id, customer_id, amount_cents, currency, status, refunded_at)
+                 SELECT id, order_id, customer_id, amount_cents, currency,
+                        CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
+                        CASE WHEN refunded THEN now() END
+                 FROM unnest(",
+        )
+        .push_bind(payments.iter().map(|p| p.id).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(payments.iter().map(|p| p.order_id).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(payments.iter().map(|p| p.customer_id.as_str()).collect::<Vec<_>>())
+        .push("::text[], ")
+        .push_bind(payments.iter().map(|p| p.amount_cents).collect::<Vec<_>>())
+        .push("::bigint[], ")
+        .push_bind(payments.iter().map(|p| p.currency.as_str()).collect::<Vec<_>>())
+        .push("::text[], ")
+        .push_bind(payments.iter().map(|p| p.refunded).collect::<Vec<_>>())
+        .push(
+            "::bool[]) AS t(id, order_id, customer_id, amount_cents, currency, refunded)
+             ), refunds AS (
+                 UPDATE payments SET status = 'REFUNDED', refunded_at = now()
+                 WHERE id = ANY(",
+        )
+        .push_bind(&settlement.refunded)
+        .push(
+            ") AND status = 'COMPLETED'
+             ), balances AS (
+                 UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
+                 FROM unnest(",
+        )
+        .push_bind(settlement.balance_deltas.keys().map(String::as_str).collect::<Vec<_>>())
+        .push("::text[], ")
+        .push_bind(settlement.balance_deltas.values().copied().collect::<Vec<_>>())
+        .push(
+            "::bigint[]) AS t(customer_id, delta)
+                 WHERE a.customer_id = t.customer_id
+             )
+             UPDATE order_payments o SET state = t.state, payment_id = t.payment_id, updated_at = now()
+             FROM unnest(",
+        )
+        .push_bind(order_ids)
+        .push("::uuid[], ")
+        .push_bind(states.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
+        .push("::text[], ")
+        .push_bind(states.iter().map(|(_, payment)| *payment).collect::<Vec<_>>())
+        .push("::uuid[]) AS t(order_id, state, payment_id) WHERE o.order_id = t.order_id");
+    query.build().execute(conn).await?;
     Ok(())
 }
 

@@ -10,8 +10,8 @@
 //! 2. read the payments it will refund (only when it cancels paid orders);
 //! 3. open and lock the accounts it touches (in customer order);
 //! 4. settle the events in stream order in memory ([`Ledger`]);
-//! 5. write payments, balances and saga states in one statement, and the outcomes to the
-//!    outbox in another.
+//! 5. write payments, balances, saga states and the outcomes' outbox rows in one
+//!    statement.
 //!
 //! Every question gets exactly one answer (SPEC §4.6): `OrderCreated` a `PaymentCompleted`
 //! or `PaymentFailed`, `OrderCancelled` a `PaymentRefunded` or `PaymentCancelled`. A
@@ -84,8 +84,12 @@ impl EventHandler for OrderEvents {
             ledger.apply(event).map_err(rejected)?;
         }
         let settled = ledger.finish();
-        db::settle(tx, &settled.settlement).await?;
-        let mut outgoing = outbox::enqueue_all(tx, PAYMENT_EVENTS, &settled.published).await?;
+        let mut outgoing: Vec<OutboxRow> = settled
+            .published
+            .iter()
+            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, answer))
+            .collect();
+        db::settle(tx, &settled.settlement, &outgoing).await?;
         let asked = &settled.asked_again;
         outgoing.extend(
             outbox::republish(
