@@ -353,7 +353,7 @@ async fn the_relay_publishes_what_its_process_hands_over_without_claiming_it() {
 async fn the_relay_leaves_young_rows_to_their_writer_and_polls_for_the_rest() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
-    let claim_after = Duration::from_millis(1500);
+    let claim_after = Duration::from_secs(3);
     // Committed by a process that died before handing it over.
     enqueue(&pool, &event()).await;
     let relay = relay_with(
@@ -370,7 +370,13 @@ async fn the_relay_leaves_young_rows_to_their_writer_and_polls_for_the_rest() {
     );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
-    published(&ctx, 1, "the row found by the poll", Duration::from_secs(5)).await;
+    published(
+        &ctx,
+        1,
+        "the row found by the poll",
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(unpublished(&pool).await, 0);
     shutdown.cancel();
     running.await.expect("relay stops");
