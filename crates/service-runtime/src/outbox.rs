@@ -27,7 +27,7 @@ use uuid::Uuid;
 /// The most committed rows waiting in memory for the relay. Past it, rows are left to the
 /// relay's poll (they are in the table either way): memory stays bounded while Redis is
 /// down and writers keep committing.
-const QUEUE_LIMIT: usize = 10_000;
+pub const QUEUE_LIMIT: usize = 10_000;
 
 /// This process's line to its relay. After committing a transaction that added or
 /// re-armed outbox rows, [`hand_over`](Self::hand_over) them: the relay publishes them

@@ -415,6 +415,42 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
 }
 
 #[tokio::test]
+async fn the_relay_queue_is_bounded_and_what_it_turns_away_is_published_by_the_poll() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let queue = RelayQueue::default();
+    let relay = relay_with(
+        &ctx,
+        &pool,
+        (Duration::from_secs(1), Duration::ZERO),
+        &queue,
+    )
+    .await;
+    let sent: Vec<Envelope> = (0..outbox::QUEUE_LIMIT + 50).map(|_| event()).collect();
+    let mut tx = pool.begin().await.expect("begins");
+    let rows = outbox::enqueue_all(&mut tx, STREAM, &sent)
+        .await
+        .expect("enqueues");
+    tx.commit().await.expect("commits");
+    queue.hand_over(rows);
+
+    assert_eq!(
+        relay.publish_handed_over().await.expect("publishes"),
+        outbox::QUEUE_LIMIT,
+        "memory holds at most QUEUE_LIMIT rows"
+    );
+    assert_eq!(unpublished(&pool).await, 50, "the rest wait in the table");
+    assert_eq!(relay.relay_once().await.expect("relays"), 50);
+    published(
+        &ctx,
+        sent.len(),
+        "every row on the stream, once",
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn only_the_answers_of_events_that_committed_go_to_the_relay() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
