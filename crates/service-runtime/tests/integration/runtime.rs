@@ -241,6 +241,11 @@ async fn relay(ctx: &TestContext, pool: &PgPool, poll: Duration) -> OutboxRelay 
     relay_with(ctx, pool, (poll, Duration::ZERO), &RelayQueue::default()).await
 }
 
+/// A relay handed rows by `queue` that also claims every unpublished row.
+async fn claiming_relay(ctx: &TestContext, pool: &PgPool, queue: &RelayQueue) -> OutboxRelay {
+    relay_with(ctx, pool, (Duration::from_secs(1), Duration::ZERO), queue).await
+}
+
 async fn relay_with(
     ctx: &TestContext,
     pool: &PgPool,
@@ -388,13 +393,7 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
     let ctx = TestContext::with_redis(&redis.url());
     let pool = database(&ctx).await;
     let queue = RelayQueue::default();
-    let relay = relay_with(
-        &ctx,
-        &pool,
-        (Duration::from_secs(1), Duration::ZERO),
-        &queue,
-    )
-    .await;
+    let relay = claiming_relay(&ctx, &pool, &queue).await;
     for _ in 0..3 {
         queue.hand_over(enqueue(&pool, &event()).await);
     }
@@ -419,13 +418,7 @@ async fn the_relay_queue_is_bounded_and_what_it_turns_away_is_published_by_the_p
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
     let queue = RelayQueue::default();
-    let relay = relay_with(
-        &ctx,
-        &pool,
-        (Duration::from_secs(1), Duration::ZERO),
-        &queue,
-    )
-    .await;
+    let relay = claiming_relay(&ctx, &pool, &queue).await;
     let sent: Vec<Envelope> = (0..outbox::QUEUE_LIMIT + 50).map(|_| event()).collect();
     let mut tx = pool.begin().await.expect("begins");
     let rows = outbox::enqueue_all(&mut tx, STREAM, &sent)
