@@ -36,6 +36,13 @@ impl StreamKeys {
     pub fn dead_letter(&self, logical: &str) -> String {
         format!("{{{}}}{DEAD_LETTER_SUFFIX}", self.stream(logical))
     }
+
+    /// The key of a consumer group's reading turn on a logical stream (see
+    /// [`consumer`](crate::consumer)): `{ns:order-events}:turn:payment-service`, in the
+    /// stream's hash slot like its dead letters. Its wake-up list is this key plus `:wake`.
+    pub fn read_turn(&self, logical: &str, group: &str) -> String {
+        format!("{{{}}}:turn:{group}", self.stream(logical))
+    }
 }
 
 #[cfg(test)]
@@ -47,6 +54,10 @@ mod tests {
         let keys = StreamKeys::new("");
         assert_eq!(keys.stream("order-events"), "order-events");
         assert_eq!(keys.dead_letter("order-events"), "{order-events}:dlq");
+        assert_eq!(
+            keys.read_turn("order-events", "payment-service"),
+            "{order-events}:turn:payment-service"
+        );
     }
 
     #[test]

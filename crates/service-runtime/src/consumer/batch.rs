@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
 use super::plan::{DeadLetterCause, Plan};
+use super::turn::Held;
 use super::{BatchReport, ConsumeError, Consumer, EventHandler, HandleError, ReadFrom};
 use crate::backoff::Backoff;
 use crate::database::{self, Failure};
@@ -74,16 +75,40 @@ impl<H: EventHandler> Consumer<H> {
         from: ReadFrom,
         retry_until: Option<&CancellationToken>,
     ) -> Result<BatchReport, ConsumeError> {
-        let entries = self.read(from).await?;
+        // New entries are read in turn with the group's other consumers; a short read
+        // keeps the turn until its batch is acked, a full one passes it at once.
+        let mut turn = match from {
+            ReadFrom::New => match self.turn.take(&self.redis).await? {
+                Some(held) => Some(held),
+                None => return Ok(BatchReport::default()),
+            },
+            ReadFrom::OwnPending => None,
+        };
+        let read = self.read(from).await;
+        if read
+            .as_ref()
+            .map_or(true, |e| e.is_empty() || e.len() >= self.config.read_count)
+        {
+            self.pass_turn(turn.take()).await;
+        }
+        let entries = read?;
         if entries.is_empty() {
             return Ok(BatchReport::default());
         }
         // However long the batch takes (an outage waited out in place), its entries stay
         // this consumer's: no replica reclaims them and spends a delivery on them.
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        tokio::select! {
+        let processed = tokio::select! {
             processed = self.process(&entries, from, retry_until) => processed,
             never = self.keep_claimed_while_busy(&ids) => match never {},
+        };
+        self.pass_turn(turn).await;
+        processed
+    }
+
+    async fn pass_turn(&self, turn: Option<Held>) {
+        if let Some(held) = turn {
+            self.turn.pass(&self.redis, held).await;
         }
     }
 

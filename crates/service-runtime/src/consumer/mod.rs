@@ -23,15 +23,19 @@
 //!   one once idle longer than `CLAIM_MIN_IDLE_MS`, and processed like its own;
 //! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
 //!
+//! Replicas of a service take turns reading new entries ([`turn`]), so that a second one
+//! does not split the batches one would read whole.
+//!
 //! Here: the handler contract, the settings and the run loop. A batch from read to ack
 //! is in [`batch`] (what each entry needs decided in [`plan`]), the database side of it in
-//! [`apply`], reclaiming in [`reclaim`], and
+//! [`apply`], reclaiming in [`reclaim`], the reading turn in [`turn`], and
 //! dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
 mod plan;
 mod reclaim;
+mod turn;
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,6 +53,7 @@ use crate::keys::StreamKeys;
 use crate::outbox::{OutboxRow, RelayQueue};
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::RawEntry;
+use turn::ReadTurn;
 
 /// What a service does with events. Called inside the transaction that also records the
 /// events in the inbox; whatever it writes on `tx` commits together with those records.
@@ -193,6 +198,7 @@ pub struct Consumer<H> {
     dead_letters: DeadLetterStream,
     handler: H,
     relay: RelayQueue,
+    turn: ReadTurn,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -206,6 +212,11 @@ impl<H: EventHandler> Consumer<H> {
     ) -> Self {
         Self {
             relay,
+            turn: ReadTurn::new(
+                keys.read_turn(config.stream, config.group),
+                config.consumer.clone(),
+                config.block,
+            ),
             stream_key: keys.stream(config.stream),
             dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
             pool,

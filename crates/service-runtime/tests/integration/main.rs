@@ -1,8 +1,10 @@
 //! The runtime's integration tests, in one test binary (one link step): the HTTP
 //! middleware and server (slow clients), the Redis connections (one node and a cluster),
-//! and the stream runtime and its retention against real Postgres and Redis.
+//! and the stream runtime (replicas' reading turns included) and its retention against
+//! real Postgres and Redis.
 
 mod http;
+mod read_turns;
 mod redis_connections;
 mod retention;
 mod runtime;

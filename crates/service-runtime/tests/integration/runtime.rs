@@ -20,10 +20,10 @@ use uuid::Uuid;
 /// The outbox and inbox tables: the runtime's own migrations.
 use service_runtime::schema::RUNTIME_MIGRATOR as MIGRATOR;
 
-const STREAM: &str = "order-events";
+pub(super) const STREAM: &str = "order-events";
 /// Where [`CountingHandler`] publishes an answer to each event it applies.
 const ANSWERS: &str = "payment-events";
-const GROUP: &str = "test-group";
+pub(super) const GROUP: &str = "test-group";
 
 /// Counts how often each event's effect committed and publishes an answer to each (a copy
 /// with its own id, on [`ANSWERS`]); fails while `failing` is set, and always for the
@@ -68,7 +68,7 @@ impl EventHandler for CountingHandler {
     }
 }
 
-async fn database(ctx: &TestContext) -> PgPool {
+pub(super) async fn database(ctx: &TestContext) -> PgPool {
     let pool = PgPool::connect(&ctx.database().await)
         .await
         .expect("connects");
@@ -119,7 +119,7 @@ async fn consumer_handing_to(
     consumer
 }
 
-fn event() -> Envelope {
+pub(super) fn event() -> Envelope {
     Envelope::new(
         Producer::OrderService,
         Event::OrderCreated(OrderCreated {

@@ -1,0 +1,299 @@
+//! Consumers of one group take turns reading new entries: a replica waits while another
+//! applies a short batch, and then reads all that arrived meanwhile as one batch; a full
+//! read passes the turn at once; a turn whose holder died expires. Each test has a Redis
+//! of its own, so that the one client blocked in it is the replica under test.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use events::Envelope;
+use service_runtime::consumer::ConsumerConfig;
+use service_runtime::outbox::{OutboxRow, RelayQueue};
+use service_runtime::redis_conn::RedisConnections;
+use service_runtime::{Consumer, EventHandler, HandleError, StreamKeys};
+use sqlx::{PgConnection, PgPool};
+use testkit::{PrivateRedis, TestContext, eventually};
+use tokio::sync::watch;
+
+use super::runtime::{GROUP, STREAM, database, event};
+
+/// Records the size of every batch it is given, then waits until the gate is open.
+#[derive(Clone)]
+struct GatedHandler {
+    batches: Arc<Mutex<Vec<usize>>>,
+    gate: watch::Sender<bool>,
+}
+
+impl GatedHandler {
+    fn closed() -> Self {
+        Self {
+            batches: Arc::default(),
+            gate: watch::Sender::new(false),
+        }
+    }
+
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    fn batches(&self) -> Vec<usize> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl EventHandler for GatedHandler {
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<Vec<OutboxRow>, HandleError> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(events.len());
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        Ok(Vec::new())
+    }
+}
+
+async fn replica(
+    ctx: &TestContext,
+    pool: &PgPool,
+    name: &str,
+    read_count: usize,
+    block: Duration,
+    handler: &GatedHandler,
+) -> Arc<Consumer<GatedHandler>> {
+    let redis = RedisConnections::connect(ctx.redis_url(), block)
+        .await
+        .expect("redis");
+    let config = ConsumerConfig {
+        stream: STREAM,
+        group: GROUP,
+        consumer: name.into(),
+        read_count,
+        block,
+        max_deliveries: 5,
+        claim_min_idle: Duration::from_secs(60),
+        parallelism: 1,
+    };
+    let consumer = Consumer::new(
+        pool.clone(),
+        redis,
+        &StreamKeys::new(ctx.namespace()),
+        config,
+        handler.clone(),
+        RelayQueue::default(),
+    );
+    consumer.ensure_group().await.expect("group");
+    Arc::new(consumer)
+}
+
+/// Clients blocked in a command (`BLPOP`, `XREADGROUP ... BLOCK`) on `redis`.
+async fn blocked_clients(ctx: &TestContext) -> Result<u64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut ctx.redis().await)
+        .await
+        .map_err(|e| e.to_string())?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or(info)
+}
+
+#[tokio::test]
+async fn a_replica_waits_while_another_applies_a_short_batch_and_then_reads_all_that_arrived() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let handler = GatedHandler::closed();
+    let block = Duration::from_secs(5);
+    let a = replica(&ctx, &pool, "a", 10, block, &handler).await;
+    let b = replica(&ctx, &pool, "b", 10, block, &handler).await;
+
+    ctx.xadd(STREAM, &event().to_fields()).await;
+    let first = tokio::spawn({
+        let a = a.clone();
+        async move { a.consume_once().await }
+    });
+    eventually("a to apply its batch", Duration::from_secs(5), || async {
+        let batches = handler.batches();
+        if batches == [1] {
+            Ok(())
+        } else {
+            Err(format!("{batches:?}"))
+        }
+    })
+    .await;
+    let second = tokio::spawn({
+        let b = b.clone();
+        async move { b.consume_once().await }
+    });
+    eventually("b to wait", Duration::from_secs(5), || async {
+        match blocked_clients(&ctx).await? {
+            1 => Ok(()),
+            n => Err(format!("{n} blocked clients")),
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        ctx.xadd(STREAM, &event().to_fields()).await;
+    }
+    handler.open();
+
+    let first = first.await.expect("joins").expect("a consumes");
+    let second = second.await.expect("joins").expect("b consumes");
+    assert_eq!(first.applied, 1, "{first:?}");
+    assert_eq!(
+        second.applied, 3,
+        "b read what arrived while a applied its batch, as one batch: {second:?}"
+    );
+    assert_eq!(handler.batches(), [1, 3]);
+    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
+}
+
+#[tokio::test]
+async fn a_full_read_passes_the_turn_at_once_and_replicas_apply_a_backlog_side_by_side() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let handler = GatedHandler::closed();
+    // A turn kept would only expire after BLOCK + 1 s: longer than the wait below.
+    let block = Duration::from_secs(5);
+    let a = replica(&ctx, &pool, "a", 2, block, &handler).await;
+    let b = replica(&ctx, &pool, "b", 2, block, &handler).await;
+    for _ in 0..4 {
+        ctx.xadd(STREAM, &event().to_fields()).await;
+    }
+
+    let consuming: Vec<_> = [a, b]
+        .into_iter()
+        .map(|replica| tokio::spawn(async move { replica.consume_once().await }))
+        .collect();
+    eventually(
+        "both replicas to apply a full batch at once",
+        Duration::from_secs(3),
+        || async {
+            let batches = handler.batches();
+            if batches == [2, 2] {
+                Ok(())
+            } else {
+                Err(format!("{batches:?}"))
+            }
+        },
+    )
+    .await;
+    handler.open();
+    for consumed in consuming {
+        let report = consumed.await.expect("joins").expect("consumes");
+        assert_eq!(report.applied, 2, "{report:?}");
+    }
+    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
+}
+
+#[tokio::test]
+async fn the_turn_of_a_replica_that_died_expires_and_another_reads() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let handler = GatedHandler::closed();
+    handler.open();
+    let b = replica(&ctx, &pool, "b", 10, Duration::from_millis(200), &handler).await;
+    let turn = StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP);
+    let _: () = redis::cmd("SET")
+        .arg(&turn)
+        .arg("dead")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("SET");
+    ctx.xadd(STREAM, &event().to_fields()).await;
+
+    let waited = b.consume_once().await.expect("consumes");
+    assert_eq!(
+        waited.delivered, 0,
+        "the turn is the dead replica's: {waited:?}"
+    );
+    let read = eventually(
+        "the dead replica's turn to expire",
+        Duration::from_secs(10),
+        || async {
+            match b.consume_once().await {
+                Ok(report) if report.delivered > 0 => Ok(report),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(read.applied, 1, "{read:?}");
+}
+
+#[tokio::test]
+async fn a_replica_restarted_under_its_name_takes_back_the_turn_it_held() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let handler = GatedHandler::closed();
+    handler.open();
+    let a = replica(&ctx, &pool, "a", 10, Duration::from_millis(200), &handler).await;
+    let turn = StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP);
+    let _: () = redis::cmd("SET")
+        .arg(&turn)
+        .arg("a")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("SET");
+    ctx.xadd(STREAM, &event().to_fields()).await;
+
+    let report = a.consume_once().await.expect("consumes");
+    assert_eq!(report.applied, 1, "{report:?}");
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&turn)
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("GET");
+    assert_eq!(holder, None, "a short batch acked: the turn was passed on");
+}
+
+#[tokio::test]
+async fn the_wake_up_list_holds_one_token_at_most_and_expires() {
+    let redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let handler = GatedHandler::closed();
+    let block = Duration::from_millis(100);
+    let a = replica(&ctx, &pool, "a", 10, block, &handler).await;
+    for _ in 0..5 {
+        let report = a.consume_once().await.expect("consumes");
+        assert_eq!(report.delivered, 0, "nothing to read: {report:?}");
+    }
+
+    let wake = format!(
+        "{}:wake",
+        StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP)
+    );
+    let mut conn = ctx.redis().await;
+    let tokens: u64 = redis::cmd("LLEN")
+        .arg(&wake)
+        .query_async(&mut conn)
+        .await
+        .expect("LLEN");
+    assert_eq!(tokens, 1, "five turns passed, nobody waiting: one token");
+    let expires_in: i64 = redis::cmd("PTTL")
+        .arg(&wake)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        (1..=1100).contains(&expires_in),
+        "the list expires with the turn (BLOCK + 1 s): {expires_in} ms"
+    );
+}
