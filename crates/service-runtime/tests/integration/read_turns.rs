@@ -60,37 +60,81 @@ impl EventHandler for GatedHandler {
     }
 }
 
-async fn replica(
-    ctx: &TestContext,
-    pool: &PgPool,
-    name: &str,
-    read_count: usize,
-    block: Duration,
-    handler: &GatedHandler,
-) -> Arc<Consumer<GatedHandler>> {
-    let redis = RedisConnections::connect(ctx.redis_url(), block)
-        .await
-        .expect("redis");
-    let config = ConsumerConfig {
-        stream: STREAM,
-        group: GROUP,
-        consumer: name.into(),
-        read_count,
-        block,
-        max_deliveries: 5,
-        claim_min_idle: Duration::from_secs(60),
-        parallelism: 1,
-    };
-    let consumer = Consumer::new(
-        pool.clone(),
-        redis,
-        &StreamKeys::new(ctx.namespace()),
-        config,
-        handler.clone(),
-        RelayQueue::default(),
-    );
-    consumer.ensure_group().await.expect("group");
-    Arc::new(consumer)
+/// A consumer group on a Redis of the test's own, its database, and one handler for all
+/// its replicas.
+struct Group {
+    ctx: TestContext,
+    pool: PgPool,
+    handler: GatedHandler,
+    /// Last, so it outlives the context, which cleans up in it when dropped.
+    _redis: PrivateRedis,
+}
+
+impl Group {
+    async fn new() -> Self {
+        let redis = PrivateRedis::start().await;
+        let ctx = TestContext::with_redis(&redis.url());
+        let pool = database(&ctx).await;
+        Self {
+            ctx,
+            pool,
+            handler: GatedHandler::closed(),
+            _redis: redis,
+        }
+    }
+
+    async fn replica(
+        &self,
+        name: &str,
+        read_count: usize,
+        block: Duration,
+    ) -> Arc<Consumer<GatedHandler>> {
+        let redis = RedisConnections::connect(self.ctx.redis_url(), block)
+            .await
+            .expect("redis");
+        let config = ConsumerConfig {
+            stream: STREAM,
+            group: GROUP,
+            consumer: name.into(),
+            read_count,
+            block,
+            max_deliveries: 5,
+            claim_min_idle: Duration::from_secs(60),
+            parallelism: 1,
+        };
+        let consumer = Consumer::new(
+            self.pool.clone(),
+            redis,
+            &StreamKeys::new(self.ctx.namespace()),
+            config,
+            self.handler.clone(),
+            RelayQueue::default(),
+        );
+        consumer.ensure_group().await.expect("group");
+        Arc::new(consumer)
+    }
+
+    fn turn(&self) -> String {
+        StreamKeys::new(self.ctx.namespace()).read_turn(STREAM, GROUP)
+    }
+
+    /// Sets the turn as a replica named `holder` would have taken it.
+    async fn turn_taken_by(&self, holder: &str, expiry_ms: u64) {
+        let _: () = redis::cmd("SET")
+            .arg(self.turn())
+            .arg(holder)
+            .arg("PX")
+            .arg(expiry_ms)
+            .query_async(&mut self.ctx.redis().await)
+            .await
+            .expect("SET");
+    }
+
+    async fn publish(&self, n: usize) {
+        for _ in 0..n {
+            self.ctx.xadd(STREAM, &event().to_fields()).await;
+        }
+    }
 }
 
 /// Clients blocked in a command (`BLPOP`, `XREADGROUP ... BLOCK`) on `redis`.
@@ -108,15 +152,13 @@ async fn blocked_clients(ctx: &TestContext) -> Result<u64, String> {
 
 #[tokio::test]
 async fn a_replica_waits_while_another_applies_a_short_batch_and_then_reads_all_that_arrived() {
-    let redis = PrivateRedis::start().await;
-    let ctx = TestContext::with_redis(&redis.url());
-    let pool = database(&ctx).await;
-    let handler = GatedHandler::closed();
+    let group = Group::new().await;
+    let (ctx, handler) = (&group.ctx, &group.handler);
     let block = Duration::from_secs(5);
-    let a = replica(&ctx, &pool, "a", 10, block, &handler).await;
-    let b = replica(&ctx, &pool, "b", 10, block, &handler).await;
+    let a = group.replica("a", 10, block).await;
+    let b = group.replica("b", 10, block).await;
 
-    ctx.xadd(STREAM, &event().to_fields()).await;
+    group.publish(1).await;
     let first = tokio::spawn({
         let a = a.clone();
         async move { a.consume_once().await }
@@ -135,15 +177,13 @@ async fn a_replica_waits_while_another_applies_a_short_batch_and_then_reads_all_
         async move { b.consume_once().await }
     });
     eventually("b to wait", Duration::from_secs(5), || async {
-        match blocked_clients(&ctx).await? {
+        match blocked_clients(ctx).await? {
             1 => Ok(()),
             n => Err(format!("{n} blocked clients")),
         }
     })
     .await;
-    for _ in 0..3 {
-        ctx.xadd(STREAM, &event().to_fields()).await;
-    }
+    group.publish(3).await;
     handler.open();
 
     let first = first.await.expect("joins").expect("a consumes");
@@ -159,17 +199,13 @@ async fn a_replica_waits_while_another_applies_a_short_batch_and_then_reads_all_
 
 #[tokio::test]
 async fn a_full_read_passes_the_turn_at_once_and_replicas_apply_a_backlog_side_by_side() {
-    let redis = PrivateRedis::start().await;
-    let ctx = TestContext::with_redis(&redis.url());
-    let pool = database(&ctx).await;
-    let handler = GatedHandler::closed();
+    let group = Group::new().await;
+    let handler = &group.handler;
     // A turn kept would only expire after BLOCK + 1 s: longer than the wait below.
     let block = Duration::from_secs(5);
-    let a = replica(&ctx, &pool, "a", 2, block, &handler).await;
-    let b = replica(&ctx, &pool, "b", 2, block, &handler).await;
-    for _ in 0..4 {
-        ctx.xadd(STREAM, &event().to_fields()).await;
-    }
+    let a = group.replica("a", 2, block).await;
+    let b = group.replica("b", 2, block).await;
+    group.publish(4).await;
 
     let consuming: Vec<_> = [a, b]
         .into_iter()
@@ -193,27 +229,16 @@ async fn a_full_read_passes_the_turn_at_once_and_replicas_apply_a_backlog_side_b
         let report = consumed.await.expect("joins").expect("consumes");
         assert_eq!(report.applied, 2, "{report:?}");
     }
-    assert_eq!(ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
+    assert_eq!(group.ctx.group_backlog(STREAM, GROUP).await, Some((0, 0)));
 }
 
 #[tokio::test]
 async fn the_turn_of_a_replica_that_died_expires_and_another_reads() {
-    let redis = PrivateRedis::start().await;
-    let ctx = TestContext::with_redis(&redis.url());
-    let pool = database(&ctx).await;
-    let handler = GatedHandler::closed();
-    handler.open();
-    let b = replica(&ctx, &pool, "b", 10, Duration::from_millis(200), &handler).await;
-    let turn = StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP);
-    let _: () = redis::cmd("SET")
-        .arg(&turn)
-        .arg("dead")
-        .arg("PX")
-        .arg(1500)
-        .query_async(&mut ctx.redis().await)
-        .await
-        .expect("SET");
-    ctx.xadd(STREAM, &event().to_fields()).await;
+    let group = Group::new().await;
+    group.handler.open();
+    let b = group.replica("b", 10, Duration::from_millis(200)).await;
+    group.turn_taken_by("dead", 1500).await;
+    group.publish(1).await;
 
     let waited = b.consume_once().await.expect("consumes");
     assert_eq!(
@@ -236,28 +261,17 @@ async fn the_turn_of_a_replica_that_died_expires_and_another_reads() {
 
 #[tokio::test]
 async fn a_replica_restarted_under_its_name_takes_back_the_turn_it_held() {
-    let redis = PrivateRedis::start().await;
-    let ctx = TestContext::with_redis(&redis.url());
-    let pool = database(&ctx).await;
-    let handler = GatedHandler::closed();
-    handler.open();
-    let a = replica(&ctx, &pool, "a", 10, Duration::from_millis(200), &handler).await;
-    let turn = StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP);
-    let _: () = redis::cmd("SET")
-        .arg(&turn)
-        .arg("a")
-        .arg("PX")
-        .arg(60_000)
-        .query_async(&mut ctx.redis().await)
-        .await
-        .expect("SET");
-    ctx.xadd(STREAM, &event().to_fields()).await;
+    let group = Group::new().await;
+    group.handler.open();
+    let a = group.replica("a", 10, Duration::from_millis(200)).await;
+    group.turn_taken_by("a", 60_000).await;
+    group.publish(1).await;
 
     let report = a.consume_once().await.expect("consumes");
     assert_eq!(report.applied, 1, "{report:?}");
     let holder: Option<String> = redis::cmd("GET")
-        .arg(&turn)
-        .query_async(&mut ctx.redis().await)
+        .arg(group.turn())
+        .query_async(&mut group.ctx.redis().await)
         .await
         .expect("GET");
     assert_eq!(holder, None, "a short batch acked: the turn was passed on");
@@ -265,22 +279,15 @@ async fn a_replica_restarted_under_its_name_takes_back_the_turn_it_held() {
 
 #[tokio::test]
 async fn the_wake_up_list_holds_one_token_at_most_and_expires() {
-    let redis = PrivateRedis::start().await;
-    let ctx = TestContext::with_redis(&redis.url());
-    let pool = database(&ctx).await;
-    let handler = GatedHandler::closed();
-    let block = Duration::from_millis(100);
-    let a = replica(&ctx, &pool, "a", 10, block, &handler).await;
+    let group = Group::new().await;
+    let a = group.replica("a", 10, Duration::from_millis(100)).await;
     for _ in 0..5 {
         let report = a.consume_once().await.expect("consumes");
         assert_eq!(report.delivered, 0, "nothing to read: {report:?}");
     }
 
-    let wake = format!(
-        "{}:wake",
-        StreamKeys::new(ctx.namespace()).read_turn(STREAM, GROUP)
-    );
-    let mut conn = ctx.redis().await;
+    let wake = format!("{}:wake", group.turn());
+    let mut conn = group.ctx.redis().await;
     let tokens: u64 = redis::cmd("LLEN")
         .arg(&wake)
         .query_async(&mut conn)
