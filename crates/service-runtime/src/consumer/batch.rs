@@ -77,7 +77,7 @@ impl<H: EventHandler> Consumer<H> {
     ) -> Result<BatchReport, ConsumeError> {
         // New entries are read in turn with the group's other consumers; a short read
         // keeps the turn until its batch is acked, a full one passes it at once.
-        let mut turn = match from {
+        let mut held = match from {
             ReadFrom::New => match self.turn.take(&self.redis).await? {
                 Some(held) => Some(held),
                 None => return Ok(BatchReport::default()),
@@ -89,7 +89,7 @@ impl<H: EventHandler> Consumer<H> {
             .as_ref()
             .map_or(true, |e| e.is_empty() || e.len() >= self.config.read_count)
         {
-            self.pass_turn(turn.take()).await;
+            self.pass_turn(held.take()).await;
         }
         let entries = read?;
         if entries.is_empty() {
@@ -102,12 +102,12 @@ impl<H: EventHandler> Consumer<H> {
             processed = self.process(&entries, from, retry_until) => processed,
             never = self.keep_claimed_while_busy(&ids) => match never {},
         };
-        self.pass_turn(turn).await;
+        self.pass_turn(held).await;
         processed
     }
 
-    async fn pass_turn(&self, turn: Option<Held>) {
-        if let Some(held) = turn {
+    async fn pass_turn(&self, held: Option<Held>) {
+        if let Some(held) = held {
             self.turn.pass(&self.redis, held).await;
         }
     }
