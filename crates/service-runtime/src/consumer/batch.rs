@@ -79,6 +79,12 @@ impl<H: EventHandler> Consumer<H> {
         // keeps the turn until its batch is acked, a full one passes it at once.
         let mut held = match from {
             ReadFrom::New => match self.turn.take(&self.redis).await? {
+                // Handed the turn after waiting for it while shutdown began: no read of
+                // up to BLOCK more.
+                Some(held) if retry_until.is_some_and(CancellationToken::is_cancelled) => {
+                    self.turn.pass(&self.redis, held).await;
+                    return Ok(BatchReport::default());
+                }
                 Some(held) => Some(held),
                 None => return Ok(BatchReport::default()),
             },

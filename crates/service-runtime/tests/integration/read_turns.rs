@@ -14,6 +14,7 @@ use service_runtime::{Consumer, EventHandler, HandleError, StreamKeys};
 use sqlx::{PgConnection, PgPool};
 use testkit::{PrivateRedis, TestContext, eventually};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::runtime::{GROUP, STREAM, database, event};
 
@@ -303,4 +304,42 @@ async fn the_wake_up_list_holds_one_token_at_most_and_expires() {
         (1..=1100).contains(&expires_in),
         "the list expires with the turn (BLOCK + 1 s): {expires_in} ms"
     );
+}
+
+#[tokio::test]
+async fn a_replica_handed_the_turn_after_shutdown_began_stops_without_reading() {
+    let group = Group::new().await;
+    group.handler.open();
+    let block = Duration::from_secs(5);
+    let b = group.replica("b", 10, block).await;
+    group.turn_taken_by("a", 60_000).await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (b, shutdown) = (b.clone(), shutdown.clone());
+        async move { b.run(shutdown).await }
+    });
+    eventually("b to wait for the turn", Duration::from_secs(5), || async {
+        match blocked_clients(&group.ctx).await? {
+            1 => Ok(()),
+            n => Err(format!("{n} blocked clients")),
+        }
+    })
+    .await;
+
+    shutdown.cancel();
+    // a passes the turn, as its script does: b wakes with the turn in hand.
+    let turn = group.turn();
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(&turn)
+        .cmd("LPUSH")
+        .arg(format!("{turn}:wake"))
+        .arg(1)
+        .query_async(&mut group.ctx.redis().await)
+        .await
+        .expect("passes");
+    tokio::time::timeout(Duration::from_secs(2), running)
+        .await
+        .expect("b stops without a read of up to BLOCK (5 s)")
+        .expect("joins");
 }
