@@ -138,17 +138,25 @@ impl Group {
     }
 }
 
-/// Clients blocked in a command (`BLPOP`, `XREADGROUP ... BLOCK`) on `redis`.
-async fn blocked_clients(ctx: &TestContext) -> Result<u64, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut ctx.redis().await)
-        .await
-        .map_err(|e| e.to_string())?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or(info)
+/// Waits until exactly one client is blocked in a command (`BLPOP`, `XREADGROUP ...
+/// BLOCK`) on the test's Redis: the replica under test, waiting.
+async fn one_client_blocked(ctx: &TestContext, what: &str) {
+    eventually(what, Duration::from_secs(5), || async {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut ctx.redis().await)
+            .await
+            .map_err(|e| e.to_string())?;
+        match info
+            .lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .map(str::trim)
+        {
+            Some("1") => Ok(()),
+            _ => Err(info),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -177,13 +185,7 @@ async fn a_replica_waits_while_another_applies_a_short_batch_and_then_reads_all_
         let b = b.clone();
         async move { b.consume_once().await }
     });
-    eventually("b to wait", Duration::from_secs(5), || async {
-        match blocked_clients(ctx).await? {
-            1 => Ok(()),
-            n => Err(format!("{n} blocked clients")),
-        }
-    })
-    .await;
+    one_client_blocked(ctx, "b to wait").await;
     group.publish(3).await;
     handler.open();
 
@@ -318,13 +320,7 @@ async fn a_replica_handed_the_turn_after_shutdown_began_stops_without_reading() 
         let (b, shutdown) = (b.clone(), shutdown.clone());
         async move { b.run(shutdown).await }
     });
-    eventually("b to wait for the turn", Duration::from_secs(5), || async {
-        match blocked_clients(&group.ctx).await? {
-            1 => Ok(()),
-            n => Err(format!("{n} blocked clients")),
-        }
-    })
-    .await;
+    one_client_blocked(&group.ctx, "b to wait for the turn").await;
 
     shutdown.cancel();
     // a passes the turn, as its script does: b wakes with the turn in hand.
