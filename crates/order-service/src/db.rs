@@ -64,10 +64,10 @@ pub async fn insert_orders_with_events<'c>(
                 .map(|(_, o, _)| o.currency.as_str())
                 .collect::<Vec<_>>(),
         )
-        .push("::text[]) RETURNING *), queued AS (");
+        .push("::text[]) RETURNING *), ");
     let events: Vec<&OutboxRow> = orders.iter().map(|(_, _, event)| *event).collect();
-    OutboxRow::push_insert_all(&events, &mut query);
-    query.push(") SELECT * FROM placed");
+    OutboxRow::push_queue_all(&events, &mut query);
+    query.push(" SELECT * FROM placed");
     let mut placed: Vec<Order> = query.build_query_as().fetch_all(conn).await?;
     let position = |order: &Order| orders.iter().position(|(id, _, _)| *id == order.id);
     placed.sort_by_key(position);

@@ -84,8 +84,8 @@ pub async fn cancel_order(
 
 /// Asks payment-service again what it has not answered: re-publishes (same `event_id`)
 /// the `OrderCreated` of orders still `PENDING`, and the `OrderCancelled` of cancelled
-/// orders whose cancellation is not confirmed, whose event went out more than `after`
-/// ago. Returns how many.
+/// orders whose cancellation is not confirmed, whose event was made, or last re-published,
+/// more than `after` ago. Returns how many.
 pub async fn republish_unanswered(
     pool: &PgPool,
     relay: &RelayQueue,

@@ -171,9 +171,8 @@ pub async fn settle(
         .unzip();
     let mut query = QueryBuilder::new("WITH ");
     if !answers.is_empty() {
-        query.push("queued AS (");
-        OutboxRow::push_insert_all(&answers.iter().collect::<Vec<_>>(), &mut query);
-        query.push("), ");
+        OutboxRow::push_queue_all(&answers.iter().collect::<Vec<_>>(), &mut query);
+        query.push(", ");
     }
     query
         .push(

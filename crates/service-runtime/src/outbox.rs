@@ -7,6 +7,12 @@
 //! process's relay ([`RelayQueue`]), which publishes them at once, from memory, and then
 //! marks them published. A row whose writer died before handing it over, or whose
 //! publish failed, is still unpublished in the table: the relay's poll finds it there.
+//!
+//! What is unpublished is a table of its own, `outbox_pending` (one `event_id` per row
+//! waiting), written in the same statement as the outbox rows; marking a row published
+//! deletes its entry. The outbox rows themselves are never updated: an update of the
+//! column that says "published" could not be HOT (the relay's index depends on it), so
+//! it cost a whole new row version and an entry in every outbox index per event.
 //! (No `NOTIFY` either: Postgres serialises the commits of every notifying transaction,
 //! holding a global lock across them, so commits would no longer group.)
 //!
@@ -102,22 +108,25 @@ impl OutboxRow {
         }
     }
 
-    /// Appends `INSERT INTO outbox (...) SELECT ... FROM unnest(...)` of `rows`, in the
-    /// order given, to `query`: for a service that writes its rows in the same statement
-    /// as its change (e.g. a CTE).
-    pub fn push_insert_all(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
+    /// Appends the two common table expressions that queue `rows`, in the order given:
+    /// `outbox_rows AS (INSERT INTO outbox ...)` and `outbox_waiting AS (INSERT INTO
+    /// outbox_pending ...)`, joined by a comma, to follow `WITH` or another expression's
+    /// comma. For a service that writes its rows in the same statement as its change.
+    pub fn push_queue_all(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each list
         // travels as a JSON array and becomes a `text[]` again in the statement.
         let fields: Vec<serde_json::Value> =
             rows.iter().map(|r| serde_json::json!(r.fields)).collect();
+        let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
         query.push(
-            "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+            "outbox_rows AS (
+             INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
              SELECT event_id, stream, event_type, order_id,
                     ARRAY(SELECT jsonb_array_elements_text(fields))
              FROM unnest(",
         );
         query
-            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .push_bind(event_ids.clone())
             .push("::uuid[], ")
             .push_bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
             .push("::text[], ")
@@ -128,8 +137,11 @@ impl OutboxRow {
             .push_bind(fields)
             .push(
                 "::jsonb[]) WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
-             ORDER BY n",
-            );
+             ORDER BY n), outbox_waiting AS (
+             INSERT INTO outbox_pending (event_id) SELECT unnest(",
+            )
+            .push_bind(event_ids)
+            .push("::uuid[]))");
     }
 }
 
@@ -162,38 +174,51 @@ pub async fn enqueue_all(
         .iter()
         .map(|e| OutboxRow::new(stream, e))
         .collect();
-    let mut query = QueryBuilder::new("");
-    OutboxRow::push_insert_all(&rows.iter().collect::<Vec<_>>(), &mut query);
+    let mut query = QueryBuilder::new("WITH ");
+    OutboxRow::push_queue_all(&rows.iter().collect::<Vec<_>>(), &mut query);
+    query.push(" SELECT 1");
     query.build().execute(conn).await?;
     Ok(rows)
 }
 
-/// Publishes again, with the same `event_id`s, the events of `order_ids` that went out
-/// at least `published_ago` ago: all of them, or only those of `event_types`. Returns
-/// their rows, for the [`RelayQueue`] once the transaction committed. A consumer's inbox
-/// absorbs the repeat; a producer uses this to repair a broker that lost an event, or to
-/// answer a question asked again (SPEC §4.6).
+/// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
+/// waiting for the relay that were made, or last queued again, at least `interval` ago:
+/// all of them, or only those of `event_types`. Returns their rows, oldest first, for the
+/// [`RelayQueue`] once the transaction committed. A consumer's inbox absorbs the repeat;
+/// a producer uses this to repair a broker that lost an event, or to answer a question
+/// asked again (SPEC §4.6).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
 pub async fn republish(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
     event_types: Option<&[EventType]>,
-    published_ago: Duration,
+    interval: Duration,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
     let types: Option<Vec<&str>> = event_types.map(|t| t.iter().map(|t| t.as_str()).collect());
+    // A row still pending is skipped (`DO NOTHING`): the relay publishes it anyway.
     let rearmed = sqlx::query(
-        "UPDATE outbox SET published_at = NULL
-         WHERE order_id = ANY($1)
-           AND ($2::text[] IS NULL OR event_type = ANY($2))
-           AND published_at <= now() - make_interval(secs => $3)
-         RETURNING event_id, stream, event_type, order_id, fields",
+        "WITH rearmed AS (
+             INSERT INTO outbox_pending (event_id)
+             SELECT event_id FROM outbox
+             WHERE order_id = ANY($1)
+               AND ($2::text[] IS NULL OR event_type = ANY($2))
+               AND COALESCE(rearmed_at, created_at) <= now() - make_interval(secs => $3)
+             ON CONFLICT DO NOTHING
+             RETURNING event_id
+         ), stamped AS (
+             UPDATE outbox SET rearmed_at = now()
+             WHERE event_id IN (SELECT event_id FROM rearmed)
+         )
+         SELECT o.event_id, o.stream, o.event_type, o.order_id, o.fields
+         FROM outbox o JOIN rearmed USING (event_id)
+         ORDER BY o.id",
     )
     .bind(order_ids)
     .bind(types)
-    .bind(published_ago.as_secs_f64())
+    .bind(interval.as_secs_f64())
     .fetch_all(conn)
     .await?;
     rearmed
@@ -219,9 +244,9 @@ pub async fn republish(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwaitingAnswer(pub &'static str);
 
-/// Deletes rows published more than `retention` ago, in batches; keeps every unpublished
-/// row, and every row `awaiting` an answer. Published rows are kept that long so a broker
-/// loss can be repaired by re-publishing. Returns how many were deleted.
+/// Deletes published rows made more than `retention` ago, in batches; keeps every row
+/// still pending, and every row `awaiting` an answer. Published rows are kept that long
+/// so a broker loss can be repaired by re-publishing. Returns how many were deleted.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn sweep_published(
     pool: &sqlx::PgPool,
@@ -232,7 +257,10 @@ pub async fn sweep_published(
     let statement = format!(
         "DELETE FROM outbox WHERE id = ANY(ARRAY(
              SELECT id FROM outbox
-                 WHERE published_at < now() - make_interval(secs => $1) AND NOT ({keep})
+                 WHERE created_at < now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM outbox_pending p
+                                   WHERE p.event_id = outbox.event_id)
+                   AND NOT ({keep})
              ORDER BY id LIMIT $2))"
     );
     crate::retention::prune(pool, "outbox", &statement, retention).await

@@ -13,8 +13,9 @@
 //!   over, or whose publish or mark failed: left younger than `claim_after`, a row is its
 //!   writer's to publish, so the two paths rarely publish one row twice.
 //!
-//! If Redis fails, the rows stay unpublished and the poll retries them; a lost mark only
-//! means a repeat.
+//! A row is marked published by deleting its entry in `outbox_pending` (see
+//! [`crate::outbox`]). If Redis fails, the rows stay unpublished and the poll retries
+//! them; a lost mark only means a repeat.
 
 use std::time::Duration;
 
@@ -91,13 +92,10 @@ impl OutboxRelay {
         pipe.exec_async(&mut self.redis.clone()).await?;
         self.count_published(rows.iter().map(|row| (row.stream.as_str(), row.event_type)));
         let event_ids: Vec<_> = rows.iter().map(|row| row.event_id).collect();
-        sqlx::query(
-            "UPDATE outbox SET published_at = now()
-             WHERE event_id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(&event_ids)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("DELETE FROM outbox_pending WHERE event_id = ANY($1)")
+            .bind(&event_ids)
+            .execute(&self.pool)
+            .await?;
         debug!(published = rows.len(), "handed-over outbox rows published");
         Ok(rows.len())
     }
@@ -116,14 +114,15 @@ impl OutboxRelay {
         // Claimed and marked in one statement; the mark commits only after the `XADD`s
         // answered, so a failed publish leaves the rows unpublished.
         let rows = sqlx::query(
-            "UPDATE outbox SET published_at = now()
-             WHERE id IN (SELECT id FROM outbox
-                          WHERE published_at IS NULL
-                            AND created_at < now() - make_interval(secs => $2)
-                          ORDER BY id
-                          LIMIT $1
-                          FOR UPDATE SKIP LOCKED)
-             RETURNING id, stream, event_type, fields",
+            "DELETE FROM outbox_pending p USING outbox o
+             WHERE o.event_id = p.event_id
+               AND p.event_id IN (SELECT p.event_id
+                                  FROM outbox_pending p JOIN outbox o USING (event_id)
+                                  WHERE o.created_at < now() - make_interval(secs => $2)
+                                  ORDER BY o.id
+                                  LIMIT $1
+                                  FOR UPDATE OF p SKIP LOCKED)
+             RETURNING o.id, o.stream, o.event_type, o.fields",
         )
         .bind(self.batch_size)
         .bind(self.claim_after.as_secs_f64())

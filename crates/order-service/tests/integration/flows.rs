@@ -401,11 +401,10 @@ async fn the_sweeper_keeps_every_question_whose_answer_has_not_arrived() {
         "every event published",
         std::time::Duration::from_secs(5),
         || async {
-            let unpublished: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&app.pool)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
+                .fetch_one(&app.pool)
+                .await
+                .map_err(|e| e.to_string())?;
             if unpublished == 0 {
                 Ok(())
             } else {

@@ -99,11 +99,10 @@ async fn placing_an_order_commits_it_with_its_event_and_the_relay_publishes_it()
         "the relay to mark what it published",
         Duration::from_secs(5),
         || async {
-            let unpublished: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&app.pool)
-                    .await
-                    .expect("count");
+            let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
+                .fetch_one(&app.pool)
+                .await
+                .expect("count");
             if unpublished == 0 {
                 Ok(())
             } else {

@@ -276,7 +276,7 @@ async fn enqueue(pool: &PgPool, envelope: &Envelope) -> Vec<OutboxRow> {
 }
 
 async fn unpublished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
         .fetch_one(pool)
         .await
         .expect("counts")
@@ -651,6 +651,77 @@ async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() 
         vec![waiting.event_id],
         "the unpublished row stays whatever its age"
     );
+}
+
+#[tokio::test]
+async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_relay() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let (published, waiting) = (event(), event());
+    enqueue(&pool, &published).await;
+    let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
+    assert_eq!(relay.relay_once().await.expect("relays"), 1);
+    enqueue(&pool, &waiting).await;
+    let orders = [published.order_id, waiting.order_id];
+
+    let mut tx = pool.begin().await.expect("begins");
+    let rearmed = outbox::republish(&mut tx, &orders, None, Duration::ZERO)
+        .await
+        .expect("re-arms");
+    let again = outbox::republish(&mut tx, &orders, None, Duration::ZERO)
+        .await
+        .expect("re-arms");
+    tx.commit().await.expect("commits");
+    let ids = |rows: &[OutboxRow]| rows.iter().map(|r| r.event_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&rearmed),
+        vec![published.event_id],
+        "only the published row"
+    );
+    assert_eq!(ids(&again), Vec::<Uuid>::new(), "a re-armed row waits once");
+    assert_eq!(unpublished(&pool).await, 2);
+
+    let mut tx = pool.begin().await.expect("begins");
+    let too_young = outbox::republish(&mut tx, &orders, None, Duration::from_secs(3600))
+        .await
+        .expect("re-arms");
+    tx.rollback().await.expect("rolls back");
+    assert!(too_young.is_empty(), "made less than an hour ago");
+
+    assert_eq!(relay.relay_once().await.expect("relays"), 2);
+    assert_eq!(unpublished(&pool).await, 0);
+    let sent: Vec<String> = ctx
+        .entries(STREAM)
+        .await
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find_map(|(name, value)| (name == "event_id").then_some(value))
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [published.event_id, published.event_id, waiting.event_id].map(|id| id.to_string()),
+        "the same event again, then the one that waited"
+    );
+
+    // Made two hours ago: due once an hour, so re-published now, and not again within the hour.
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '2 hours', rearmed_at = NULL")
+        .execute(&pool)
+        .await
+        .expect("ages the rows");
+    let hourly = || async {
+        let mut tx = pool.begin().await.expect("begins");
+        let rows = outbox::republish(&mut tx, &orders, None, Duration::from_secs(3600))
+            .await
+            .expect("re-arms");
+        tx.commit().await.expect("commits");
+        assert_eq!(relay.relay_once().await.expect("relays"), rows.len());
+        rows.len()
+    };
+    assert_eq!(hourly().await, 2, "both are due");
+    assert_eq!(hourly().await, 0, "both were queued again just now");
 }
 
 #[tokio::test]
