@@ -1,8 +1,8 @@
 //! The reference: pgbench running order-service's create statement (insert the order
 //! and its outbox row in one statement, durable commit) against the same Postgres, in a
 //! scratch database migrated with order-service's own migrations and the runtime's (the
-//! same tables and indexes; no trigger, no notification: the one durable write every
-//! order needs). It is sent as order-service sends one order: one prepared statement,
+//! same tables and indexes; no trigger, no notification, no `outbox_pending` entry: the
+//! one durable write every order needs). It is sent as order-service sends one order: one prepared statement,
 //! over a plain-text connection unless the URL or `PGSSLMODE` asks for TLS (the services'
 //! own rule). Its rate is what this box commits, one order per commit.
 
