@@ -95,8 +95,8 @@ async fn metrics_text() -> impl IntoResponse {
 /// Refreshes the outbox gauges. Returns 0 (nothing "done" worth logging).
 pub async fn refresh_outbox_gauges(pool: &PgPool) -> anyhow::Result<u64> {
     let (backlog, oldest): (i64, f64) = sqlx::query_as(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8
-         FROM outbox_pending p JOIN outbox o USING (event_id)",
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(queued_at)), 0)::float8
+         FROM outbox_pending",
     )
     .fetch_one(pool)
     .await?;

@@ -123,12 +123,11 @@ impl OutboxRelay {
         let rows = sqlx::query(
             "DELETE FROM outbox_pending p USING outbox o
              WHERE o.event_id = p.event_id
-               AND p.event_id IN (SELECT p.event_id
-                                  FROM outbox_pending p JOIN outbox o USING (event_id)
-                                  WHERE o.created_at < now() - make_interval(secs => $2)
-                                  ORDER BY o.id
+               AND p.event_id IN (SELECT event_id FROM outbox_pending
+                                  WHERE queued_at < now() - make_interval(secs => $2)
+                                  ORDER BY event_id
                                   LIMIT $1
-                                  FOR UPDATE OF p SKIP LOCKED)
+                                  FOR UPDATE SKIP LOCKED)
              RETURNING o.id, o.stream, o.event_type, o.fields",
         )
         .bind(self.batch_size)
