@@ -1,8 +1,10 @@
 //! Wiring: order-service is its routes plus the payment-events handler on top of the
 //! shared service shell. `main` and the tests both start it through [`start`].
 
-use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
+use std::sync::Arc;
 use std::time::Duration;
+
+use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
 
 use service_runtime::service::{
     self, Infrastructure, PRUNE_INTERVAL, PeriodicJob, RunningService, ServiceParts,
@@ -35,10 +37,19 @@ pub async fn start(
         placing: Placing::start(infra.pool.clone(), infra.relay_queue.clone(), WRITERS),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
-    let (pool, relay) = (infra.pool.clone(), infra.relay_queue.clone());
+    let reconciler = Arc::new(orders::Reconciler::new(
+        infra.pool.clone(),
+        infra.redis.commands.clone(),
+        infra.relay_queue.clone(),
+        infra.keys.stream(ORDER_EVENTS),
+        (
+            after,
+            Duration::from_millis(settings.pending_republish_max_ms),
+        ),
+    ));
     let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
-        let (pool, relay) = (pool.clone(), relay.clone());
-        async move { Ok(orders::republish_unanswered(&pool, &relay, after).await?) }
+        let reconciler = reconciler.clone();
+        async move { reconciler.run_once().await }
     });
     let (pool, keys) = (
         infra.pool.clone(),

@@ -8,6 +8,7 @@ use service_runtime::outbox::OutboxRow;
 use sqlx::migrate::Migrator;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, QueryBuilder};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, Order, OrderStatus};
@@ -236,34 +237,56 @@ pub async fn find_idempotency_key(
         .await
 }
 
-/// The cancelled orders whose cancellation payment-service has not confirmed, last
-/// changed more than `after` ago.
+/// Where a bounded scan stopped: the last `(time, id)` it returned.
+pub type ScanFrom = Option<(OffsetDateTime, Uuid)>;
+
+/// Up to `limit` cancelled orders whose cancellation payment-service has not confirmed,
+/// last changed more than `after` ago, after `from`, in `(updated_at, id)` order.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn unconfirmed_cancellations(
     conn: &mut PgConnection,
     after: Duration,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM orders
+    from: ScanFrom,
+    limit: i64,
+) -> sqlx::Result<Vec<(OffsetDateTime, Uuid)>> {
+    let (from_time, from_id) = from.unzip();
+    sqlx::query_as(
+        "SELECT updated_at, id FROM orders
          WHERE status = 'CANCELLED' AND cancellation_confirmed_at IS NULL
-           AND updated_at < now() - make_interval(secs => $1)",
+           AND updated_at < now() - make_interval(secs => $1)
+           AND ($2::timestamptz IS NULL OR (updated_at, id) > ($2, $3))
+         ORDER BY updated_at, id
+         LIMIT $4",
     )
     .bind(after.as_secs_f64())
+    .bind(from_time)
+    .bind(from_id)
+    .bind(limit)
     .fetch_all(conn)
     .await
 }
 
-/// The orders still `PENDING` that were placed more than `after` ago.
+/// Up to `limit` orders still `PENDING` that were placed more than `after` ago, after
+/// `from`, in `(created_at, id)` order.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn stale_pending_orders(
     conn: &mut PgConnection,
     after: Duration,
-) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT id FROM orders
-         WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1)",
+    from: ScanFrom,
+    limit: i64,
+) -> sqlx::Result<Vec<(OffsetDateTime, Uuid)>> {
+    let (from_time, from_id) = from.unzip();
+    sqlx::query_as(
+        "SELECT created_at, id FROM orders
+         WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1)
+           AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+         ORDER BY created_at, id
+         LIMIT $4",
     )
     .bind(after.as_secs_f64())
+    .bind(from_time)
+    .bind(from_id)
+    .bind(limit)
     .fetch_all(conn)
     .await
 }

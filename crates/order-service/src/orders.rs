@@ -8,18 +8,22 @@
 //!   payment-service confirming it, may have lost its event to a broker wipe or a dead
 //!   letter (SPEC §4.6). Its `OrderCreated` or `OrderCancelled` is published again, with
 //!   the same `event_id`, until the answer arrives; payment-service answers a repeat with
-//!   the outcome it recorded.
+//!   the outcome it recorded. Bounded whatever the outage (SPEC §4.9): [`Reconciler`].
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use events::streams::ORDER_EVENTS;
+use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use events::{Envelope, Event, EventType, OrderCancelled, Producer};
-use service_runtime::observability::ORDER_TIME_TO_FINAL;
-use service_runtime::outbox::{self, AwaitingAnswer, RelayQueue};
+use service_runtime::RedisConnection;
+use service_runtime::observability::{ORDER_TIME_TO_FINAL, REASK_EXAMINED, REASK_REPUBLISHED};
+use service_runtime::outbox::{self, AwaitingAnswer, Reask, RelayQueue};
 use sqlx::PgPool;
+use time::OffsetDateTime;
+use tracing::warn;
 use uuid::Uuid;
 
-use crate::db;
+use crate::db::{self, ScanFrom};
 use crate::domain::{Order, OrderStatus, OrderTrigger, Transition, transition};
 
 /// The outbox rows whose answer has not arrived: the `OrderCreated` of an order still
@@ -82,26 +86,113 @@ pub async fn cancel_order(
     }
 }
 
-/// Asks payment-service again what it has not answered: re-publishes (same `event_id`)
-/// the `OrderCreated` of orders still `PENDING`, and the `OrderCancelled` of cancelled
-/// orders whose cancellation is not confirmed, whose event was made, or last re-published,
-/// more than `after` ago. Returns how many.
-pub async fn republish_unanswered(
-    pool: &PgPool,
-    relay: &RelayQueue,
-    after: Duration,
-) -> sqlx::Result<u64> {
-    let mut tx = pool.begin().await?;
-    let pending = db::stale_pending_orders(&mut tx, after).await?;
-    let created = [EventType::OrderCreated];
-    let mut rearmed = outbox::republish(&mut tx, &pending, Some(&created), after).await?;
-    let cancelled = db::unconfirmed_cancellations(&mut tx, after).await?;
-    let cancellation = [EventType::OrderCancelled];
-    rearmed.extend(outbox::republish(&mut tx, &cancelled, Some(&cancellation), after).await?);
-    tx.commit().await?;
-    let count = rearmed.len() as u64;
-    relay.hand_over(rearmed);
-    Ok(count)
+/// Orders looked at per kind of question in one round of the reconciler: its work and
+/// memory per round are bounded whatever the backlog; a cursor carries the next round on
+/// from where this one stopped.
+pub const REASK_BATCH: i64 = 500;
+
+/// Asks payment-service again what it has not answered (SPEC §4.6, §4.9): re-publishes
+/// (same `event_id`) the `OrderCreated` of orders still `PENDING`, and the
+/// `OrderCancelled` of cancelled orders whose cancellation is not confirmed. Never while
+/// the last copy still waits in `order-events` undelivered (an outage of payment-service
+/// adds nothing to the stream), then with a backoff per order, doubling up to a cap.
+pub struct Reconciler {
+    pub pool: PgPool,
+    pub redis: RedisConnection,
+    pub relay: RelayQueue,
+    /// The key of `order-events`.
+    pub stream: String,
+    /// When to ask again.
+    pub after: Duration,
+    pub backoff_cap: Duration,
+    /// Where the last round's two scans stopped.
+    cursors: Mutex<(ScanFrom, ScanFrom)>,
+}
+
+impl Reconciler {
+    pub fn new(
+        pool: PgPool,
+        redis: RedisConnection,
+        relay: RelayQueue,
+        stream: String,
+        (after, backoff_cap): (Duration, Duration),
+    ) -> Self {
+        Self {
+            pool,
+            redis,
+            relay,
+            stream,
+            after,
+            backoff_cap,
+            cursors: Mutex::default(),
+        }
+    }
+
+    /// One bounded round. Returns how many events were published again.
+    pub async fn run_once(&self) -> anyhow::Result<u64> {
+        // Without the broker's view (Redis away), every due question is asked: its copy
+        // waits in the outbox for the relay, and the backoff still holds.
+        let still_queued =
+            outbox::still_queued(&mut self.redis.clone(), &self.stream, PAYMENT_SERVICE_GROUP)
+                .await
+                .inspect_err(
+                    |e| warn!(error = %e, "cannot read the stream's state; asking what is due"),
+                )
+                .ok()
+                .flatten();
+        let reask = Reask {
+            after: self.after,
+            backoff_cap: self.backoff_cap,
+            still_queued,
+        };
+        let (from_pending, from_cancelled) =
+            *self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tx = self.pool.begin().await?;
+        let pending =
+            db::stale_pending_orders(&mut tx, self.after, from_pending, REASK_BATCH).await?;
+        let cancelled =
+            db::unconfirmed_cancellations(&mut tx, self.after, from_cancelled, REASK_BATCH).await?;
+        let ids =
+            |rows: &[(OffsetDateTime, Uuid)]| rows.iter().map(|(_, id)| *id).collect::<Vec<_>>();
+        let mut rearmed = outbox::republish(
+            &mut tx,
+            &ids(&pending),
+            Some(&[EventType::OrderCreated]),
+            &reask,
+        )
+        .await?;
+        rearmed.extend(
+            outbox::republish(
+                &mut tx,
+                &ids(&cancelled),
+                Some(&[EventType::OrderCancelled]),
+                &reask,
+            )
+            .await?,
+        );
+        tx.commit().await?;
+        *self.cursors.lock().unwrap_or_else(|e| e.into_inner()) =
+            (next_from(&pending), next_from(&cancelled));
+        metrics::counter!(REASK_EXAMINED, "job" => "reconciler")
+            .increment((pending.len() + cancelled.len()) as u64);
+        for row in &rearmed {
+            metrics::counter!(REASK_REPUBLISHED, "job" => "reconciler", "event_type" => row.event_type)
+                .increment(1);
+        }
+        let count = rearmed.len() as u64;
+        self.relay.hand_over(rearmed);
+        Ok(count)
+    }
+}
+
+/// Where the next round's scan starts: after the last row of a full batch, or from the
+/// beginning once a scan came to the end.
+fn next_from(batch: &[(OffsetDateTime, Uuid)]) -> ScanFrom {
+    if batch.len() as i64 == REASK_BATCH {
+        batch.last().copied()
+    } else {
+        None
+    }
 }
 
 /// Records how long an order took from creation to its final state (first final state

@@ -17,8 +17,13 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// An order still `PENDING` this long (ms) after its `OrderCreated` was published has
     /// it published again (same `event_id`): repairs a broker that lost it (SPEC §4.6).
+    /// It is asked only once its last copy was delivered (never while that copy still
+    /// waits in the stream), and each further time waits twice as long, with jitter.
     #[arg(long, env = "PENDING_REPUBLISH_AFTER_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub pending_republish_after_ms: u64,
+    /// The longest wait (ms) between two repeats of one question.
+    #[arg(long, env = "PENDING_REPUBLISH_MAX_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub pending_republish_max_ms: u64,
     /// `Idempotency-Key`s are kept this long (hours): a retry within it gets the first
     /// order back.
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=87_600))]
@@ -40,6 +45,12 @@ impl ServiceSettings for Settings {
                 "PENDING_REPUBLISH_AFTER_MS ({}) must be shorter than OUTBOX_RETENTION_HOURS \
                  ({} h): a question is asked again while its answer can still be re-published",
                 self.pending_republish_after_ms, self.common.outbox_retention_hours
+            ));
+        }
+        if self.pending_republish_max_ms < self.pending_republish_after_ms {
+            return Err(format!(
+                "PENDING_REPUBLISH_MAX_MS ({}) must be at least PENDING_REPUBLISH_AFTER_MS ({})",
+                self.pending_republish_max_ms, self.pending_republish_after_ms
             ));
         }
         Ok(())

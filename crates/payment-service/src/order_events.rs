@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use events::Envelope;
 use events::streams::PAYMENT_EVENTS;
-use service_runtime::outbox::{self, OutboxRow};
+use service_runtime::outbox::{self, OutboxRow, Reask};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
@@ -96,7 +96,7 @@ impl EventHandler for OrderEvents {
                 tx,
                 &asked.created,
                 Some(&ANSWERS_TO_CREATED),
-                Duration::ZERO,
+                &Reask::every(Duration::ZERO),
             )
             .await?,
         );
@@ -105,7 +105,7 @@ impl EventHandler for OrderEvents {
                 tx,
                 &asked.cancelled,
                 Some(&ANSWERS_TO_CANCELLED),
-                Duration::ZERO,
+                &Reask::every(Duration::ZERO),
             )
             .await?,
         );
@@ -125,7 +125,13 @@ impl EventHandler for OrderEvents {
             Ok(OrderEvent::Cancelled(_, cancel)) => (cancel.order_id, ANSWERS_TO_CANCELLED),
             Err(_) => return Ok(Vec::new()),
         };
-        let rearmed = outbox::republish(tx, &[order_id], Some(&answers), Duration::ZERO).await?;
+        let rearmed = outbox::republish(
+            tx,
+            &[order_id],
+            Some(&answers),
+            &Reask::every(Duration::ZERO),
+        )
+        .await?;
         if !rearmed.is_empty() {
             info!(%order_id, rearmed = rearmed.len(), "order-service asked again; re-publishing the recorded answer");
         }

@@ -36,8 +36,10 @@ fn classify_code(code: &str) -> Failure {
     match code {
         // query_canceled (a statement timeout, or an administrator), lock_not_available.
         "57014" | "55P03" => Failure::Contention,
-        // read_only_sql_transaction: a failover left this session on a standby.
-        "25006" => Failure::Outage,
+        // read_only_sql_transaction: a failover left this session on a standby;
+        // idle_in_transaction_session_timeout: the server ended this session while it sat
+        // in a transaction (the process froze, SPEC §4.9); its work was undone.
+        "25006" | "25P03" => Failure::Outage,
         // Classes 08 (connection exception), 53 (insufficient resources, e.g. too many
         // connections), 57 (operator intervention: shutdown, terminated session).
         _ if ["08", "53", "57"]
@@ -63,7 +65,7 @@ mod tests {
 
     #[test]
     fn sqlstates_are_classified() {
-        for code in ["08006", "53300", "57P01", "57P03", "25006"] {
+        for code in ["08006", "53300", "57P01", "57P03", "25006", "25P03"] {
             assert_eq!(classify_code(code), Failure::Outage, "{code}");
         }
         for code in ["40001", "40P01", "55P03", "57014"] {

@@ -1,9 +1,10 @@
-//! `GET /health/live` (the process answers) and `GET /health/ready` (Postgres and Redis
+//! `GET /health/live` (the process answers and its loops come round, [`crate::liveness`]) and `GET /health/ready` (Postgres and Redis
 //! reachable, every migration applied), SPEC §6.3. Readiness reports each dependency,
 //! so an operator sees which one failed.
 
 use std::time::Duration;
 
+use crate::liveness::Liveness;
 use crate::redis_conn::RedisConnection;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -44,22 +45,65 @@ pub struct Checks {
 /// Liveness.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Live {
-    /// Always `live`.
+    /// `live`, or `stalled` when a loop that must make progress has not come round.
     status: &'static str,
+    /// The loops that have not come round for longer than `LIVENESS_STALL_MS`, with the
+    /// seconds since they last did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stalled: Vec<StalledLoop>,
+}
+
+/// A loop that has not come round.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StalledLoop {
+    /// `consumer` or `relay`.
+    name: &'static str,
+    /// Seconds since it last came round.
+    silent_seconds: u64,
 }
 
 /// The health routes.
-pub fn router<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> OpenApiRouter<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    readiness: Readiness,
+    liveness: Liveness,
+) -> OpenApiRouter<S> {
     OpenApiRouter::new()
         .routes(routes!(live))
-        .routes(routes!(ready))
-        .with_state(readiness)
+        .with_state(liveness)
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(ready))
+                .with_state(readiness),
+        )
 }
 
-/// The process is up and answering.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
-async fn live() -> axum::Json<Live> {
-    axum::Json(Live { status: "live" })
+/// The process is up and its loops come round (SPEC §4.9); 503 names the stuck ones.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses(
+    (status = 200, body = Live, description = "Live"),
+    (status = 503, body = Live, description = "A loop is stuck"),
+))]
+async fn live(State(liveness): State<Liveness>) -> Response {
+    let stalled: Vec<StalledLoop> = liveness
+        .stalled()
+        .into_iter()
+        .map(|(name, silent)| StalledLoop {
+            name,
+            silent_seconds: silent.as_secs(),
+        })
+        .collect();
+    if stalled.is_empty() {
+        return axum::Json(Live {
+            status: "live",
+            stalled,
+        })
+        .into_response();
+    }
+    tracing::error!(?stalled, "not live: a loop is stuck");
+    let live = Live {
+        status: "stalled",
+        stalled,
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(live)).into_response()
 }
 
 /// Postgres and Redis answer and every migration is applied; otherwise 503 with

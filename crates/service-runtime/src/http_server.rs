@@ -13,6 +13,9 @@
 //!   `http_connections_refused_total`; a few are drained for a moment so the client reads
 //!   the answer, the rest closed bare), so the process never runs out of descriptors and
 //!   the listen queue never fills;
+//! - a request's line and headers may take `HTTP_MAX_HEADER_BYTES` (hyper's default,
+//!   about 400 kB, let a few hundred unfinished headers take over 100 MiB); over it the
+//!   request is answered `431` and the connection closed;
 //! - the request deadline (`REQUEST_TIMEOUT_MS`) and the body limit apply once the
 //!   headers are in (see [`crate::request`]).
 //!
@@ -42,6 +45,11 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// The most a request's line and headers may take, in bytes; over it, `431` and the
+    /// connection closed. It is also the most the server buffers for one connection, so
+    /// `max_connections` clients sending the largest headers allowed hold at most
+    /// `max_connections × max_header_bytes` (SPEC §4.9).
+    pub max_header_bytes: usize,
 }
 
 /// The answer to a connection over the cap: written without reading the request.
@@ -68,7 +76,8 @@ pub async fn serve(
 ) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS_DRAINED));
     let graceful = GracefulShutdown::new();

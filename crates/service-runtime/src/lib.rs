@@ -14,7 +14,8 @@
 //! | their tables | [`schema`] | the outbox and inbox migration, shipped once |
 //! | retention | [`retention`] | every store bounded, nothing unfinished removed |
 //!
-//! and the service shell around them: [`settings`], [`telemetry`], [`health`],
+//! and the service shell around them: [`settings`], [`telemetry`], [`health`] and
+//! [`liveness`],
 //! [`problem`] (HTTP errors), [`admin`] (admin routes, admin token), [`memory`] (freed
 //! memory back to the system), [`service`] (start, run, shut down, periodic jobs).
 
@@ -28,6 +29,7 @@ pub mod http_server;
 pub mod idempotency;
 pub mod inbox;
 pub mod keys;
+pub mod liveness;
 pub mod memory;
 pub mod observability;
 pub mod outbox;

@@ -54,6 +54,10 @@ pub const STREAM_ENTRIES_TRIMMED: &str = "stream_entries_trimmed_total";
 pub const CONSUMERS_DELETED: &str = "stream_consumers_deleted_total";
 /// Rows deleted by retention, by `table` (`outbox`, `inbox`, `idempotency_keys`).
 pub const ROWS_PRUNED: &str = "rows_pruned_total";
+/// Rows a periodic re-asking loop looked at in a round (each round is bounded), by `job`.
+pub const REASK_EXAMINED: &str = "reask_examined_total";
+/// Events published again by a re-asking loop, by `job` and `event_type`.
+pub const REASK_REPUBLISHED: &str = "reask_republished_total";
 /// Seconds from an order's creation to its final state, by `status` (order-service).
 pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
 

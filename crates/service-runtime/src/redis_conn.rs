@@ -20,10 +20,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 /// How long an ordinary command may take before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time a blocking read gets beyond its own `BLOCK`.
 const BLOCK_GRACE: Duration = Duration::from_secs(5);
 /// How long a connection attempt may take.
@@ -48,6 +50,7 @@ impl RedisConnection {
             Some(nodes) => {
                 let nodes = nodes.map_err(|e| invalid_url(&e))?;
                 let client = ClusterClient::builder(nodes)
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(response_timeout)
                     .build()?;
@@ -58,7 +61,8 @@ impl RedisConnection {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(response_timeout))
                     .set_max_delay(Duration::from_secs(2));
-                let client = redis::Client::open(url)?;
+                let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+                let client = redis::Client::open(info)?;
                 Ok(Self::Node(
                     client.get_connection_manager_with_config(config).await?,
                 ))
@@ -98,6 +102,18 @@ impl ConnectionLike for RedisConnection {
             Self::Cluster(cluster) => cluster.get_db(),
         }
     }
+}
+
+/// TCP keepalive on every Redis socket (SPEC §4.9), so that a peer that vanished without
+/// closing the connection (a host gone, a half-open path) is noticed by the socket even
+/// where no command is waiting on it.
+fn tcp_settings() -> TcpSettings {
+    use crate::service::{TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S};
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+        .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S))
+        .with_retries(TCP_KEEPALIVE_COUNT);
+    TcpSettings::default().set_keepalive(keepalive)
 }
 
 /// The two connections a service uses.

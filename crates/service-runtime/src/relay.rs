@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
+use crate::liveness::Heartbeat;
 use crate::observability::EVENTS_PUBLISHED;
 use crate::outbox::RelayQueue;
 use crate::redis_conn::RedisConnection;
@@ -48,6 +49,7 @@ pub struct OutboxRelay {
     poll_interval: Duration,
     claim_after: Duration,
     queue: RelayQueue,
+    heartbeat: Heartbeat,
 }
 
 impl OutboxRelay {
@@ -70,7 +72,14 @@ impl OutboxRelay {
             poll_interval,
             claim_after,
             queue,
+            heartbeat: Heartbeat::unwatched("relay"),
         }
+    }
+
+    /// Beats `heartbeat` after every pass (see [`crate::liveness`]).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     /// Publishes the rows handed over since the last call, then marks them published.
@@ -195,6 +204,7 @@ impl OutboxRelay {
                 () = self.queue.ready() => self.publish_handed_over().await.map(drop),
                 _ = poll.tick() => self.drain().await,
             };
+            self.heartbeat.beat();
             match pass {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
@@ -219,7 +229,9 @@ impl OutboxRelay {
 
     /// Publishes batches until a short one shows the outbox is empty.
     async fn drain(&self) -> Result<(), RelayError> {
-        while self.relay_once().await? as i64 == self.batch_size {}
+        while self.relay_once().await? as i64 == self.batch_size {
+            self.heartbeat.beat();
+        }
         Ok(())
     }
 }

@@ -130,6 +130,82 @@ impl RetentionSettings {
     }
 }
 
+/// Bounds a service sets on each of its own Postgres sessions (SPEC §4.9), so that they
+/// hold on any server whatever its configuration: no transaction, lock wait or statement
+/// of a process that froze (a pause, a VM stall, a half-open connection) can hold the
+/// others back for longer than these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseBounds {
+    /// Longest a statement may run (`statement_timeout`), in ms.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub db_statement_timeout_ms: u64,
+    /// Longest a statement waits for a lock (`lock_timeout`), in ms; then the event is
+    /// retried in place, the HTTP request answered 503.
+    #[arg(long, env = "DB_LOCK_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub db_lock_timeout_ms: u64,
+    /// Longest a transaction may sit idle between statements
+    /// (`idle_in_transaction_session_timeout`), in ms: a process frozen inside one loses
+    /// its session, and its locks, after this. Above the 5 s a Redis command may take,
+    /// since the relay keeps its claim open across its `XADD`s.
+    #[arg(long, env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub db_idle_in_transaction_timeout_ms: u64,
+}
+
+impl DatabaseBounds {
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_statement_timeout_ms)
+    }
+
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms)
+    }
+
+    pub fn idle_in_transaction_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_idle_in_transaction_timeout_ms)
+    }
+
+    /// How long a lock held by another session can last at most: until that session's
+    /// statement ends, plus until its idle transaction is ended by the server. An event
+    /// that loses to contention is retried in place (no delivery spent) for this long.
+    pub fn longest_lock_hold(&self) -> Duration {
+        self.statement_timeout() + self.idle_in_transaction_timeout() + self.lock_timeout()
+    }
+
+    /// How long one transaction may take as the process sees it: its statements and the
+    /// gaps between them are each bounded by the server, so one still running after
+    /// this is on a server or a path that stopped answering.
+    pub fn transaction_deadline(&self) -> Duration {
+        2 * self.longest_lock_hold()
+    }
+
+    /// Refuses bounds that contradict each other or the rest of the service.
+    fn check(&self, request_timeout_ms: u64) -> Result<(), String> {
+        if self.db_lock_timeout_ms >= self.db_statement_timeout_ms {
+            return Err(format!(
+                "DB_LOCK_TIMEOUT_MS ({}) must be below DB_STATEMENT_TIMEOUT_MS ({}): a lock \
+                 wait should end as contention, retried, not as a failed statement",
+                self.db_lock_timeout_ms, self.db_statement_timeout_ms
+            ));
+        }
+        if self.db_statement_timeout_ms >= request_timeout_ms {
+            return Err(format!(
+                "DB_STATEMENT_TIMEOUT_MS ({}) must be below REQUEST_TIMEOUT_MS \
+                 ({request_timeout_ms}): a request's statement ends before the request does",
+                self.db_statement_timeout_ms
+            ));
+        }
+        let redis_ms = crate::redis_conn::COMMAND_TIMEOUT.as_millis() as u64;
+        if self.db_idle_in_transaction_timeout_ms <= redis_ms {
+            return Err(format!(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS ({}) must exceed the {redis_ms} ms a Redis \
+                 command may take: the relay keeps its claim open across its XADDs",
+                self.db_idle_in_transaction_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Settings every service has.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonSettings {
@@ -139,6 +215,8 @@ pub struct CommonSettings {
     /// Largest number of Postgres connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
+    #[command(flatten)]
+    pub database_bounds: DatabaseBounds,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
     pub redis_url: SecretUrl,
@@ -168,6 +246,14 @@ pub struct CommonSettings {
     /// below the process's open-file limit.
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
+    /// The most a request's line and headers may take, in bytes (nginx and Envoy allow
+    /// tens of kB by default); over it, `431`. Also the most one connection buffers.
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8_192..=1_048_576))]
+    pub http_max_header_bytes: u32,
+    /// `/health/live` fails when the consumer or the relay has not come round for this
+    /// long (ms): stuck in a step no other bound ended (see [`crate::liveness`]).
+    #[arg(long, env = "LIVENESS_STALL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub liveness_stall_ms: u64,
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
@@ -196,6 +282,7 @@ impl CommonSettings {
         HttpLimits {
             header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
             max_connections: self.http_max_connections as usize,
+            max_header_bytes: self.http_max_header_bytes as usize,
         }
     }
 
@@ -203,8 +290,31 @@ impl CommonSettings {
         Duration::from_secs(self.outbox_retention_hours * 3600)
     }
 
+    pub fn liveness_stall(&self) -> Duration {
+        Duration::from_millis(self.liveness_stall_ms)
+    }
+
+    /// The longest a consumer may take to come round without being stuck: a reclaim, a
+    /// wait for the reading turn and a read (each up to `READ_BLOCK_MS` and the Redis
+    /// grace), and one attempt at a batch transaction.
+    fn longest_round(&self) -> Duration {
+        let block = Duration::from_millis(self.stream.read_block_ms);
+        let redis = crate::redis_conn::COMMAND_TIMEOUT;
+        self.database_bounds.transaction_deadline() + 2 * (block + redis) + redis
+    }
+
     /// Refuses combinations of values that are each valid but unsafe together.
     pub fn check(&self) -> Result<(), String> {
+        self.database_bounds.check(self.request_timeout_ms)?;
+        let round = self.longest_round().as_millis() as u64;
+        if self.liveness_stall_ms <= round {
+            return Err(format!(
+                "LIVENESS_STALL_MS ({}) must exceed the {round} ms a consumer may take to come \
+                 round (its transaction deadline, two blocking reads of READ_BLOCK_MS, Redis \
+                 timeouts): a live loop would be reported stuck",
+                self.liveness_stall_ms
+            ));
+        }
         let retention = &self.retention;
         if retention.inbox_retention_hours <= self.outbox_retention_hours {
             return Err(format!(
@@ -434,6 +544,22 @@ mod tests {
             .check()
             .expect_err("a live consumer could look dead");
         assert!(e.contains("CONSUMER_IDLE_DELETE_MS"), "{e}");
+        for (args, named) in [
+            (&["--db-lock-timeout-ms", "5000"][..], "DB_LOCK_TIMEOUT_MS"),
+            (
+                &["--db-statement-timeout-ms", "10000"],
+                "DB_STATEMENT_TIMEOUT_MS",
+            ),
+            (
+                &["--db-idle-in-transaction-timeout-ms", "5000"],
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            ),
+            (&["--liveness-stall-ms", "30000"], "LIVENESS_STALL_MS"),
+        ] {
+            let probe = parse(args).expect("valid alone");
+            let e = probe.common.check().expect_err("unsafe together");
+            assert!(e.starts_with(named), "{e}");
+        }
     }
 
     #[test]

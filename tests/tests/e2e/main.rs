@@ -4,6 +4,7 @@
 mod chaos;
 mod cluster;
 mod flows;
+mod gray_failures;
 mod happy_path;
 mod memory;
 mod observability;

@@ -8,10 +8,15 @@ use testkit::{TestContext, eventually};
 
 /// The resident set of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A size line (`VmRSS:`, `VmHWM:`) of process `pid`'s status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("the process's status")
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in kB")
 }
@@ -56,4 +61,54 @@ async fn memory_a_burst_of_requests_took_is_given_back_once_it_is_over() {
     .await;
     orders.child.kill().expect("SIGKILL");
     orders.child.wait().expect("reaped");
+}
+
+/// SPEC §4.9: request headers are capped, so `HTTP_MAX_CONNECTIONS` clients that each send
+/// a huge unfinished header (390 kB, which hyper's default buffer would take whole) keep
+/// order-service's peak resident set well under its 128 MiB limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_sending_huge_headers_keep_memory_far_under_the_limit() {
+    use tokio::io::AsyncWriteExt;
+
+    const CONNECTIONS: usize = 1024;
+    let ctx = TestContext::new();
+    let env = [
+        ("DATABASE_URL", ctx.database().await),
+        ("REDIS_URL", ctx.redis_url().to_owned()),
+        ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
+        ("HTTP_MAX_CONNECTIONS", CONNECTIONS.to_string()),
+        ("HTTP_HEADER_READ_TIMEOUT_MS", "60000".to_owned()),
+    ];
+    let orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
+    ready(&orders).await;
+    let pid = orders.child.id();
+    let addr = orders.base_url.trim_start_matches("http://").to_owned();
+
+    let header = format!(
+        "GET /health/live HTTP/1.1\r\nhost: test\r\nx-big: {}",
+        "a".repeat(390_000)
+    );
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let (addr, header) = (addr.clone(), header.clone());
+        clients.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            // Cut off at the cap, the rest of the write fails: that is the point.
+            let _ = stream.write_all(header.as_bytes()).await;
+            Some(stream)
+        });
+    }
+    let held: Vec<_> = clients.join_all().await.into_iter().flatten().collect();
+    assert!(
+        held.len() > CONNECTIONS * 9 / 10,
+        "{} connected",
+        held.len()
+    );
+    let peak_mib = status_kib(pid, "VmHWM:") / 1024;
+    assert!(
+        peak_mib < 64,
+        "peak resident set {peak_mib} MiB with {CONNECTIONS} clients sending huge headers"
+    );
+    drop(held);
+    drop(orders);
 }

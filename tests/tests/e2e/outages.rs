@@ -20,7 +20,20 @@ use crate::chaos::QUIET;
 
 /// Deliveries are few and reclaiming is quick: an outage that spent deliveries would
 /// dead-letter within a second or two.
-const IMPATIENT: &[&str] = &["--max-deliveries", "2", "--claim-min-idle-ms", "300"];
+/// Lock waits end after 50 ms (the service's own bound on its sessions), and contention
+/// is retried in place for about 6.5 s (statement + idle in transaction + lock bounds).
+const IMPATIENT: &[&str] = &[
+    "--max-deliveries",
+    "2",
+    "--claim-min-idle-ms",
+    "300",
+    "--db-lock-timeout-ms",
+    "50",
+    "--db-statement-timeout-ms",
+    "1000",
+    "--db-idle-in-transaction-timeout-ms",
+    "5500",
+];
 /// order-service asks again soon for what was not answered.
 const REPUBLISH_SOON: &[&str] = &["--pending-republish-after-ms", "1500"];
 
@@ -144,10 +157,6 @@ async fn a_read_only_database_dead_letters_nothing_with_three_replicas_waiting()
 async fn a_lock_held_for_seconds_dead_letters_nothing() {
     let ctx = TestContext::new();
     let (orders, payments) = services(&ctx, 3).await;
-    let admin = PgPool::connect(&backends().database_url)
-        .await
-        .expect("admin");
-    set_on(&admin, &[&payments[0]], "lock_timeout", Some("50ms")).await;
 
     // Someone holds the accounts table for three seconds: every charge times out on it.
     let mut blocker = payments[0].pool.begin().await.expect("a transaction");
@@ -170,10 +179,6 @@ async fn an_event_that_can_never_commit_is_dead_lettered_in_the_end_and_the_rest
     // order-service asks again only when told to, below.
     let patient = ["--pending-republish-after-ms", "600000"];
     let (orders, payments) = services_asking_again_after(&ctx, 1, &patient).await;
-    let admin = PgPool::connect(&backends().database_url)
-        .await
-        .expect("admin");
-    set_on(&admin, &[&payments[0]], "lock_timeout", Some("50ms")).await;
     // zed's account is locked for as long as the test wants: each charge of zed's times
     // out on it, every time.
     sqlx::query("INSERT INTO accounts (customer_id, balance_cents) VALUES ('zed', 100000)")
@@ -222,9 +227,14 @@ async fn an_event_that_can_never_commit_is_dead_lettered_in_the_end_and_the_rest
     // Released; order-service asks again for what is still pending, and it ends.
     blocker.rollback().await.expect("released");
     // Asked from the test process: the service's relay finds the rows by its poll.
-    orders::republish_unanswered(&orders.pool, &RelayQueue::default(), Duration::ZERO)
-        .await
-        .expect("asks again");
+    let reconciler = orders::Reconciler::new(
+        orders.pool.clone(),
+        ctx.redis().await,
+        RelayQueue::default(),
+        ctx.stream(ORDER_EVENTS),
+        (Duration::ZERO, Duration::ZERO),
+    );
+    reconciler.run_once().await.expect("asks again");
     let outcome = assert_invariants(&orders.pool, &payments[0].pool, QUIET).await;
     assert_eq!(
         outcome.paid + outcome.payment_failed,

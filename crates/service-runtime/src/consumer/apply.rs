@@ -16,6 +16,11 @@ use crate::database::{self, Failure};
 use crate::inbox;
 use crate::outbox::OutboxRow;
 
+/// `lock_timeout` of the one-by-one pass: long enough for the row locks of a live
+/// transaction that is about to commit, short enough that a whole batch behind a lock held
+/// for good fails in well under a second.
+const ONE_BY_ONE_LOCK_TIMEOUT: &str = "50ms";
+
 impl<H: EventHandler> Consumer<H> {
     /// Applies a batch: split by [`EventHandler::partition_key`] into at most
     /// `parallelism` groups, each applied in one transaction of its own, concurrently.
@@ -52,17 +57,40 @@ impl<H: EventHandler> Consumer<H> {
     /// One group in one transaction. Tried as a whole first; if it fails, the whole
     /// transaction is rolled back and the group redone one event at a time, a savepoint
     /// each, so the failure undoes only itself and the others commit.
+    ///
+    /// Each transaction has a deadline of its own (`transaction_deadline`): one that does
+    /// not end by then is dropped (its connection with it) and its events wait as in an
+    /// outage, since only a server, or a path to it, that stopped answering keeps a
+    /// bounded session from ending.
     async fn apply_group(&self, group: &[&Pending]) -> Vec<Outcome> {
-        let attempt = match self.try_whole(group).await {
-            Ok(None) => self.try_one_by_one(group).await,
-            Ok(Some(outcomes)) => Ok(outcomes),
-            Err(e) => Err(e),
+        let deadline = self.config.transaction_deadline;
+        let attempt = match tokio::time::timeout(deadline, self.try_whole(group)).await {
+            Ok(Ok(None)) => tokio::time::timeout(deadline, self.try_one_by_one(group))
+                .await
+                .map_err(|_| ()),
+            Ok(Ok(Some(outcomes))) => Ok(Ok(outcomes)),
+            Ok(Err(e)) => Ok(Err(e)),
+            Err(_) => Err(()),
         };
-        attempt.unwrap_or_else(|e| {
-            warn!(error = %e, events = group.len(), "a batch transaction failed; nothing of it committed");
-            let failure = database::classify(&e);
-            group.iter().map(|_| Outcome::Unfinished(failure)).collect()
-        })
+        match attempt {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(e)) => {
+                warn!(error = %e, events = group.len(), "a batch transaction failed; nothing of it committed");
+                let failure = database::classify(&e);
+                group.iter().map(|_| Outcome::Unfinished(failure)).collect()
+            }
+            Err(()) => {
+                warn!(
+                    ?deadline,
+                    events = group.len(),
+                    "a batch transaction did not end in time; abandoned, it waits as in an outage"
+                );
+                group
+                    .iter()
+                    .map(|_| Outcome::Unfinished(Failure::Outage))
+                    .collect()
+            }
+        }
     }
 
     /// Applies `group` in one transaction, or nothing of it (`Ok(None)`) if any event
@@ -89,8 +117,17 @@ impl<H: EventHandler> Consumer<H> {
     }
 
     /// Applies `group` in one transaction, each event in a savepoint of its own.
+    ///
+    /// The whole group already failed, perhaps because a lock it needs is held (a frozen
+    /// replica's open transaction): so here a lock wait ends at once
+    /// ([`ONE_BY_ONE_LOCK_TIMEOUT`]), and an event behind such a lock fails alone, fast,
+    /// instead of each one waiting the full `lock_timeout` in turn.
     async fn try_one_by_one(&self, group: &[&Pending]) -> Result<Vec<Outcome>, sqlx::Error> {
         let mut tx = self.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(ONE_BY_ONE_LOCK_TIMEOUT)
+            .execute(&mut *tx)
+            .await?;
         let mut outcomes = Vec::with_capacity(group.len());
         let mut outgoing = Vec::new();
         for pending in group {

@@ -53,15 +53,25 @@ pub(super) struct Pending {
     pub(super) index: usize,
     pub(super) envelope: Box<Envelope>,
     pub(super) span: tracing::Span,
-    /// How often it was retried in place after losing to contention.
-    contention_retries: u32,
+    /// When it first lost to contention, if it has.
+    contended_since: Option<tokio::time::Instant>,
 }
 
-/// In-place retries an event gets when it loses to contention (a lock or statement
-/// timeout, a deadlock): with the backoff, about 11 s. Contention that outlasts them is
-/// counted against the event (a delivery spent), so an event that can never commit ends
-/// dead-lettered instead of holding the consumer for ever.
-const CONTENTION_RETRIES: u32 = 8;
+impl Pending {
+    /// Whether it may still be retried in place after losing to contention (a lock or
+    /// statement timeout, a deadlock): for as long as another session can hold a lock
+    /// ([`ConsumerConfig::contention_budget`](super::ConsumerConfig), derived from the
+    /// bounds every session of the service runs with), so a lock of a frozen replica,
+    /// released once the server ends its session, costs no delivery. Contention that
+    /// outlasts it is counted against the event, so an event that can never commit ends
+    /// dead-lettered instead of holding the consumer for ever.
+    fn may_contend(&mut self, budget: std::time::Duration) -> bool {
+        let since = *self
+            .contended_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        since.elapsed() < budget
+    }
+}
 
 impl<H: EventHandler> Consumer<H> {
     /// Reads a batch and processes it: every event that can be applied is applied in
@@ -148,7 +158,7 @@ impl<H: EventHandler> Consumer<H> {
                         index: i,
                         envelope,
                         span,
-                        contention_retries: 0,
+                        contended_since: None,
                     });
                 }
             }
@@ -157,11 +167,13 @@ impl<H: EventHandler> Consumer<H> {
         let mut backoff = Backoff::new();
         while !to_apply.is_empty() {
             let results = self.apply_batch(&to_apply).await;
+            // An attempt ended (a retry in place is the loop doing its job).
+            self.heartbeat.beat();
             let mut again = Vec::new();
             for (mut pending, result) in to_apply.into_iter().zip(results) {
                 let entry = &entries[pending.index];
                 let span = pending.span.clone();
-                let may_contend = pending.contention_retries < CONTENTION_RETRIES;
+                let may_contend = pending.may_contend(self.config.contention_budget);
                 let settled = self.settle(
                     entry,
                     deliveries(entry),
@@ -171,10 +183,7 @@ impl<H: EventHandler> Consumer<H> {
                 );
                 match settled.instrument(span).await {
                     Outcome::Unfinished(Failure::Outage) => again.push(pending),
-                    Outcome::Unfinished(Failure::Contention) => {
-                        pending.contention_retries += 1;
-                        again.push(pending);
-                    }
+                    Outcome::Unfinished(Failure::Contention) => again.push(pending),
                     outcome => outcomes[pending.index] = Some(outcome),
                 }
             }

@@ -50,6 +50,7 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::dead_letters::DeadLetterStream;
 use crate::keys::StreamKeys;
+use crate::liveness::Heartbeat;
 use crate::outbox::{OutboxRow, RelayQueue};
 use crate::redis_conn::RedisConnections;
 use crate::stream_reply::RawEntry;
@@ -170,6 +171,14 @@ pub struct ConsumerConfig {
     pub claim_min_idle: Duration,
     /// How many transactions (and connections) a batch is spread over at most.
     pub parallelism: usize,
+    /// How long an event that loses to contention is retried in place, without spending
+    /// a delivery: the longest another session can hold a lock
+    /// ([`DatabaseBounds::longest_lock_hold`](crate::settings::DatabaseBounds::longest_lock_hold)).
+    pub contention_budget: Duration,
+    /// How long one batch transaction may take, as this process sees it, before it is
+    /// abandoned as an outage: the server ends a session that stops answering, but a
+    /// server that stops answering (a half-open connection) is noticed only by this.
+    pub transaction_deadline: Duration,
 }
 
 /// Counts of what one batch did.
@@ -199,6 +208,7 @@ pub struct Consumer<H> {
     handler: H,
     relay: RelayQueue,
     turn: ReadTurn,
+    heartbeat: Heartbeat,
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -223,7 +233,14 @@ impl<H: EventHandler> Consumer<H> {
             redis,
             config,
             handler,
+            heartbeat: Heartbeat::unwatched("consumer"),
         }
+    }
+
+    /// Beats `heartbeat` every time the loop comes round (see [`crate::liveness`]).
+    pub fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
     }
 
     /// `XGROUP CREATE <stream> <group> 0 MKSTREAM`: from id 0, so events published before
@@ -265,6 +282,7 @@ impl<H: EventHandler> Consumer<H> {
             .clamp(Duration::from_millis(50), Duration::from_secs(30));
         let mut next_reclaim = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
+            self.heartbeat.beat();
             if !group_ready {
                 match self.ensure_group().await {
                     Ok(()) => group_ready = true,

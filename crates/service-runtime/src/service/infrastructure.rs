@@ -6,6 +6,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::keys::StreamKeys;
 use crate::outbox::RelayQueue;
@@ -31,16 +32,25 @@ impl Infrastructure {
     ) -> anyhow::Result<Self> {
         let options = connect_options(settings.database_url.expose())
             .with_context(|| format!("invalid DATABASE_URL {}", settings.database_url))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.database_max_connections)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+        // Migrations run unbounded, on a connection of their own: building an index on a
+        // large table may rightly take longer than any statement of the service.
+        let mut migrating = options
+            .clone()
+            .application_name(&settings.stream.consumer_name())
+            .connect()
             .await
             .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
         migrator
-            .run(&pool)
+            .run(&mut migrating)
             .await
             .context("cannot apply database migrations")?;
+        let _ = migrating.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.database_max_connections)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(bounded(options, settings))
+            .await
+            .with_context(|| format!("cannot connect to Postgres at {}", settings.database_url))?;
         let block = Duration::from_millis(settings.stream.read_block_ms);
         let redis = RedisConnections::connect(settings.redis_url.expose(), block)
             .await
@@ -53,6 +63,39 @@ impl Infrastructure {
         })
     }
 }
+
+/// Every session of the pool bounds its own statements, lock waits and idle transactions
+/// (SPEC §4.9), and asks the server to probe its connection (server-side TCP keepalive:
+/// sqlx sets none on its own sockets), so that a process that froze, or a peer that
+/// vanished, holds no lock for longer than [`DatabaseBounds`](crate::settings::DatabaseBounds)
+/// allow. `application_name` is the consumer name, so `pg_stat_activity` tells the
+/// replicas apart.
+fn bounded(options: PgConnectOptions, settings: &CommonSettings) -> PgConnectOptions {
+    let bounds = &settings.database_bounds;
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    options
+        .application_name(&settings.stream.consumer_name())
+        .options([
+            ("statement_timeout", ms(bounds.statement_timeout())),
+            ("lock_timeout", ms(bounds.lock_timeout())),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(bounds.idle_in_transaction_timeout()),
+            ),
+            ("tcp_keepalives_idle", TCP_KEEPALIVE_IDLE_S.to_string()),
+            (
+                "tcp_keepalives_interval",
+                TCP_KEEPALIVE_INTERVAL_S.to_string(),
+            ),
+            ("tcp_keepalives_count", TCP_KEEPALIVE_COUNT.to_string()),
+        ])
+}
+
+/// TCP keepalive of every connection (Postgres asks the server to probe; Redis probes
+/// itself): a peer that vanished is noticed after idle + interval × count, 25 s.
+pub(crate) const TCP_KEEPALIVE_IDLE_S: u64 = 10;
+pub(crate) const TCP_KEEPALIVE_INTERVAL_S: u64 = 5;
+pub(crate) const TCP_KEEPALIVE_COUNT: u32 = 3;
 
 /// The connection options of `url`. TLS is used when asked for (`sslmode=require`,
 /// `verify-ca` or `verify-full` in the URL, or `PGSSLMODE`); a URL that says nothing
@@ -80,8 +123,6 @@ pub fn postgres_tls_asked(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::ConnectOptions;
-
     use super::*;
 
     #[test]

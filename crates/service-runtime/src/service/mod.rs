@@ -29,6 +29,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use infrastructure::{Infrastructure, postgres_tls_asked};
+pub(crate) use infrastructure::{
+    TCP_KEEPALIVE_COUNT, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+};
 use jobs::Consumed;
 pub use jobs::{PRUNE_INTERVAL, PeriodicJob};
 pub use process::{run_main, shutdown_signal};
@@ -38,6 +41,7 @@ use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
 use crate::http_server;
+use crate::liveness::Liveness;
 use crate::observability;
 use crate::outbox::AwaitingAnswer;
 use crate::problem::{self, BODY_LIMIT_BYTES};
@@ -119,24 +123,30 @@ pub async fn start<H: EventHandler>(
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
     };
+    let liveness = Liveness::new(settings.liveness_stall());
     let consumer_name = settings.stream.consumer_name();
-    let consumer = Arc::new(Consumer::new(
-        infra.pool.clone(),
-        infra.redis.clone(),
-        &infra.keys,
-        ConsumerConfig {
-            stream: parts.consumes,
-            group: parts.group,
-            consumer: consumer_name.clone(),
-            read_count: settings.stream.read_count as usize,
-            block: Duration::from_millis(settings.stream.read_block_ms),
-            max_deliveries: settings.stream.max_deliveries,
-            claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
-            parallelism: settings.stream.consumer_parallelism as usize,
-        },
-        parts.handler,
-        infra.relay_queue.clone(),
-    ));
+    let consumer = Arc::new(
+        Consumer::new(
+            infra.pool.clone(),
+            infra.redis.clone(),
+            &infra.keys,
+            ConsumerConfig {
+                stream: parts.consumes,
+                group: parts.group,
+                consumer: consumer_name.clone(),
+                read_count: settings.stream.read_count as usize,
+                block: Duration::from_millis(settings.stream.read_block_ms),
+                max_deliveries: settings.stream.max_deliveries,
+                claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
+                parallelism: settings.stream.consumer_parallelism as usize,
+                contention_budget: settings.database_bounds.longest_lock_hold(),
+                transaction_deadline: settings.database_bounds.transaction_deadline(),
+            },
+            parts.handler,
+            infra.relay_queue.clone(),
+        )
+        .with_heartbeat(liveness.watch("consumer")),
+    );
 
     let dead_letters =
         DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
@@ -148,7 +158,7 @@ pub async fn start<H: EventHandler>(
             parts.admin_routes,
             settings.admin_token(),
         ))
-        .merge(health::router(readiness))
+        .merge(health::router(readiness, liveness.clone()))
         .merge(observability::router())
         .split_for_parts();
     let openapi = Arc::new(document(parts.name, openapi));
@@ -171,7 +181,8 @@ pub async fn start<H: EventHandler>(
         RELAY_BATCH_SIZE,
         (RELAY_POLL_INTERVAL, RELAY_CLAIM_AFTER),
         infra.relay_queue.clone(),
-    );
+    )
+    .with_heartbeat(liveness.watch("relay"));
     let mut tasks = JoinSet::new();
     let (stop, limits) = (shutdown.clone(), settings.http_limits());
     tasks.spawn(async move {

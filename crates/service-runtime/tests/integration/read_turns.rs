@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use events::Envelope;
 use service_runtime::consumer::ConsumerConfig;
+use service_runtime::liveness::Liveness;
 use service_runtime::outbox::{OutboxRow, RelayQueue};
 use service_runtime::redis_conn::RedisConnections;
 use service_runtime::{Consumer, EventHandler, HandleError, StreamKeys};
@@ -90,6 +91,15 @@ impl Group {
         read_count: usize,
         block: Duration,
     ) -> Arc<Consumer<GatedHandler>> {
+        Arc::new(self.consumer(name, read_count, block).await)
+    }
+
+    async fn consumer(
+        &self,
+        name: &str,
+        read_count: usize,
+        block: Duration,
+    ) -> Consumer<GatedHandler> {
         let redis = RedisConnections::connect(self.ctx.redis_url(), block)
             .await
             .expect("redis");
@@ -102,6 +112,8 @@ impl Group {
             max_deliveries: 5,
             claim_min_idle: Duration::from_secs(60),
             parallelism: 1,
+            contention_budget: Duration::from_secs(10),
+            transaction_deadline: Duration::from_secs(30),
         };
         let consumer = Consumer::new(
             self.pool.clone(),
@@ -112,7 +124,7 @@ impl Group {
             RelayQueue::default(),
         );
         consumer.ensure_group().await.expect("group");
-        Arc::new(consumer)
+        consumer
     }
 
     fn turn(&self) -> String {
@@ -338,4 +350,62 @@ async fn a_replica_handed_the_turn_after_shutdown_began_stops_without_reading() 
         .await
         .expect("b stops without a read of up to BLOCK (5 s)")
         .expect("joins");
+}
+
+/// `/health/live`'s source (SPEC §4.9): a consumer stuck inside a batch (its handler never
+/// returns) is reported stalled once silent past the bound, and live again once it comes
+/// round; an idle one, blocking in reads that return empty, never is.
+#[tokio::test]
+async fn a_stuck_consumer_turns_liveness_red_and_an_idle_one_keeps_it_green() {
+    let group = Group::new().await;
+    let stall = Duration::from_millis(600);
+    let liveness = Liveness::new(stall);
+    let block = Duration::from_millis(100);
+    let consumer = Arc::new(
+        group
+            .consumer("c1", 10, block)
+            .await
+            .with_heartbeat(liveness.watch("consumer")),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (consumer, shutdown) = (consumer.clone(), shutdown.clone());
+        async move { consumer.run(shutdown).await }
+    });
+
+    // Idle: several times the bound, green throughout.
+    let idle_until = tokio::time::Instant::now() + 3 * stall;
+    while tokio::time::Instant::now() < idle_until {
+        assert!(liveness.stalled().is_empty(), "an idle consumer is live");
+        tokio::time::sleep(Duration::from_millis(50)).await; // sampling the idle period
+    }
+
+    group.publish(1).await;
+    eventually(
+        "the stuck consumer to be reported",
+        Duration::from_secs(10),
+        || async {
+            match liveness.stalled().as_slice() {
+                [("consumer", silent)] if *silent > stall => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(group.handler.batches(), [1], "stuck inside the batch");
+
+    group.handler.open();
+    eventually(
+        "the consumer to be live again",
+        Duration::from_secs(10),
+        || async {
+            match liveness.stalled().as_slice() {
+                [] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.expect("stopped");
 }

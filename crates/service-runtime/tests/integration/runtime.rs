@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use events::{Currency, Envelope, Event, OrderCreated, Producer};
 use service_runtime::consumer::ConsumerConfig;
-use service_runtime::outbox::{OutboxRow, RelayQueue};
+use service_runtime::outbox::{OutboxRow, Reask, RelayQueue};
 use service_runtime::redis_conn::RedisConnections;
 use service_runtime::{Consumer, EventHandler, HandleError, OutboxRelay, StreamKeys, outbox};
 use sqlx::{PgConnection, PgPool};
@@ -106,6 +106,8 @@ async fn consumer_handing_to(
         max_deliveries: 5,
         claim_min_idle: Duration::from_millis(200),
         parallelism: 2,
+        contention_budget: Duration::from_secs(10),
+        transaction_deadline: Duration::from_secs(30),
     };
     let consumer = Consumer::new(
         pool.clone(),
@@ -665,10 +667,10 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
     let orders = [published.order_id, waiting.order_id];
 
     let mut tx = pool.begin().await.expect("begins");
-    let rearmed = outbox::republish(&mut tx, &orders, None, Duration::ZERO)
+    let rearmed = outbox::republish(&mut tx, &orders, None, &Reask::every(Duration::ZERO))
         .await
         .expect("re-arms");
-    let again = outbox::republish(&mut tx, &orders, None, Duration::ZERO)
+    let again = outbox::republish(&mut tx, &orders, None, &Reask::every(Duration::ZERO))
         .await
         .expect("re-arms");
     tx.commit().await.expect("commits");
@@ -682,9 +684,14 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
     assert_eq!(unpublished(&pool).await, 2);
 
     let mut tx = pool.begin().await.expect("begins");
-    let too_young = outbox::republish(&mut tx, &orders, None, Duration::from_secs(3600))
-        .await
-        .expect("re-arms");
+    let too_young = outbox::republish(
+        &mut tx,
+        &orders,
+        None,
+        &Reask::every(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("re-arms");
     tx.rollback().await.expect("rolls back");
     assert!(too_young.is_empty(), "made less than an hour ago");
 
@@ -707,21 +714,142 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
     );
 
     // Made two hours ago: due once an hour, so re-published now, and not again within the hour.
-    sqlx::query("UPDATE outbox SET created_at = now() - interval '2 hours', rearmed_at = NULL")
+    sqlx::query(
+        "UPDATE outbox SET created_at = now() - interval '2 hours', rearmed_at = NULL, next_rearm_at = NULL",
+    )
         .execute(&pool)
         .await
         .expect("ages the rows");
     let hourly = || async {
         let mut tx = pool.begin().await.expect("begins");
-        let rows = outbox::republish(&mut tx, &orders, None, Duration::from_secs(3600))
-            .await
-            .expect("re-arms");
+        let rows = outbox::republish(
+            &mut tx,
+            &orders,
+            None,
+            &Reask::every(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("re-arms");
         tx.commit().await.expect("commits");
         assert_eq!(relay.relay_once().await.expect("relays"), rows.len());
         rows.len()
     };
     assert_eq!(hourly().await, 2, "both are due");
     assert_eq!(hourly().await, 0, "both were queued again just now");
+}
+
+/// SPEC §4.9: a question is not asked again while its last copy waits undelivered in
+/// the stream; once delivered and still unanswered it is, and each repeat then waits twice
+/// as long as the one before (±25 % jitter), up to the cap.
+#[tokio::test]
+async fn a_question_waits_while_its_copy_is_queued_and_backs_off_once_delivered() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let mut redis = ctx.redis().await;
+    let stream = ctx.stream(STREAM);
+    // An older entry, so the stream began well before the question was made.
+    let old_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 10_000;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg(format!("{old_ms}-0"))
+        .arg("filler")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .expect("XADD");
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .expect("group");
+    let question = event();
+    enqueue(&pool, &question).await;
+    assert_eq!(
+        relay(&ctx, &pool, Duration::from_secs(1))
+            .await
+            .relay_once()
+            .await
+            .expect("relays"),
+        1
+    );
+    // Due by age: made 300 ms ago, asked again after 200 ms.
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '300 milliseconds'")
+        .execute(&pool)
+        .await
+        .expect("aged");
+    let ask = |reask: Reask| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.expect("begins");
+            let rows = outbox::republish(&mut tx, &[question.order_id], None, &reask)
+                .await
+                .expect("re-arms");
+            tx.commit().await.expect("commits");
+            sqlx::query("DELETE FROM outbox_pending")
+                .execute(&pool)
+                .await
+                .expect("as if published");
+            rows.len()
+        }
+    };
+    let reask = |still_queued| Reask {
+        after: Duration::from_millis(200),
+        backoff_cap: Duration::from_millis(500),
+        still_queued,
+    };
+    let window = |redis: service_runtime::RedisConnection| {
+        let stream = stream.clone();
+        async move {
+            outbox::still_queued(&mut redis.clone(), &stream, GROUP)
+                .await
+                .expect("XINFO")
+        }
+    };
+
+    let queued = window(redis.clone()).await;
+    assert!(queued.is_some(), "the stream has entries");
+    assert_eq!(ask(reask(queued)).await, 0, "its copy waits undelivered");
+
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("c")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .expect("delivered");
+    // Delivered, unanswered: asked again now; then the waits double up to the cap.
+    sqlx::query("UPDATE outbox SET next_rearm_at = now()")
+        .execute(&pool)
+        .await
+        .expect("due");
+    for (rearm, (low, high)) in [(0.15, 0.25), (0.3, 0.5), (0.375, 0.625), (0.375, 0.625)]
+        .into_iter()
+        .enumerate()
+    {
+        let delivered = window(redis.clone()).await;
+        assert_eq!(ask(reask(delivered)).await, 1, "repeat {rearm}");
+        let wait: f64 = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM next_rearm_at - rearmed_at)::float8 FROM outbox",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("schedule");
+        assert!(
+            (low..=high).contains(&wait),
+            "repeat {rearm} waits {wait} s"
+        );
+        assert_eq!(ask(reask(delivered)).await, 0, "not due yet");
+        sqlx::query("UPDATE outbox SET next_rearm_at = now()")
+            .execute(&pool)
+            .await
+            .expect("due");
+    }
 }
 
 #[tokio::test]

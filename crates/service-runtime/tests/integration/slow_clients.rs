@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The header cap of these tests.
+const MAX_HEADER_BYTES: usize = 16_384;
+
 /// Serves a one-route app within `limits`; stopped when the token drops out of use.
 async fn serve(max_connections: usize) -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -26,6 +29,7 @@ async fn serve(max_connections: usize) -> (SocketAddr, CancellationToken) {
     let limits = HttpLimits {
         header_read_timeout: HEADER_TIMEOUT,
         max_connections,
+        max_header_bytes: MAX_HEADER_BYTES,
     };
     tokio::spawn(http_server::serve(listener, app, limits, shutdown.clone()));
     (addr, shutdown)
@@ -140,4 +144,37 @@ async fn connections_over_the_cap_are_answered_503_until_one_frees() {
         "HTTP/1.1 200 OK",
         "served once they went"
     );
+}
+
+/// SPEC §4.9: a request whose headers pass the cap is answered `431` and closed; one just
+/// under it is served.
+#[tokio::test]
+async fn headers_over_the_cap_are_answered_431() {
+    let (addr, _shutdown) = serve(16).await;
+    let request = |header_bytes: usize| {
+        let filler = "a".repeat(header_bytes);
+        format!(
+            "GET /health/live HTTP/1.1\r\nhost: test\r\nx-big: {filler}\r\nconnection: close\r\n\r\n"
+        )
+    };
+    for (header_bytes, expected) in [
+        (MAX_HEADER_BYTES - 1024, "HTTP/1.1 200 OK"),
+        (
+            MAX_HEADER_BYTES + 1024,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        (200_000, "HTTP/1.1 431 Request Header Fields Too Large"),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // The server may stop reading (and close) before all of a large request is sent.
+        let _ = stream.write_all(request(header_bytes).as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(
+            answer.lines().next().unwrap_or_default(),
+            expected,
+            "{header_bytes} bytes"
+        );
+    }
 }
