@@ -37,6 +37,14 @@ impl StreamKeys {
         format!("{{{}}}{DEAD_LETTER_SUFFIX}", self.stream(logical))
     }
 
+    /// The key of a logical stream's ticks: `{ns:order-events}:ticks`, a stream of at most
+    /// one tiny entry that the relay adds after each batch it publishes, so that consumers
+    /// can block on it instead of on the stream itself (whose entries may be huge, SPEC
+    /// §4.9; see [`consumer`](crate::consumer)). In the stream's hash slot.
+    pub fn ticks(&self, logical: &str) -> String {
+        format!("{{{}}}:ticks", self.stream(logical))
+    }
+
     /// The key of a consumer group's reading turn on a logical stream (see
     /// [`consumer`](crate::consumer)): `{ns:order-events}:turn:payment-service`, in the
     /// stream's hash slot like its dead letters. Its wake-up list is this key plus `:wake`.

@@ -98,6 +98,7 @@ impl OutboxRelay {
                 .arg(&row.fields)
                 .ignore();
         }
+        self.tick(&mut pipe, rows.iter().map(|row| row.stream.as_str()));
         pipe.exec_async(&mut self.redis.clone()).await?;
         self.count_published(rows.iter().map(|row| (row.stream.as_str(), row.event_type)));
         let event_ids: Vec<_> = rows.iter().map(|row| row.event_id).collect();
@@ -167,6 +168,7 @@ impl OutboxRelay {
                 .arg(fields)
                 .ignore();
         }
+        self.tick(&mut pipe, rows.iter().map(|(_, stream, ..)| *stream));
         pipe.exec_async(&mut self.redis.clone()).await?;
         tx.commit().await?;
         self.count_published(
@@ -175,6 +177,25 @@ impl OutboxRelay {
         );
         debug!(published = rows.len(), "outbox rows claimed and published");
         Ok(rows.len())
+    }
+
+    /// Adds one tick per stream written (`XADD <ticks> MAXLEN 1`), after its entries in the
+    /// same pipeline: what wakes the stream's consumers ([`StreamKeys::ticks`]).
+    fn tick<'a>(&self, pipe: &mut redis::Pipeline, streams: impl Iterator<Item = &'a str>) {
+        let mut ticked: Vec<&str> = Vec::new();
+        for stream in streams {
+            if !ticked.contains(&stream) {
+                ticked.push(stream);
+                pipe.cmd("XADD")
+                    .arg(self.keys.ticks(stream))
+                    .arg("MAXLEN")
+                    .arg(1)
+                    .arg("*")
+                    .arg("t")
+                    .arg(1)
+                    .ignore();
+            }
+        }
     }
 
     /// Counts published events by stream and type (one update per pair, not per event).

@@ -62,6 +62,11 @@ pub struct StreamSettings {
     /// their consumer is taken for dead. Keep it well above the time a batch takes.
     #[arg(long, env = "CLAIM_MIN_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub claim_min_idle_ms: u64,
+    /// An entry whose fields take more bytes than this is dead-lettered by its id without
+    /// being read into the service (SPEC §4.9). At least twice the 64 KiB body limit: no
+    /// event the services make from a request comes near it.
+    #[arg(long, env = "MAX_ENTRY_BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(131_072..=67_108_864))]
+    pub max_entry_bytes: u64,
     /// How many transactions a consumer spreads a batch over at once, each on its own
     /// database connection (keep below `DATABASE_MAX_CONNECTIONS`). One is fastest while
     /// handlers are set-based: every extra transaction is an extra commit.

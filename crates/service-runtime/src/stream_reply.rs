@@ -1,4 +1,4 @@
-//! Parsing of `XREADGROUP` replies from raw Redis values.
+//! Parsing of stream replies (entries as `XREADGROUP` gives them) from raw Redis values.
 //!
 //! redis-rs' typed stream reply turns field names into `String` and fields into a map:
 //! one entry with a non-UTF-8 field name would make the whole reply fail to parse and
@@ -13,27 +13,6 @@ pub(crate) struct RawEntry {
     pub id: String,
     /// `None` when the entry was deleted from the stream while pending.
     pub fields: Option<Vec<(String, Vec<u8>)>>,
-}
-
-/// Parses an `XREADGROUP` reply: nil (timeout) or, per stream, `[key, [entry...]]`.
-pub(crate) fn parse_read_reply(reply: Value) -> Result<Vec<RawEntry>, String> {
-    let streams = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|stream| match stream {
-                Value::Array(mut pair) if pair.len() == 2 => Ok(pair.remove(1)),
-                other => Err(format!("unexpected stream in reply: {other:?}")),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
-        other => return Err(format!("unexpected XREADGROUP reply: {other:?}")),
-    };
-    let mut out = Vec::new();
-    for entries in streams {
-        out.extend(parse_entries(entries)?);
-    }
-    Ok(out)
 }
 
 /// Parses an `XAUTOCLAIM ... JUSTID` reply `[next-cursor, [id...], [deleted id...]]`
@@ -104,30 +83,22 @@ mod tests {
     }
 
     #[test]
-    fn timeout_is_no_entries() {
-        assert_eq!(parse_read_reply(Value::Nil), Ok(vec![]));
-    }
-
-    #[test]
     fn keeps_binary_names_duplicates_and_deleted_entries() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk(b"s"),
+        let reply = Value::Array(vec![
             Value::Array(vec![
+                bulk(b"1-0"),
                 Value::Array(vec![
-                    bulk(b"1-0"),
-                    Value::Array(vec![
-                        bulk(b"a"),
-                        bulk(b"1"),
-                        bulk(b"a"),
-                        bulk(b"2"),
-                        bulk(&[0xff]),
-                        bulk(b"x"),
-                    ]),
+                    bulk(b"a"),
+                    bulk(b"1"),
+                    bulk(b"a"),
+                    bulk(b"2"),
+                    bulk(&[0xff]),
+                    bulk(b"x"),
                 ]),
-                Value::Array(vec![bulk(b"2-0"), Value::Nil]),
             ]),
-        ])]);
-        let entries = parse_read_reply(reply).expect("parses");
+            Value::Array(vec![bulk(b"2-0"), Value::Nil]),
+        ]);
+        let entries = parse_entries(reply).expect("parses");
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1-0");
         let fields = entries[0].fields.as_ref().expect("fields");
@@ -168,8 +139,8 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        assert!(parse_read_reply(Value::Int(3)).is_err());
-        assert!(parse_read_reply(Value::Array(vec![Value::Int(3)])).is_err());
+        assert!(parse_entries(Value::Int(3)).is_err());
+        assert!(parse_entries(Value::Array(vec![Value::Int(3)])).is_err());
         assert!(parse_entries(Value::Array(vec![Value::Array(vec![])])).is_err());
     }
 }

@@ -112,3 +112,81 @@ async fn max_connections_sending_huge_headers_keep_memory_far_under_the_limit() 
     drop(held);
     drop(orders);
 }
+
+/// SPEC §4.9: an entry over `MAX_ENTRY_BYTES` is dead-lettered by its id without being
+/// loaded into the service. Three copies of a real `OrderCreated`, each with one extra
+/// 40 MB field, sit in `order-events`: payment-service dead-letters them, its peak resident
+/// set stays under 64 MiB (half its deployment's limit), and the orders around them are
+/// paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_entries_are_dead_lettered_unread_and_memory_stays_bounded() {
+    use events::streams::ORDER_EVENTS;
+
+    let ctx = TestContext::new();
+    let orders_db = ctx.database().await;
+    let payments_db = ctx.database().await;
+    let env = |db: &str| {
+        [
+            ("DATABASE_URL", db.to_owned()),
+            ("REDIS_URL", ctx.redis_url().to_owned()),
+            ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
+            ("READ_BLOCK_MS", "200".to_owned()),
+        ]
+    };
+    let orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env(&orders_db));
+    ready(&orders).await;
+    assert_eq!(place_orders(&orders.base_url, 1, 1).await.failed, 0);
+    let (_, genuine) = ctx.entries(ORDER_EVENTS).await.remove(0);
+    let padding = "x".repeat(40 * 1024 * 1024);
+    for _ in 0..3 {
+        let mut fields: Vec<(&str, &[u8])> = genuine
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        fields.push(("padding", padding.as_bytes()));
+        ctx.xadd(ORDER_EVENTS, &fields).await;
+    }
+    drop(padding);
+
+    let payments = start_process(
+        env!("CARGO_BIN_EXE_chaos-payment-service"),
+        &env(&payments_db),
+    );
+    ready(&payments).await;
+    let placed = place_orders(&orders.base_url, 20, 4).await;
+    assert_eq!(placed.failed, 0);
+    let (orders_pool, payments_pool) = (
+        sqlx::PgPool::connect(&orders_db).await.expect("db"),
+        sqlx::PgPool::connect(&payments_db).await.expect("db"),
+    );
+    let outcome =
+        e2e::assert_invariants(&orders_pool, &payments_pool, Duration::from_secs(60)).await;
+    assert_eq!(outcome.paid, 21, "every order paid");
+    let dead = eventually(
+        "the huge entries dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            match ctx.dead_letters(ORDER_EVENTS).await {
+                dead if dead.len() >= 3 => Ok(dead),
+                dead => Err(format!("{} dead letters", dead.len())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 3);
+    for (_, fields) in &dead {
+        let error = fields
+            .iter()
+            .find(|(name, _)| name == service_runtime::dead_letters::fields::ERROR);
+        assert!(
+            error.is_some_and(|(_, e)| e.contains("MAX_ENTRY_BYTES")),
+            "{error:?}"
+        );
+        assert!(
+            fields.iter().all(|(_, value)| value.len() < 64 * 1024),
+            "no copy of the 40 MB"
+        );
+    }
+    let peak_mib = status_kib(payments.child.id(), "VmHWM:") / 1024;
+    assert!(peak_mib < 64, "payment-service peaked at {peak_mib} MiB");
+}

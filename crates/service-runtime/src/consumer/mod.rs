@@ -171,6 +171,9 @@ pub struct ConsumerConfig {
     pub claim_min_idle: Duration,
     /// How many transactions (and connections) a batch is spread over at most.
     pub parallelism: usize,
+    /// An entry larger than this (its fields' bytes) is dead-lettered by its id, never
+    /// loaded into the service (SPEC §4.9).
+    pub max_entry_bytes: usize,
     /// How long an event that loses to contention is retried in place, without spending
     /// a delivery: the longest another session can hold a lock
     /// ([`DatabaseBounds::longest_lock_hold`](crate::settings::DatabaseBounds::longest_lock_hold)).
@@ -204,6 +207,8 @@ pub struct Consumer<H> {
     redis: RedisConnections,
     config: ConsumerConfig,
     stream_key: String,
+    /// The stream's ticks, which a consumer with nothing to read blocks on.
+    ticks_key: String,
     dead_letters: DeadLetterStream,
     handler: H,
     relay: RelayQueue,
@@ -228,6 +233,7 @@ impl<H: EventHandler> Consumer<H> {
                 config.block,
             ),
             stream_key: keys.stream(config.stream),
+            ticks_key: keys.ticks(config.stream),
             dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
             pool,
             redis,

@@ -1,11 +1,12 @@
 //! What an entry needs, decided before touching the database ([`Plan`]): skipped (deleted
 //! while pending, or a type this version does not know), dead-lettered (undecodable,
-//! implausible content, or delivered too often), or applied in a span that continues its
+//! implausible content, over `MAX_ENTRY_BYTES`, or delivered too often), or applied in a span that continues its
 //! producer's trace.
 
 use events::Envelope;
 use tracing::{debug, info, info_span, warn};
 
+use super::batch::OVERSIZED_FIELD;
 use super::{Consumer, EventHandler};
 use crate::observability::EVENTS_SKIPPED;
 use crate::stream_reply::RawEntry;
@@ -32,12 +33,15 @@ pub(super) enum DeadLetterCause {
     Rejected,
     /// It failed on its last allowed delivery.
     Exhausted,
+    /// It is larger than `MAX_ENTRY_BYTES`: never read into the service.
+    Oversized,
 }
 
 impl DeadLetterCause {
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::Undecodable => "undecodable",
+            Self::Oversized => "oversized",
             Self::InvalidContent => "invalid_content",
             Self::Rejected => "rejected",
             Self::Exhausted => "exhausted",
@@ -59,6 +63,19 @@ impl<H: EventHandler> Consumer<H> {
             debug!(entry_id = %entry.id, "entry was deleted from the stream while pending; acking");
             return skip("deleted");
         };
+        if let [(name, size)] = fields.as_slice()
+            && name == OVERSIZED_FIELD
+        {
+            let size = String::from_utf8_lossy(size);
+            let max = self.config.max_entry_bytes;
+            warn!(entry_id = %entry.id, size = %size, "an entry over MAX_ENTRY_BYTES; dead-lettered unread");
+            return Plan::DeadLetter(
+                DeadLetterCause::Oversized,
+                format!(
+                    "entry of {size} bytes, over MAX_ENTRY_BYTES={max}: dead-lettered by its id, unread"
+                ),
+            );
+        }
         let mut envelope = match Envelope::from_fields(
             fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
         ) {

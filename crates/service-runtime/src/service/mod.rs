@@ -139,6 +139,7 @@ pub async fn start<H: EventHandler>(
                 max_deliveries: settings.stream.max_deliveries,
                 claim_min_idle: Duration::from_millis(settings.stream.claim_min_idle_ms),
                 parallelism: settings.stream.consumer_parallelism as usize,
+                max_entry_bytes: settings.stream.max_entry_bytes as usize,
                 contention_budget: settings.database_bounds.longest_lock_hold(),
                 transaction_deadline: settings.database_bounds.transaction_deadline(),
             },

@@ -112,6 +112,7 @@ impl Group {
             max_deliveries: 5,
             claim_min_idle: Duration::from_secs(60),
             parallelism: 1,
+            max_entry_bytes: 262_144,
             contention_budget: Duration::from_secs(10),
             transaction_deadline: Duration::from_secs(30),
         };

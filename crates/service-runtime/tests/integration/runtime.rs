@@ -106,6 +106,7 @@ async fn consumer_handing_to(
         max_deliveries: 5,
         claim_min_idle: Duration::from_millis(200),
         parallelism: 2,
+        max_entry_bytes: 262_144,
         contention_budget: Duration::from_secs(10),
         transaction_deadline: Duration::from_secs(30),
     };
