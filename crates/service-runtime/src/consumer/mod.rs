@@ -21,7 +21,15 @@
 //!   crash loops) sends it to the dead-letter stream;
 //! - entries left pending by a consumer that died are reclaimed (`XAUTOCLAIM`) by any live
 //!   one once idle longer than `CLAIM_MIN_IDLE_MS`, and processed like its own;
-//! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again.
+//! - a group that vanished (`NOGROUP`, e.g. Redis restarted empty) is created again;
+//! - what a read brings into the service is bounded whatever the stream holds (SPEC §4.9):
+//!   the `XREADGROUP` runs inside Redis, in a script that stops at a byte budget and
+//!   hands an entry over `MAX_ENTRY_BYTES` over as its id and size, dead-lettered unread;
+//!   with nothing to read, a consumer blocks on the stream's ticks (one tiny entry the
+//!   relay adds after each batch), never on the stream;
+//! - no lock of a frozen replica stalls it: contention is retried in place (no delivery
+//!   spent) for as long as a session of the service can hold a lock, and a batch
+//!   transaction has a deadline of its own (see [`crate::settings::DatabaseBounds`]).
 //!
 //! Replicas of a service take turns reading new entries ([`turn`]), so that a second one
 //! does not split the batches one would read whole.
