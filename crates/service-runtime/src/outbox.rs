@@ -211,7 +211,7 @@ impl Reask {
 /// The window of time in which a copy of an event, made then, is still in the stream and
 /// not yet delivered to the group that reads it: after the later of the stream's oldest
 /// entry and the group's last delivered one, up to the stream's newest entry
-/// ([`still_queued`](crate::outbox::still_queued) reads it from Redis). A copy made outside
+/// ([`still_queued`] reads it from Redis). A copy made outside
 /// it was delivered, or lost with the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StillQueued {
