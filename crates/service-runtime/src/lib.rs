@@ -41,6 +41,7 @@ pub mod retention;
 pub mod schema;
 pub mod secret_url;
 pub mod service;
+mod session_bounds;
 pub mod settings;
 mod stream_reply;
 pub mod telemetry;

@@ -244,26 +244,30 @@ async fn a_replica_frozen_holding_the_reading_turn_does_not_stall_the_group() {
     let (orders_db, payments_db) = system.pools().await;
     let turn =
         StreamKeys::new(system.ctx.namespace()).read_turn(ORDER_EVENTS, PAYMENT_SERVICE_GROUP);
-    let mut redis = system.ctx.redis().await;
-    let frozen = loop {
-        let holder: Option<String> = redis::cmd("GET")
+    let redis = system.ctx.redis().await;
+    let holder = || async {
+        redis::cmd("GET")
             .arg(&turn)
-            .query_async(&mut redis)
+            .query_async::<Option<String>>(&mut redis.clone())
             .await
-            .expect("GET");
-        if holder.as_deref() == Some("a") {
-            let frozen = Frozen::now(&system.payments[0]);
-            let still: Option<String> = redis::cmd("GET")
-                .arg(&turn)
-                .query_async(&mut redis)
-                .await
-                .expect("GET");
-            if still.as_deref() == Some("a") {
-                break frozen;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await; // polling the turn key
+            .map_err(|e| e.to_string())
     };
+    // Frozen at a moment replica a holds the turn, checked still held once it is stopped.
+    let frozen = eventually(
+        "to freeze replica a holding the turn",
+        Duration::from_secs(30),
+        || async {
+            if holder().await?.as_deref() != Some("a") {
+                return Err("a does not hold the turn".to_owned());
+            }
+            let frozen = Frozen::now(&system.payments[0]);
+            match holder().await?.as_deref() {
+                Some("a") => Ok(frozen),
+                other => Err(format!("it passed the turn before the stop: {other:?}")),
+            }
+        },
+    )
+    .await;
     let late = system.place("late", 30).await;
     all_final(
         &orders_db,

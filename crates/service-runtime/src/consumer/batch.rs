@@ -3,9 +3,6 @@
 //! letter, retry in place, leave pending), then one `XACK` for everything finished.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
-
-use redis::Script;
 
 use events::Envelope;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::database::{self, Failure};
 use crate::dead_letters::Verdict;
 use crate::observability::{EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_FAILED};
-use crate::stream_reply::{RawEntry, parse_entries};
+use crate::stream_reply::RawEntry;
 
 /// What became of one entry of a batch: the one description every step uses, from the
 /// transaction that applied it to the ack.
@@ -75,53 +72,6 @@ impl Pending {
         since.elapsed() < budget
     }
 }
-
-/// The one field an entry over `MAX_ENTRY_BYTES` is delivered with: its size in bytes.
-pub(super) const OVERSIZED_FIELD: &str = "__oversized__";
-
-/// A read brings at most about this many times `MAX_ENTRY_BYTES` (it stops once past, and
-/// reads 16 entries at a time): 16 MiB with the default limit.
-const READ_BUDGET_ENTRIES: usize = 48;
-
-/// `XREADGROUP` in chunks of 16 until `COUNT` entries or the byte budget, inside Redis, so
-/// that what comes back to the service is bounded whatever the stream holds (SPEC §4.9):
-/// an entry over the limit is replaced by its id and size. KEYS: the stream, its ticks.
-/// ARGV: group, consumer, count, `>` or `0`, max entry bytes, budget. Returns the last
-/// tick's id and the entries, each `[id, fields or nil]` as `XREADGROUP` gives them.
-static BOUNDED_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out, total, start = {}, 0, ARGV[4]
-local remaining, max_entry, budget = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
-while remaining > 0 and total < budget do
-  local n = math.min(remaining, 16)
-  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[1], start)
-  if not reply then break end
-  local entries = reply[1][2]
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    if fields then
-      local size = 0
-      for _, part in ipairs(fields) do size = size + #part end
-      if size > max_entry then
-        entry[2] = {'__oversized__', tostring(size)}
-        size = 0
-      end
-      total = total + size
-    end
-    out[#out + 1] = entry
-    if start ~= '>' then start = entry[1] end
-  end
-  remaining = remaining - #entries
-  if #entries < n then break end
-end
-local tick = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local tick_id = '0-0'
-if #tick > 0 then tick_id = tick[1][1] end
-return {tick_id, out}
-",
-    )
-});
 
 impl<H: EventHandler> Consumer<H> {
     /// Reads a batch and processes it: every event that can be applied is applied in
@@ -287,74 +237,6 @@ impl<H: EventHandler> Consumer<H> {
                 .await?;
         }
         Ok(report)
-    }
-
-    /// Reads the next entries: this consumer's own pending ones, or new ones, waiting up to
-    /// `BLOCK` for a producer's tick when there are none. Entries over `MAX_ENTRY_BYTES`
-    /// come back as their id and size only ([`read_bounded`](Self::read_bounded)).
-    async fn read(&self, from: ReadFrom) -> Result<Vec<RawEntry>, ConsumeError> {
-        let (tick, entries) = self.read_bounded(from).await?;
-        if from == ReadFrom::OwnPending || !entries.is_empty() {
-            return Ok(entries);
-        }
-        // Nothing new: block on the ticks (tiny entries the relay adds after publishing),
-        // never on the stream, whose next entry might be huge; then read once more (an
-        // entry a foreign writer added without a tick is found after at most `BLOCK`).
-        let _woken: redis::Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(self.config.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.ticks_key)
-            .arg(&tick)
-            .query_async(&mut self.redis.reader.clone())
-            .await?;
-        Ok(self.read_bounded(from).await?.1)
-    }
-
-    /// One bounded `XREADGROUP` (SPEC §4.9), run inside Redis ([`BOUNDED_READ`]): at most
-    /// `READ_COUNT` entries and about [`READ_BUDGET_ENTRIES`] × `MAX_ENTRY_BYTES` bytes; an
-    /// entry over `MAX_ENTRY_BYTES` is delivered as its id with one field,
-    /// [`OVERSIZED_FIELD`], its size, so the service never holds it. Also returns the id of
-    /// the stream's last tick, to block on from there.
-    async fn read_bounded(&self, from: ReadFrom) -> Result<(String, Vec<RawEntry>), ConsumeError> {
-        let reply: redis::Value = BOUNDED_READ
-            .key(&self.stream_key)
-            .key(&self.ticks_key)
-            .arg(self.config.group)
-            .arg(&self.config.consumer)
-            .arg(self.config.read_count)
-            .arg(match from {
-                ReadFrom::New => ">",
-                ReadFrom::OwnPending => "0",
-            })
-            .arg(self.config.max_entry_bytes)
-            .arg(
-                self.config
-                    .max_entry_bytes
-                    .saturating_mul(READ_BUDGET_ENTRIES),
-            )
-            .invoke_async(&mut self.redis.commands.clone())
-            .await?;
-        match reply {
-            redis::Value::Array(mut parts) if parts.len() == 2 => {
-                let entries = parse_entries(parts.pop().unwrap_or(redis::Value::Nil))
-                    .map_err(ConsumeError::Reply)?;
-                let tick = match parts.pop() {
-                    Some(redis::Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-                    other => {
-                        return Err(ConsumeError::Reply(format!(
-                            "unexpected tick id: {other:?}"
-                        )));
-                    }
-                };
-                Ok((tick, entries))
-            }
-            other => Err(ConsumeError::Reply(format!(
-                "unexpected bounded read reply: {other:?}"
-            ))),
-        }
     }
 
     /// What an event's outcome means for its entry: a failure becomes a dead letter, a

@@ -36,12 +36,13 @@
 //!
 //! Here: the handler contract, the settings and the run loop. A batch from read to ack
 //! is in [`batch`] (what each entry needs decided in [`plan`]), the database side of it in
-//! [`apply`], reclaiming in [`reclaim`], the reading turn in [`turn`], and
+//! [`apply`], reading in [`read`], reclaiming in [`reclaim`], the reading turn in [`turn`], and
 //! dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
 mod plan;
+mod read;
 mod reclaim;
 mod turn;
 

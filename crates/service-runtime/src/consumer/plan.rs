@@ -6,7 +6,7 @@
 use events::Envelope;
 use tracing::{debug, info, info_span, warn};
 
-use super::batch::OVERSIZED_FIELD;
+use super::read::OVERSIZED_FIELD;
 use super::{Consumer, EventHandler};
 use crate::observability::EVENTS_SKIPPED;
 use crate::stream_reply::RawEntry;
