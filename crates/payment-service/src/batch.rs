@@ -2,7 +2,7 @@
 //! batch needs loaded before the [`Ledger`](crate::ledger::Ledger) can settle it: the
 //! orders it names, the payments it refunds, the accounts it touches.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use events::{Envelope, Event, OrderCancelled, OrderCreated};
 use uuid::Uuid;
@@ -92,23 +92,29 @@ pub fn check_customers(
     Ok(())
 }
 
-/// The earlier payments `events` will refund: those of paid orders being cancelled.
-pub fn payments_to_refund(
+/// The earlier payments `events` need: those of charged orders (paid, or paid and
+/// refunded), to refund them or to tell them again to a question asked again.
+pub fn payments_named(
     events: &[OrderEvent<'_>],
     claimed: &HashMap<Uuid, Option<OrderPayment>>,
 ) -> Vec<Uuid> {
-    events
+    let named: BTreeSet<Uuid> = events
         .iter()
-        .filter(|event| matches!(event, OrderEvent::Cancelled(..)))
         .filter_map(|event| claimed.get(&event.order_id())?.as_ref())
-        .filter(|decided| decided.state == OrderPaymentState::Paid)
+        .filter(|decided| {
+            matches!(
+                decided.state,
+                OrderPaymentState::Paid | OrderPaymentState::Refunded
+            )
+        })
         .filter_map(|decided| decided.payment_id)
-        .collect()
+        .collect();
+    named.into_iter().collect()
 }
 
 /// The accounts `events` touch, each with the currency of its first order to be charged:
 /// the customers of orders seen here for the first time (to charge them) and of
-/// `payments` (to refund them).
+/// `payments` (to refund them, or tell them again).
 pub fn accounts_of<'a>(
     events: &[OrderEvent<'a>],
     claimed: &HashMap<Uuid, Option<OrderPayment>>,

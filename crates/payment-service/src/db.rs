@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
+use events::FailureReason;
 use serde::Serialize;
 use service_runtime::outbox::OutboxRow;
 use sqlx::migrate::Migrator;
@@ -44,12 +45,43 @@ pub struct Payment {
     pub refunded_at: Option<OffsetDateTime>,
 }
 
-/// The saga state of one order on this side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The saga state of one order on this side, with the answers it gave (SPEC §4.9): a
+/// question asked again is answered from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPayment {
     pub state: OrderPaymentState,
     pub payment_id: Option<Uuid>,
+    /// The `event_id` of the answer to the order's `OrderCreated`, once one was given.
+    pub created_answer: Option<Uuid>,
+    /// The `event_id` of the answer to its cancellation, once one was given.
+    pub cancelled_answer: Option<Uuid>,
+    /// Why it was not charged, when the answer to its `OrderCreated` was `PaymentFailed`.
+    pub decline_reason: Option<FailureReason>,
 }
+
+impl OrderPayment {
+    /// An order just decided, with no answer recorded yet.
+    pub fn new(state: OrderPaymentState) -> Self {
+        Self {
+            state,
+            payment_id: None,
+            created_answer: None,
+            cancelled_answer: None,
+            decline_reason: None,
+        }
+    }
+}
+
+/// A saga row as `claim_orders` reads it.
+type SagaRow = (
+    Uuid,
+    String,
+    String,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+);
 
 /// The saga rows of a batch's orders, claimed and locked by [`claim_orders`].
 #[derive(Debug, Default)]
@@ -69,27 +101,34 @@ pub async fn claim_orders(
     conn: &mut PgConnection,
     orders: &BTreeMap<Uuid, &str>,
 ) -> sqlx::Result<ClaimedOrders> {
-    let rows: Vec<(Uuid, String, String, Option<Uuid>)> = sqlx::query_as(
+    let rows: Vec<SagaRow> = sqlx::query_as(
         "INSERT INTO order_payments (order_id, customer_id, state)
          SELECT order_id, customer_id, 'NEW'
          FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS t(order_id, customer_id, n)
          ORDER BY n
          ON CONFLICT (order_id) DO UPDATE SET order_id = EXCLUDED.order_id
-         RETURNING order_id, customer_id, state, payment_id",
+         RETURNING order_id, customer_id, state, payment_id,
+                   created_answer_id, cancelled_answer_id, decline_reason",
     )
     .bind(orders.keys().copied().collect::<Vec<_>>())
     .bind(orders.values().copied().collect::<Vec<_>>())
     .fetch_all(conn)
     .await?;
     let mut claimed = ClaimedOrders::default();
-    for (order_id, customer_id, state, payment_id) in rows {
+    for (order_id, customer_id, state, payment_id, created, cancelled, reason) in rows {
         claimed.customers.insert(order_id, customer_id);
         let decided = if state == "NEW" {
             None
         } else {
             let state =
                 OrderPaymentState::try_from(state).map_err(|e| sqlx::Error::Decode(e.into()))?;
-            Some(OrderPayment { state, payment_id })
+            Some(OrderPayment {
+                state,
+                payment_id,
+                created_answer: created,
+                cancelled_answer: cancelled,
+                decline_reason: reason.map(FailureReason::from),
+            })
         };
         claimed.states.insert(order_id, decided);
     }
@@ -140,7 +179,7 @@ pub struct Settlement {
     /// What to add to each balance (negative: debit).
     pub balance_deltas: BTreeMap<String, i64>,
     /// The new saga state of each order the batch changed.
-    pub orders: BTreeMap<Uuid, (OrderPaymentState, Option<Uuid>)>,
+    pub orders: BTreeMap<Uuid, OrderPayment>,
 }
 
 /// A payment made by a batch.
@@ -164,11 +203,7 @@ pub async fn settle(
     answers: &[OutboxRow],
 ) -> sqlx::Result<()> {
     let payments = &settlement.new_payments;
-    let (order_ids, states): (Vec<Uuid>, Vec<(OrderPaymentState, Option<Uuid>)>) = settlement
-        .orders
-        .iter()
-        .map(|(id, state)| (*id, *state))
-        .unzip();
+    let (order_ids, orders): (Vec<Uuid>, Vec<&OrderPayment>) = settlement.orders.iter().unzip();
     let mut query = QueryBuilder::new("WITH ");
     if !answers.is_empty() {
         OutboxRow::push_queue_all(&answers.iter().collect::<Vec<_>>(), &mut query);
@@ -214,15 +249,31 @@ pub async fn settle(
             "::bigint[]) AS t(customer_id, delta)
                  WHERE a.customer_id = t.customer_id
              )
-             UPDATE order_payments o SET state = t.state, payment_id = t.payment_id, updated_at = now()
+             UPDATE order_payments o
+             SET state = t.state, payment_id = t.payment_id, created_answer_id = t.created,
+                 cancelled_answer_id = t.cancelled, decline_reason = t.reason, updated_at = now()
              FROM unnest(",
         )
         .push_bind(order_ids)
         .push("::uuid[], ")
-        .push_bind(states.iter().map(|(state, _)| state.as_str()).collect::<Vec<_>>())
+        .push_bind(orders.iter().map(|o| o.state.as_str()).collect::<Vec<_>>())
         .push("::text[], ")
-        .push_bind(states.iter().map(|(_, payment)| *payment).collect::<Vec<_>>())
-        .push("::uuid[]) AS t(order_id, state, payment_id) WHERE o.order_id = t.order_id");
+        .push_bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(orders.iter().map(|o| o.created_answer).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(orders.iter().map(|o| o.cancelled_answer).collect::<Vec<_>>())
+        .push("::uuid[], ")
+        .push_bind(
+            orders
+                .iter()
+                .map(|o| o.decline_reason.as_ref().map(FailureReason::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .push(
+            "::text[]) AS t(order_id, state, payment_id, created, cancelled, reason)
+             WHERE o.order_id = t.order_id",
+        );
     query.build().execute(conn).await?;
     Ok(())
 }

@@ -2,14 +2,7 @@
 //! given what was already decided for that order, and whether an account can pay.
 //! Handlers lock the order, read its state, ask these functions, and carry out the answer.
 
-use events::{EventType, FailureReason};
-
-/// The events that answer an `OrderCreated`.
-pub const ANSWERS_TO_CREATED: [EventType; 2] =
-    [EventType::PaymentCompleted, EventType::PaymentFailed];
-/// The events that answer an `OrderCancelled`.
-pub const ANSWERS_TO_CANCELLED: [EventType; 2] =
-    [EventType::PaymentRefunded, EventType::PaymentCancelled];
+use events::FailureReason;
 
 /// What payment-service has decided for an order so far (`None`: never seen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,16 +76,19 @@ pub enum OnOrderCreated {
     TryCharge,
     /// Cancelled first: publish `PaymentFailed(order_cancelled)`, charge nothing.
     DeclineAsCancelled,
-    /// Already decided: no second effect; the question came again, so the recorded
-    /// outcome is published again.
+    /// Answered already: no second effect; the question came again, so the recorded
+    /// answer is published again.
     AnswerAgain,
 }
 
-/// What to do with an `OrderCreated`, given the order's state.
-pub fn on_order_created(state: Option<OrderPaymentState>) -> OnOrderCreated {
+/// What to do with an `OrderCreated`, given the order's state and whether an
+/// `OrderCreated` of it was `answered` already.
+pub fn on_order_created(state: Option<OrderPaymentState>, answered: bool) -> OnOrderCreated {
     match state {
+        _ if answered => OnOrderCreated::AnswerAgain,
         None => OnOrderCreated::TryCharge,
         Some(OrderPaymentState::Cancelled) => OnOrderCreated::DeclineAsCancelled,
+        // Decided by an OrderCreated, so answered (the saga row's constraint).
         Some(
             OrderPaymentState::Paid | OrderPaymentState::Declined | OrderPaymentState::Refunded,
         ) => OnOrderCreated::AnswerAgain,
@@ -115,12 +111,15 @@ pub enum OnOrderCancelled {
     AnswerAgain,
 }
 
-/// What to do with an `OrderCancelled`, given the order's state.
-pub fn on_order_cancelled(state: Option<OrderPaymentState>) -> OnOrderCancelled {
+/// What to do with an `OrderCancelled`, given the order's state and whether a
+/// cancellation of it was `answered` already.
+pub fn on_order_cancelled(state: Option<OrderPaymentState>, answered: bool) -> OnOrderCancelled {
     match state {
+        _ if answered => OnOrderCancelled::AnswerAgain,
         None => OnOrderCancelled::Remember,
         Some(OrderPaymentState::Paid) => OnOrderCancelled::Refund,
         Some(OrderPaymentState::Declined) => OnOrderCancelled::Confirm,
+        // Decided by a cancellation, so answered (the saga row's constraint).
         Some(OrderPaymentState::Cancelled | OrderPaymentState::Refunded) => {
             OnOrderCancelled::AnswerAgain
         }
@@ -158,31 +157,39 @@ mod tests {
 
     #[test]
     fn order_created_in_every_state() {
-        assert_eq!(on_order_created(None), OnOrderCreated::TryCharge);
+        assert_eq!(on_order_created(None, false), OnOrderCreated::TryCharge);
         assert_eq!(
-            on_order_created(Some(Cancelled)),
+            on_order_created(Some(Cancelled), false),
             OnOrderCreated::DeclineAsCancelled
         );
         for state in [Paid, Declined, Refunded] {
             assert_eq!(
-                on_order_created(Some(state)),
+                on_order_created(Some(state), true),
                 OnOrderCreated::AnswerAgain,
                 "{state:?}"
             );
         }
+        assert_eq!(
+            on_order_created(Some(Cancelled), true),
+            OnOrderCreated::AnswerAgain,
+            "declined as cancelled once, answered the same again"
+        );
     }
 
     #[test]
     fn order_cancelled_in_every_state() {
-        assert_eq!(on_order_cancelled(None), OnOrderCancelled::Remember);
-        assert_eq!(on_order_cancelled(Some(Paid)), OnOrderCancelled::Refund);
+        assert_eq!(on_order_cancelled(None, false), OnOrderCancelled::Remember);
         assert_eq!(
-            on_order_cancelled(Some(Declined)),
+            on_order_cancelled(Some(Paid), false),
+            OnOrderCancelled::Refund
+        );
+        assert_eq!(
+            on_order_cancelled(Some(Declined), false),
             OnOrderCancelled::Confirm
         );
-        for state in [Cancelled, Refunded] {
+        for state in [Cancelled, Refunded, Declined] {
             assert_eq!(
-                on_order_cancelled(Some(state)),
+                on_order_cancelled(Some(state), true),
                 OnOrderCancelled::AnswerAgain,
                 "{state:?}"
             );

@@ -3,8 +3,12 @@
 //! order through the per-order decisions of [`domain`](crate::domain), keeping balances
 //! as they go, and come out with what to write ([`Settlement`]) and what to publish.
 //! Pure: the handler loads, this decides, the handler writes, each in one statement.
+//!
+//! Every answer is recorded on the order's saga row (its `event_id`, and the reason of a
+//! decline), so a question asked again is answered from that record and the payment,
+//! with the same `event_id`, however long ago the outbox forgot the answer (SPEC §4.9).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use events::{
     Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
@@ -31,8 +35,12 @@ pub enum LedgerError {
     NoPaymentId(Uuid),
     #[error("payment {0} is not a standing charge")]
     NotAStandingCharge(Uuid),
+    #[error("payment {0} was not loaded")]
+    PaymentNotLoaded(Uuid),
     #[error("stored payment {0} has an invalid currency")]
     InvalidCurrency(Uuid),
+    #[error("order {0} was answered, but its record lacks the answer")]
+    AnswerNotRecorded(Uuid),
     #[error("the event names customer {named:?}, but order {order_id} is {owner:?}'s")]
     CustomerMismatch {
         order_id: Uuid,
@@ -43,23 +51,20 @@ pub enum LedgerError {
     BalanceOverflow(String),
 }
 
-/// The orders whose question came again after it was answered (the inbox forgot it, or
-/// another event asked the same): the recorded answers are to be published again.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AskedAgain {
-    /// Orders whose `OrderCreated` came again.
-    pub created: Vec<Uuid>,
-    /// Orders whose cancellation came again.
-    pub cancelled: Vec<Uuid>,
+/// Which of an order's two questions an answer answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Question {
+    Created,
+    Cancelled,
 }
 
-/// What a batch came to: what to write, what to publish (in stream order), and which
-/// answers to publish again.
+/// What a batch came to: what to write, what to publish (in stream order), and the
+/// recorded answers to publish again (rebuilt from the record, same `event_id`).
 #[derive(Debug)]
 pub struct Settled {
     pub settlement: Settlement,
     pub published: Vec<Envelope>,
-    pub asked_again: AskedAgain,
+    pub answered_again: Vec<Envelope>,
 }
 
 /// The state of a batch's orders and accounts, changed event by event.
@@ -68,12 +73,13 @@ pub struct Ledger {
     states: HashMap<Uuid, Option<OrderPayment>>,
     accounts: HashMap<String, Account>,
     earlier_payments: HashMap<Uuid, Payment>,
+    changed: BTreeSet<Uuid>,
     settled: Settled,
 }
 
 impl Ledger {
-    /// Starts from the claimed saga states, the locked accounts and the payments to
-    /// refund.
+    /// Starts from the claimed saga states, the locked accounts and the earlier payments
+    /// the batch names ([`payments_named`](crate::batch::payments_named)).
     pub fn new(
         states: HashMap<Uuid, Option<OrderPayment>>,
         accounts: Vec<Account>,
@@ -86,58 +92,67 @@ impl Ledger {
                 .map(|a| (a.customer_id.clone(), a))
                 .collect(),
             earlier_payments: earlier_payments.into_iter().map(|p| (p.id, p)).collect(),
+            changed: BTreeSet::new(),
             settled: Settled {
                 settlement: Settlement::default(),
                 published: Vec::new(),
-                asked_again: AskedAgain::default(),
+                answered_again: Vec::new(),
             },
         }
     }
 
     /// Applies `event` to the ledger.
     pub fn apply(&mut self, event: OrderEvent<'_>) -> Result<(), LedgerError> {
-        let state = self
-            .states
-            .get(&event.order_id())
-            .copied()
-            .flatten()
-            .map(|decided| decided.state);
+        let decided = self.decided(event.order_id()).cloned();
+        let state = decided.as_ref().map(|d| d.state);
         match event {
-            OrderEvent::Created(cause, order) => match on_order_created(state) {
-                OnOrderCreated::AnswerAgain => {
-                    info!(order_id = %order.order_id, ?state, "order already decided; no second charge, the outcome again");
-                    self.settled.asked_again.created.push(order.order_id);
-                    Ok(())
+            OrderEvent::Created(cause, order) => {
+                let answered = decided.as_ref().is_some_and(|d| d.created_answer.is_some());
+                match on_order_created(state, answered) {
+                    OnOrderCreated::AnswerAgain => {
+                        info!(order_id = %order.order_id, ?state, "order already answered; no second charge, the answer again");
+                        self.answer_created_again(cause, order)
+                    }
+                    OnOrderCreated::DeclineAsCancelled => {
+                        let cancelled = OrderPaymentState::Cancelled;
+                        self.decline(cause, order, FailureReason::OrderCancelled, cancelled);
+                        Ok(())
+                    }
+                    OnOrderCreated::TryCharge => self.try_charge(cause, order),
                 }
-                OnOrderCreated::DeclineAsCancelled => {
-                    let cancelled = OrderPaymentState::Cancelled;
-                    self.decline(cause, order, FailureReason::OrderCancelled, cancelled);
-                    Ok(())
+            }
+            OrderEvent::Cancelled(cause, cancel) => {
+                let answered = decided
+                    .as_ref()
+                    .is_some_and(|d| d.cancelled_answer.is_some());
+                match on_order_cancelled(state, answered) {
+                    OnOrderCancelled::Remember => {
+                        self.confirm_cancellation(cause, cancel, OrderPaymentState::Cancelled);
+                        Ok(())
+                    }
+                    OnOrderCancelled::Confirm => {
+                        self.confirm_cancellation(cause, cancel, OrderPaymentState::Declined);
+                        Ok(())
+                    }
+                    OnOrderCancelled::AnswerAgain => self.answer_cancellation_again(cause, cancel),
+                    OnOrderCancelled::Refund => self.refund(cause, cancel),
                 }
-                OnOrderCreated::TryCharge => self.try_charge(cause, order),
-            },
-            OrderEvent::Cancelled(cause, cancel) => match on_order_cancelled(state) {
-                OnOrderCancelled::Remember => {
-                    self.set_state(cancel.order_id, OrderPaymentState::Cancelled, None);
-                    self.confirm_cancellation(cause, cancel);
-                    Ok(())
-                }
-                OnOrderCancelled::Confirm => {
-                    self.confirm_cancellation(cause, cancel);
-                    Ok(())
-                }
-                OnOrderCancelled::AnswerAgain => {
-                    self.settled.asked_again.cancelled.push(cancel.order_id);
-                    Ok(())
-                }
-                OnOrderCancelled::Refund => self.refund(cause, cancel),
-            },
+            }
         }
     }
 
     /// What the batch came to.
-    pub fn finish(self) -> Settled {
+    pub fn finish(mut self) -> Settled {
+        for order_id in std::mem::take(&mut self.changed) {
+            if let Some(Some(decided)) = self.states.remove(&order_id) {
+                self.settled.settlement.orders.insert(order_id, decided);
+            }
+        }
         self.settled
+    }
+
+    fn decided(&self, order_id: Uuid) -> Option<&OrderPayment> {
+        self.states.get(&order_id).and_then(Option::as_ref)
     }
 
     fn try_charge(&mut self, cause: &Envelope, order: &OrderCreated) -> Result<(), LedgerError> {
@@ -180,9 +195,10 @@ impl Ledger {
                     currency: currency.to_owned(),
                     refunded: false,
                 });
-                self.set_state(order.order_id, OrderPaymentState::Paid, Some(payment_id));
-                self.publish(
+                self.decide(order.order_id, OrderPaymentState::Paid, Some(payment_id));
+                self.answer(
                     cause,
+                    Question::Created,
                     Event::PaymentCompleted(PaymentCompleted {
                         payment_id,
                         order_id: order.order_id,
@@ -204,40 +220,30 @@ impl Ledger {
         reason: FailureReason,
         state: OrderPaymentState,
     ) {
-        self.set_state(order.order_id, state, None);
-        self.publish(
-            cause,
-            Event::PaymentFailed(PaymentFailed {
-                order_id: order.order_id,
-                customer_id: order.customer_id.clone(),
-                amount_cents: order.total_cents,
-                currency: order.currency,
-                reason,
-            }),
-        );
+        self.decide(order.order_id, state, None);
+        self.answer(cause, Question::Created, declined(order, reason));
     }
 
-    /// Answers a cancellation of an order that was not and will not be charged.
-    fn confirm_cancellation(&mut self, cause: &Envelope, cancel: &OrderCancelled) {
-        self.publish(
-            cause,
-            Event::PaymentCancelled(PaymentCancelled {
-                order_id: cancel.order_id,
-                customer_id: cancel.customer_id.clone(),
-            }),
-        );
+    /// Answers a cancellation of an order that was not and will not be charged, leaving
+    /// it in `state`.
+    fn confirm_cancellation(
+        &mut self,
+        cause: &Envelope,
+        cancel: &OrderCancelled,
+        state: OrderPaymentState,
+    ) {
+        self.decide(cancel.order_id, state, None);
+        self.answer(cause, Question::Cancelled, cancellation_confirmed(cancel));
     }
 
     /// Credits the order's payment back and publishes `PaymentRefunded`.
     fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), LedgerError> {
         let payment_id = self
-            .states
-            .get(&cancel.order_id)
-            .copied()
-            .flatten()
+            .decided(cancel.order_id)
             .and_then(|decided| decided.payment_id)
             .ok_or(LedgerError::NoPaymentId(cancel.order_id))?;
-        let (customer_id, amount_cents, currency) = if let Some(made_now) = self
+        let charge = self.charge(payment_id)?;
+        if let Some(made_now) = self
             .settled
             .settlement
             .new_payments
@@ -245,29 +251,21 @@ impl Ledger {
             .find(|p| p.id == payment_id)
         {
             made_now.refunded = true;
-            (
-                made_now.customer_id.clone(),
-                made_now.amount_cents,
-                made_now.currency.clone(),
-            )
-        } else {
-            let earlier = self
-                .earlier_payments
-                .get(&payment_id)
-                .filter(|p| p.status == PaymentStatus::Completed)
-                .ok_or(LedgerError::NotAStandingCharge(payment_id))?;
+        } else if self
+            .earlier_payments
+            .get(&payment_id)
+            .is_some_and(|p| p.status == PaymentStatus::Completed)
+        {
             self.settled.settlement.refunded.push(payment_id);
-            (
-                earlier.customer_id.clone(),
-                earlier.amount_cents,
-                earlier.currency.clone(),
-            )
-        };
+        } else {
+            return Err(LedgerError::NotAStandingCharge(payment_id));
+        }
+        let customer_id = &charge.customer_id;
         let overflow = || LedgerError::BalanceOverflow(customer_id.clone());
-        if let Some(account) = self.accounts.get_mut(&customer_id) {
+        if let Some(account) = self.accounts.get_mut(customer_id) {
             account.balance_cents = account
                 .balance_cents
-                .checked_add(amount_cents)
+                .checked_add(charge.amount_cents)
                 .ok_or_else(overflow)?;
         }
         let delta = self
@@ -276,42 +274,193 @@ impl Ledger {
             .balance_deltas
             .entry(customer_id.clone())
             .or_default();
-        *delta = delta.checked_add(amount_cents).ok_or_else(overflow)?;
-        self.set_state(
+        *delta = delta
+            .checked_add(charge.amount_cents)
+            .ok_or_else(overflow)?;
+        self.decide(
             cancel.order_id,
             OrderPaymentState::Refunded,
             Some(payment_id),
         );
-        let currency =
-            Currency::parse(&currency).map_err(|_| LedgerError::InvalidCurrency(payment_id))?;
-        self.publish(
+        self.answer(
             cause,
+            Question::Cancelled,
             Event::PaymentRefunded(PaymentRefunded {
                 payment_id,
                 order_id: cancel.order_id,
-                customer_id,
-                amount_cents,
-                currency,
+                customer_id: charge.customer_id,
+                amount_cents: charge.amount_cents,
+                currency: charge.currency,
             }),
         );
         Ok(())
     }
 
-    fn set_state(&mut self, order_id: Uuid, state: OrderPaymentState, payment_id: Option<Uuid>) {
-        let decided = self.states.entry(order_id).or_default();
-        let payment_id = payment_id.or(decided.and_then(|d| d.payment_id));
-        *decided = Some(OrderPayment { state, payment_id });
-        self.settled
-            .settlement
-            .orders
-            .insert(order_id, (state, payment_id));
+    /// Tells again what an order's `OrderCreated` was answered: the payment made, or the
+    /// decline and its reason.
+    fn answer_created_again(
+        &mut self,
+        cause: &Envelope,
+        order: &OrderCreated,
+    ) -> Result<(), LedgerError> {
+        let not_recorded = || LedgerError::AnswerNotRecorded(order.order_id);
+        let decided = self.decided(order.order_id).ok_or_else(not_recorded)?;
+        let answer_id = decided.created_answer.ok_or_else(not_recorded)?;
+        let event = match (decided.payment_id, &decided.decline_reason) {
+            (Some(payment_id), _) => {
+                let charge = self.charge(payment_id)?;
+                Event::PaymentCompleted(PaymentCompleted {
+                    payment_id,
+                    order_id: order.order_id,
+                    customer_id: charge.customer_id,
+                    amount_cents: charge.amount_cents,
+                    currency: charge.currency,
+                })
+            }
+            (None, Some(reason)) => declined(order, reason.clone()),
+            (None, None) => return Err(not_recorded()),
+        };
+        self.answer_again(cause, answer_id, event);
+        Ok(())
     }
 
-    fn publish(&mut self, cause: &Envelope, event: Event) {
-        self.settled
-            .published
-            .push(Envelope::caused_by(cause, Producer::PaymentService, event));
+    /// Tells again what an order's cancellation was answered: the refund, or that nothing
+    /// was or will be charged.
+    fn answer_cancellation_again(
+        &mut self,
+        cause: &Envelope,
+        cancel: &OrderCancelled,
+    ) -> Result<(), LedgerError> {
+        let not_recorded = || LedgerError::AnswerNotRecorded(cancel.order_id);
+        let decided = self.decided(cancel.order_id).ok_or_else(not_recorded)?;
+        let answer_id = decided.cancelled_answer.ok_or_else(not_recorded)?;
+        let event = match (decided.state, decided.payment_id) {
+            (OrderPaymentState::Refunded, Some(payment_id)) => {
+                let charge = self.charge(payment_id)?;
+                Event::PaymentRefunded(PaymentRefunded {
+                    payment_id,
+                    order_id: cancel.order_id,
+                    customer_id: charge.customer_id,
+                    amount_cents: charge.amount_cents,
+                    currency: charge.currency,
+                })
+            }
+            (OrderPaymentState::Refunded | OrderPaymentState::Paid, _) => {
+                return Err(not_recorded());
+            }
+            (OrderPaymentState::Cancelled | OrderPaymentState::Declined, _) => {
+                cancellation_confirmed(cancel)
+            }
+        };
+        self.answer_again(cause, answer_id, event);
+        Ok(())
     }
+
+    /// The charge of payment `payment_id`, made by this batch or loaded.
+    fn charge(&self, payment_id: Uuid) -> Result<Charged, LedgerError> {
+        if let Some(made_now) = self
+            .settled
+            .settlement
+            .new_payments
+            .iter()
+            .find(|p| p.id == payment_id)
+        {
+            return Charged::of(
+                payment_id,
+                &made_now.customer_id,
+                made_now.amount_cents,
+                &made_now.currency,
+            );
+        }
+        let earlier = self
+            .earlier_payments
+            .get(&payment_id)
+            .ok_or(LedgerError::PaymentNotLoaded(payment_id))?;
+        Charged::of(
+            payment_id,
+            &earlier.customer_id,
+            earlier.amount_cents,
+            &earlier.currency,
+        )
+    }
+
+    /// Sets the order's state (and its payment, if `payment_id` is given).
+    fn decide(&mut self, order_id: Uuid, state: OrderPaymentState, payment_id: Option<Uuid>) {
+        let decided = self
+            .states
+            .entry(order_id)
+            .or_default()
+            .get_or_insert_with(|| OrderPayment::new(state));
+        decided.state = state;
+        decided.payment_id = payment_id.or(decided.payment_id);
+        self.changed.insert(order_id);
+    }
+
+    /// Publishes `event` as the answer to the order's `question`, and records it on the
+    /// order's saga row (decided just before).
+    fn answer(&mut self, cause: &Envelope, question: Question, event: Event) {
+        let envelope = Envelope::caused_by(cause, Producer::PaymentService, event);
+        if let Some(Some(decided)) = self.states.get_mut(&envelope.order_id) {
+            match question {
+                Question::Created => decided.created_answer = Some(envelope.event_id),
+                Question::Cancelled => decided.cancelled_answer = Some(envelope.event_id),
+            }
+            if let Event::PaymentFailed(failed) = &envelope.event {
+                decided.decline_reason = Some(failed.reason.clone());
+            }
+        }
+        self.settled.published.push(envelope);
+    }
+
+    /// Publishes again, as `answer_id`, an answer rebuilt from the record.
+    fn answer_again(&mut self, cause: &Envelope, answer_id: Uuid, event: Event) {
+        self.settled.answered_again.push(Envelope {
+            event_id: answer_id,
+            ..Envelope::caused_by(cause, Producer::PaymentService, event)
+        });
+    }
+}
+
+/// What a payment charged, as its answers tell it.
+struct Charged {
+    customer_id: String,
+    amount_cents: i64,
+    currency: Currency,
+}
+
+impl Charged {
+    fn of(
+        payment_id: Uuid,
+        customer_id: &str,
+        amount_cents: i64,
+        currency: &str,
+    ) -> Result<Self, LedgerError> {
+        Ok(Self {
+            customer_id: customer_id.to_owned(),
+            amount_cents,
+            currency: Currency::parse(currency)
+                .map_err(|_| LedgerError::InvalidCurrency(payment_id))?,
+        })
+    }
+}
+
+/// The answer that `order` was not charged, for `reason`.
+fn declined(order: &OrderCreated, reason: FailureReason) -> Event {
+    Event::PaymentFailed(PaymentFailed {
+        order_id: order.order_id,
+        customer_id: order.customer_id.clone(),
+        amount_cents: order.total_cents,
+        currency: order.currency,
+        reason,
+    })
+}
+
+/// The answer that a cancelled order was not and will not be charged.
+fn cancellation_confirmed(cancel: &OrderCancelled) -> Event {
+    Event::PaymentCancelled(PaymentCancelled {
+        order_id: cancel.order_id,
+        customer_id: cancel.customer_id.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -382,10 +531,7 @@ mod tests {
         let mut claimed = unseen(&batch);
         claimed.insert(
             decided.order_id,
-            Some(OrderPayment {
-                state: OrderPaymentState::Declined,
-                payment_id: None,
-            }),
+            Some(OrderPayment::new(OrderPaymentState::Declined)),
         );
         let accounts = accounts_of(&batch, &claimed, &[]);
         assert_eq!(
@@ -421,15 +567,54 @@ mod tests {
         );
         assert!(settlement.new_payments.iter().all(|p| p.refunded));
         assert!(settlement.refunded.is_empty(), "no earlier payment touched");
-        let (state, payment_id) = settlement.orders[&order.order_id];
-        assert_eq!(state, OrderPaymentState::Refunded);
-        assert_eq!(payment_id, Some(settlement.new_payments[0].id));
+        let decided = &settlement.orders[&order.order_id];
+        assert_eq!(decided.state, OrderPaymentState::Refunded);
+        assert_eq!(decided.payment_id, Some(settlement.new_payments[0].id));
         let types: Vec<_> = published.iter().map(|e| e.event_type().as_str()).collect();
         assert_eq!(types, ["PaymentCompleted", "PaymentRefunded"]);
+        assert_eq!(
+            (decided.created_answer, decided.cancelled_answer),
+            (Some(published[0].event_id), Some(published[1].event_id)),
+            "both answers recorded"
+        );
         assert_eq!(
             published[0].traceparent, order.traceparent,
             "the answer continues its cause's trace"
         );
+    }
+
+    #[test]
+    fn a_question_asked_again_in_the_same_batch_gets_the_answer_just_given() {
+        let order = created("ann", "EUR", 700);
+        let cancel = cancelled(&order);
+        let batch = events(&[&order, &order, &cancel, &cancel]);
+        let account = Account {
+            customer_id: "ann".into(),
+            balance_cents: 1000,
+            currency: Some("EUR".into()),
+        };
+        let mut ledger = Ledger::new(unseen(&batch), vec![account], Vec::new());
+        for event in batch {
+            ledger.apply(event).expect("applies");
+        }
+        let Settled {
+            settlement,
+            published,
+            answered_again,
+        } = ledger.finish();
+        assert_eq!(settlement.new_payments.len(), 1, "charged once");
+        assert_eq!(
+            settlement.balance_deltas.get("ann"),
+            Some(&0),
+            "refunded once"
+        );
+        let told = |events: &[Envelope]| -> Vec<(Uuid, Event)> {
+            events
+                .iter()
+                .map(|e| (e.event_id, e.event.clone()))
+                .collect()
+        };
+        assert_eq!(told(&answered_again), told(&published));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!    whatever order they arrive in, and a cancelled order is never charged without
 //!    being refunded; an event naming another customer than the one the order's
 //!    `OrderCreated` named is refused (forged);
-//! 2. read the payments it will refund (only when it cancels paid orders);
+//! 2. read the earlier payments it names (only when it cancels a paid order, or asks
+//!    again about a charged one);
 //! 3. open and lock the accounts it touches (in customer order);
 //! 4. settle the events in stream order in memory ([`Ledger`]);
 //! 5. write payments, balances, saga states and the outcomes' outbox rows in one
@@ -15,21 +16,21 @@
 //!
 //! Every question gets exactly one answer (SPEC §4.6): `OrderCreated` a `PaymentCompleted`
 //! or `PaymentFailed`, `OrderCancelled` a `PaymentRefunded` or `PaymentCancelled`. A
-//! question asked again (the same event, or another about an order already settled) has
-//! its recorded answer published again, same `event_id`.
-
-use std::time::Duration;
+//! question asked again (the same event, or another about an order already answered) has
+//! its recorded answer published again, same `event_id`: rebuilt from the saga row and the
+//! payment, so it never depends on how long the outbox keeps rows (SPEC §4.9). Where the
+//! outbox still holds the answer, that row goes out again as committed.
 
 use events::Envelope;
 use events::streams::PAYMENT_EVENTS;
-use service_runtime::outbox::{self, OutboxRow, Reask};
+use service_runtime::observability::REASK_REPUBLISHED;
+use service_runtime::outbox::{self, OutboxRow};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
 
-use crate::batch::{OrderEvent, accounts_of, check_customers, orders_of, payments_to_refund};
+use crate::batch::{OrderEvent, accounts_of, check_customers, orders_of, payments_named};
 use crate::db;
-use crate::domain::{ANSWERS_TO_CANCELLED, ANSWERS_TO_CREATED};
 use crate::ledger::{Ledger, LedgerError};
 
 /// A ledger error is about the event itself: it can never be applied (dead-lettered).
@@ -67,11 +68,11 @@ impl EventHandler for OrderEvents {
         let claimed = db::claim_orders(tx, &orders_of(&events)).await?;
         check_customers(&events, &claimed).map_err(rejected)?;
         let claimed = claimed.states;
-        let refunding = payments_to_refund(&events, &claimed);
-        let payments = if refunding.is_empty() {
+        let named = payments_named(&events, &claimed);
+        let payments = if named.is_empty() {
             Vec::new()
         } else {
-            db::payments_by_id(tx, &refunding).await?
+            db::payments_by_id(tx, &named).await?
         };
         let accounts = accounts_of(&events, &claimed, &payments);
         let accounts = if accounts.is_empty() {
@@ -90,51 +91,31 @@ impl EventHandler for OrderEvents {
             .map(|answer| OutboxRow::new(PAYMENT_EVENTS, answer))
             .collect();
         db::settle(tx, &settled.settlement, &outgoing).await?;
-        let asked = &settled.asked_again;
-        outgoing.extend(
-            outbox::republish(
-                tx,
-                &asked.created,
-                Some(&ANSWERS_TO_CREATED),
-                &Reask::every(Duration::ZERO),
-            )
-            .await?,
-        );
-        outgoing.extend(
-            outbox::republish(
-                tx,
-                &asked.cancelled,
-                Some(&ANSWERS_TO_CANCELLED),
-                &Reask::every(Duration::ZERO),
-            )
-            .await?,
-        );
+        if !settled.answered_again.is_empty() {
+            let again = outbox::enqueue_again(tx, PAYMENT_EVENTS, &settled.answered_again).await?;
+            info!(
+                asked = settled.answered_again.len(),
+                queued = again.len(),
+                "order-service asked again; publishing the recorded answers"
+            );
+            for row in &again {
+                metrics::counter!(REASK_REPUBLISHED, "job" => "answers", "event_type" => row.event_type)
+                    .increment(1);
+            }
+            outgoing.extend(again);
+        }
         Ok(outgoing)
     }
 
     /// A repeated question means order-service has not heard the answer (its reconciler
-    /// asked again, e.g. after a broker loss): publish the recorded answer again, same
-    /// `event_id`, and never charge or refund a second time (SPEC §4.6).
+    /// asked again, e.g. after a broker loss): it is settled again, which, the order being
+    /// answered, publishes the recorded answer again, same `event_id`, and never charges
+    /// or refunds a second time (SPEC §4.6).
     async fn on_duplicate(
         &self,
         tx: &mut PgConnection,
         envelope: &Envelope,
     ) -> Result<Vec<OutboxRow>, HandleError> {
-        let (order_id, answers) = match OrderEvent::of(envelope) {
-            Ok(OrderEvent::Created(_, order)) => (order.order_id, ANSWERS_TO_CREATED),
-            Ok(OrderEvent::Cancelled(_, cancel)) => (cancel.order_id, ANSWERS_TO_CANCELLED),
-            Err(_) => return Ok(Vec::new()),
-        };
-        let rearmed = outbox::republish(
-            tx,
-            &[order_id],
-            Some(&answers),
-            &Reask::every(Duration::ZERO),
-        )
-        .await?;
-        if !rearmed.is_empty() {
-            info!(%order_id, rearmed = rearmed.len(), "order-service asked again; re-publishing the recorded answer");
-        }
-        Ok(rearmed)
+        self.handle(tx, &[envelope]).await
     }
 }

@@ -21,7 +21,7 @@
 //! service may also write the [`OutboxRow`] in the very statement that makes its change
 //! (one statement is atomic on its own), saving the round trips of a transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -114,20 +114,28 @@ impl OutboxRow {
     /// outbox_pending ...)`, joined by a comma, to follow `WITH` or another expression's
     /// comma. For a service that writes its rows in the same statement as its change.
     pub fn push_queue_all(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
+        query.push("outbox_rows AS (");
+        Self::push_insert(rows, query);
+        query.push("), outbox_waiting AS (INSERT INTO outbox_pending (event_id) SELECT unnest(");
+        query
+            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+            .push("::uuid[]))");
+    }
+
+    /// Appends `INSERT INTO outbox ... SELECT` of `rows`, in the order given.
+    fn push_insert(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each list
         // travels as a JSON array and becomes a `text[]` again in the statement.
         let fields: Vec<serde_json::Value> =
             rows.iter().map(|r| serde_json::json!(r.fields)).collect();
-        let event_ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
         query.push(
-            "outbox_rows AS (
-             INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+            "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
              SELECT event_id, stream, event_type, order_id,
                     ARRAY(SELECT jsonb_array_elements_text(fields))
              FROM unnest(",
         );
         query
-            .push_bind(event_ids.clone())
+            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
             .push("::uuid[], ")
             .push_bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
             .push("::text[], ")
@@ -138,11 +146,22 @@ impl OutboxRow {
             .push_bind(fields)
             .push(
                 "::jsonb[]) WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
-             ORDER BY n), outbox_waiting AS (
-             INSERT INTO outbox_pending (event_id) SELECT unnest(",
-            )
-            .push_bind(event_ids)
-            .push("::uuid[]))");
+             ORDER BY n",
+            );
+    }
+
+    /// The row as `SELECT event_id, stream, event_type, order_id, fields` returns it.
+    fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        let event_type: &str = row.try_get("event_type")?;
+        Ok(Self {
+            event_id: row.try_get("event_id")?,
+            stream: row.try_get("stream")?,
+            event_type: EventType::from_str(event_type)
+                .map_err(|e| sqlx::Error::Decode(e.into()))?
+                .as_str(),
+            order_id: row.try_get("order_id")?,
+            fields: row.try_get("fields")?,
+        })
     }
 }
 
@@ -342,21 +361,59 @@ pub async fn republish(
     .bind(queued_until)
     .fetch_all(conn)
     .await?;
-    rearmed
+    rearmed.iter().map(OutboxRow::from_row).collect()
+}
+
+/// Publishes again `envelopes`, answers a service rebuilt from its own record of what it
+/// did, with the `event_id`s they were first published under (SPEC §4.6, §4.9): so a
+/// question asked again is answered whatever the outbox's retention. Where the outbox
+/// still holds an event, that row goes out again as it was committed, byte for byte;
+/// where the sweeper deleted it, the rebuilt one takes its place. An event already waiting
+/// for the relay is not queued twice. Returns the rows queued, in the order given, for
+/// the [`RelayQueue`] once the transaction committed.
+#[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
+pub async fn enqueue_again(
+    conn: &mut PgConnection,
+    stream: &str,
+    envelopes: &[Envelope],
+) -> sqlx::Result<Vec<OutboxRow>> {
+    let mut seen = HashSet::new();
+    let rows: Vec<OutboxRow> = envelopes
         .iter()
-        .map(|row| {
-            let event_type: &str = row.try_get("event_type")?;
-            Ok(OutboxRow {
-                event_id: row.try_get("event_id")?,
-                stream: row.try_get("stream")?,
-                event_type: EventType::from_str(event_type)
-                    .map_err(|e| sqlx::Error::Decode(e.into()))?
-                    .as_str(),
-                order_id: row.try_get("order_id")?,
-                fields: row.try_get("fields")?,
-            })
-        })
-        .collect()
+        .filter(|e| seen.insert(e.event_id))
+        .map(|e| OutboxRow::new(stream, e))
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new("WITH stored AS (");
+    OutboxRow::push_insert(&rows.iter().collect::<Vec<_>>(), &mut query);
+    // `DO UPDATE` rather than `DO NOTHING`, so the stored row is returned as it stands.
+    query.push(
+        " ON CONFLICT (event_id) DO UPDATE SET rearmed_at = now()
+         RETURNING id, event_id, stream, event_type, order_id, fields
+     ), queued AS (
+         INSERT INTO outbox_pending (event_id) SELECT event_id FROM stored
+         ON CONFLICT DO NOTHING
+         RETURNING event_id
+     )
+     SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields
+     FROM stored s JOIN queued USING (event_id)",
+    );
+    let mut queued = query
+        .build()
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(OutboxRow::from_row)
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    let position: HashMap<Uuid, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(n, r)| (r.event_id, n))
+        .collect();
+    queued.sort_by_key(|row| position.get(&row.event_id).copied());
+    Ok(queued)
 }
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an

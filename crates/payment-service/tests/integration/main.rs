@@ -5,3 +5,4 @@
 mod forged;
 mod payments;
 mod races;
+mod upgrade;

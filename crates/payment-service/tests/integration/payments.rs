@@ -452,3 +452,69 @@ async fn deposits_do_not_exist_without_an_admin_token() {
         .expect("answers");
     assert_eq!(response.status(), 404);
 }
+
+/// SPEC §4.9: a question asked again is answered from payment-service's own record of
+/// what it did (the saga row, the payment), not from its outbox: whatever
+/// `OUTBOX_RETENTION_HOURS` is, the sweeper may have deleted the answer long ago.
+#[tokio::test]
+async fn a_question_asked_after_the_outbox_forgot_the_answer_gets_the_same_answer() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &["--initial-credit-cents", "10000"]).await;
+    let paid = created("ida", 4200);
+    let declined = created("ida", 1_000_000);
+    let refunded = created("ida", 300);
+    let cancelled_first = created("ida", 500);
+    let questions = [
+        paid.clone(),
+        declined.clone(),
+        refunded.clone(),
+        cancelled(&refunded, "ida"),
+        cancelled(&cancelled_first, "ida"),
+        cancelled_first.clone(),
+        cancelled(&declined, "ida"),
+    ];
+    for question in &questions {
+        ctx.xadd(ORDER_EVENTS, &question.to_fields()).await;
+    }
+    let answers = wait_for_outcomes(&ctx, questions.len()).await;
+    let balance_after = balance(&app, "ida").await;
+    assert_eq!(balance_after, 10_000 - 4200);
+
+    // The answers are long gone from the outbox (the sweeper's work, at any retention).
+    sqlx::query("DELETE FROM outbox")
+        .execute(&app.pool)
+        .await
+        .expect("outbox emptied");
+    let same = |again: &[Envelope]| {
+        let key = |e: &Envelope| (e.event_id, e.event.clone());
+        let mut again: Vec<_> = again.iter().map(key).collect();
+        let mut first: Vec<_> = answers.iter().map(key).collect();
+        again.sort_by_key(|(id, _)| *id);
+        first.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            again, first,
+            "the recorded answers, same event_ids and content"
+        );
+    };
+    // order-service did not hear them and asks again: the same events (the inbox
+    // remembers them), then, once the inbox forgot them too, the same events again.
+    for question in &questions {
+        ctx.xadd(ORDER_EVENTS, &question.to_fields()).await;
+    }
+    same(&wait_for_outcomes(&ctx, 2 * questions.len()).await[questions.len()..]);
+    sqlx::query("DELETE FROM inbox")
+        .execute(&app.pool)
+        .await
+        .expect("inbox emptied");
+    for question in &questions {
+        ctx.xadd(ORDER_EVENTS, &question.to_fields()).await;
+    }
+    same(&wait_for_outcomes(&ctx, 3 * questions.len()).await[2 * questions.len()..]);
+    assert_eq!(
+        balance(&app, "ida").await,
+        balance_after,
+        "nothing moved twice"
+    );
+    assert_eq!(payments(&app, &paid).await[0]["status"], "COMPLETED");
+    assert_eq!(payments(&app, &refunded).await[0]["status"], "REFUNDED");
+}
