@@ -210,13 +210,22 @@ impl Drop for Process {
 
 /// Starts `binary` with exactly `env` (plus a free `HTTP_ADDR` and `RUST_LOG=warn`).
 pub fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
+    spawn_process(binary, env, Stdio::null())
+}
+
+/// Like [`start_process`], its log lines (warnings and errors) written to `log`.
+pub fn start_logging_process(binary: &str, env: &[(&str, String)], log: &std::fs::File) -> Process {
+    spawn_process(binary, env, log.try_clone().expect("the log file").into())
+}
+
+fn spawn_process(binary: &str, env: &[(&str, String)], stdout: Stdio) -> Process {
     let port = free_port();
     let child = Command::new(binary)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary starts");

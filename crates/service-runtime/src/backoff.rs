@@ -4,19 +4,27 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::observability::RETRIES;
+
 /// Doubles from 50 ms up to 5 s, each wait ±25 % at random (so replicas that failed
-/// together do not retry in step); reset after a success.
+/// together do not retry in step); reset after a success. Each wait counts as a retry of
+/// its loop (`retries_total{loop}`).
 #[derive(Debug)]
 pub(crate) struct Backoff {
     next: Duration,
+    retrying: &'static str,
 }
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(50);
     const MAX: Duration = Duration::from_secs(5);
 
-    pub(crate) fn new() -> Self {
-        Self { next: Self::FIRST }
+    /// The backoff of the loop named `retrying` (a metric label).
+    pub(crate) fn new(retrying: &'static str) -> Self {
+        Self {
+            next: Self::FIRST,
+            retrying,
+        }
     }
 
     pub(crate) fn reset(&mut self) {
@@ -25,6 +33,7 @@ impl Backoff {
 
     /// Sleeps for the next delay, or less if `shutdown` fires. Returns false on shutdown.
     pub(crate) async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        metrics::counter!(RETRIES, "loop" => self.retrying).increment(1);
         let delay = jittered(self.next);
         self.next = (self.next * 2).min(Self::MAX);
         tokio::select! {

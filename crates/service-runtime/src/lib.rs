@@ -30,6 +30,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod keys;
 pub mod liveness;
+pub mod log_summary;
 pub mod memory;
 pub mod observability;
 pub mod outbox;

@@ -36,6 +36,10 @@ pub const EVENTS_FAILED: &str = "events_failed_total";
 /// `rejected` (its handler refused it, e.g. a payment that contradicts its order) or
 /// `exhausted` (failed on `MAX_DELIVERIES` deliveries).
 pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered_total";
+/// Waits before a retry, by `loop`: `consumer` (a read or group failed), `event_in_place`
+/// (an event retried in place through an outage or contention), `relay` (a publish or its
+/// mark failed).
+pub const RETRIES: &str = "retries_total";
 /// Entries reclaimed from consumers that stopped answering, by `stream`.
 pub const ENTRIES_RECLAIMED: &str = "stream_entries_reclaimed_total";
 /// Outbox rows not yet published.
@@ -56,7 +60,8 @@ pub const CONSUMERS_DELETED: &str = "stream_consumers_deleted_total";
 pub const ROWS_PRUNED: &str = "rows_pruned_total";
 /// Rows a periodic re-asking loop looked at in a round (each round is bounded), by `job`.
 pub const REASK_EXAMINED: &str = "reask_examined_total";
-/// Events published again by a re-asking loop, by `job` and `event_type`.
+/// Events published again by a re-asking loop, by `job` (`reconciler`: order-service asking
+/// again; `answers`: payment-service answering a repeated question) and `event_type`.
 pub const REASK_REPUBLISHED: &str = "reask_republished_total";
 /// Seconds from an order's creation to its final state, by `status` (order-service).
 pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";

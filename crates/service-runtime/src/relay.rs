@@ -216,7 +216,7 @@ impl OutboxRelay {
     /// Publishes until `shutdown`: handed-over rows as they come, claimed rows every
     /// `poll_interval`. Then publishes what is handed over and claimable, once more.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new("relay");
         let mut poll = tokio::time::interval(self.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {

@@ -187,6 +187,10 @@ pub struct CommonSettings {
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
+    /// A warning or error repeated from one place in the code is printed once per this
+    /// many ms, then summarised with a count (see [`crate::log_summary`]).
+    #[arg(long, env = "LOG_SUMMARY_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    pub log_summary_interval_ms: u64,
     /// OTLP/HTTP collector for traces (e.g. `http://jaeger:4318`); none when unset or empty.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
     pub otel_exporter_otlp_endpoint: Option<SecretUrl>,

@@ -2,6 +2,7 @@
 //!
 //! - Logs: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
 //!   It filters only what is printed: spans are traced at `info` whatever it says.
+//!   Repeated warnings and errors are summarised ([`log_summary`](crate::log_summary)).
 //!   A request's and an event's log lines carry their span's fields (`request_id`,
 //!   `event_id`, ...).
 //! - Traces: every span also becomes an OpenTelemetry span. Trace context crosses the
@@ -12,6 +13,7 @@
 //!   exporter runs, but ids are still made and propagated.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
@@ -20,11 +22,12 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{FilterExt, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::log_summary::Summarise;
 use crate::settings::LogFormat;
 
 /// The W3C header and stream field that carry trace context.
@@ -39,6 +42,9 @@ pub struct TelemetryConfig {
     pub print_logs: bool,
     /// OTLP/HTTP collector, e.g. `http://otel-collector:4318`.
     pub otlp_endpoint: Option<String>,
+    /// Warnings and errors of one cause are printed once per this interval, then
+    /// summarised; `None` prints every one.
+    pub summary_interval: Option<Duration>,
 }
 
 /// Keeps the trace pipeline alive; dropping it flushes spans not yet exported.
@@ -81,16 +87,20 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
     // `RUST_LOG` filters what is printed, not what is traced: spans stay on at `info`
     // whatever the log level, so trace context is made and propagated regardless.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let summarise = config.summary_interval.map(Summarise::new);
     let logs = config.print_logs.then(|| {
         match config.log_format {
+            // File and line name each line's cause, as the summaries do.
             LogFormat::Json => tracing_subscriber::fmt::layer()
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
+                .with_file(true)
+                .with_line_number(true)
                 .boxed(),
             LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
         }
-        .with_filter(filter)
+        .with_filter(filter.and(summarise.clone()))
     });
     // Spans carry their fields; source locations, thread ids and busy/idle timing per
     // poll are left out: they cost on every request and event and say little here.
@@ -106,6 +116,9 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
         .try_init()
         .is_ok();
     if installed {
+        if let Some(summarise) = summarise.filter(|_| config.print_logs) {
+            summarise.spawn_flusher();
+        }
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         Telemetry {
             provider: Some(provider),

@@ -279,6 +279,7 @@ fn init_test_logging() {
             log_format: service_runtime::settings::LogFormat::Pretty,
             print_logs: std::env::var_os("TEST_LOG").is_some(),
             otlp_endpoint: None,
+            summary_interval: None,
         })
     });
 }

@@ -347,3 +347,98 @@ async fn steady_load(base_url: &str, per_second: u64, length: Duration) -> usize
     }
     accepted
 }
+
+/// SPEC §4.9: logs stay readable under a sustained fault. Redis is away for twice the
+/// summary interval while orders keep coming: each cause (the place in the code that
+/// logs) prints its first warning, then one line per interval saying how many more came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_redis_outage_logs_a_line_per_cause_per_interval() {
+    const INTERVAL: Duration = Duration::from_secs(8);
+    const OUTAGE: Duration = Duration::from_secs(20);
+    let mut redis = testkit::PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let (orders_db, payments_db) = (ctx.database().await, ctx.database().await);
+    let dir = std::env::temp_dir().join(format!("logs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a log directory");
+    let start = |binary: &str, db: &str, name: &str| {
+        let log = std::fs::File::create(dir.join(name)).expect("a log file");
+        let env = [
+            ("DATABASE_URL", db.to_owned()),
+            ("REDIS_URL", ctx.redis_url().to_owned()),
+            ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
+            ("READ_BLOCK_MS", "200".to_owned()),
+            ("PENDING_REPUBLISH_AFTER_MS", "3000".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("LOG_SUMMARY_INTERVAL_MS", INTERVAL.as_millis().to_string()),
+        ];
+        e2e::start_logging_process(binary, &env, &log)
+    };
+    let orders = start(
+        env!("CARGO_BIN_EXE_chaos-order-service"),
+        &orders_db,
+        "orders",
+    );
+    let payments = start(
+        env!("CARGO_BIN_EXE_chaos-payment-service"),
+        &payments_db,
+        "payments",
+    );
+    ready(&orders).await;
+    ready(&payments).await;
+
+    redis.kill();
+    let outage = tokio::spawn({
+        let url = orders.base_url.clone();
+        async move {
+            let mut placed = 0;
+            let until = tokio::time::Instant::now() + OUTAGE;
+            while tokio::time::Instant::now() < until {
+                placed += e2e::place_orders(&url, 1, 1).await.accepted.len();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            placed
+        }
+    });
+    let placed = outage.await.expect("orders placed through the outage");
+    redis.restart().await;
+    let (orders_pool, payments_pool) = (
+        PgPool::connect(&orders_db).await.expect("db"),
+        PgPool::connect(&payments_db).await.expect("db"),
+    );
+    let outcome = assert_invariants(&orders_pool, &payments_pool, Duration::from_secs(30)).await;
+    assert_eq!(outcome.paid + outcome.payment_failed, placed);
+    drop((orders, payments));
+
+    for name in ["orders", "payments"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("the log");
+        let mut per_cause = std::collections::BTreeMap::<String, usize>::new();
+        let mut held_back = 0;
+        for line in text.lines() {
+            let Ok(line) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if !matches!(line["level"].as_str(), Some("WARN" | "ERROR")) {
+                continue;
+            }
+            if line["target"] == "log_summary" {
+                held_back += line["held_back"].as_u64().expect("a count");
+            } else {
+                let cause = format!(
+                    "{} {}:{}",
+                    line["target"], line["filename"], line["line_number"]
+                );
+                *per_cause.entry(cause).or_default() += 1;
+            }
+        }
+        let most = (OUTAGE.as_secs() / INTERVAL.as_secs()) as usize + 1;
+        assert!(
+            per_cause.values().all(|&n| n <= most),
+            "{name}: at most {most} lines of one cause in {OUTAGE:?}: {per_cause:#?}"
+        );
+        assert!(
+            held_back > 0,
+            "{name}: repeats were summarised: {per_cause:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

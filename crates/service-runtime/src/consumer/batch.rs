@@ -164,7 +164,7 @@ impl<H: EventHandler> Consumer<H> {
             }
         }
 
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new("event_in_place");
         while !to_apply.is_empty() {
             let results = self.apply_batch(&to_apply).await;
             // An attempt ended (a retry in place is the loop doing its job).

@@ -290,7 +290,7 @@ impl<H: EventHandler> Consumer<H> {
     /// progress is let finish (at most `BLOCK`) and its entries are processed and acked
     /// before returning, so nothing delivered is left half done.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new("consumer");
         let mut from = ReadFrom::OwnPending;
         let mut group_ready = false;
         let reclaim_every = (self.config.claim_min_idle / 2)

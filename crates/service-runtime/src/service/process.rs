@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -47,6 +48,9 @@ where
         service_name: service,
         log_format: settings.common().log_format,
         print_logs: true,
+        summary_interval: Some(Duration::from_millis(
+            settings.common().log_summary_interval_ms,
+        )),
         otlp_endpoint: settings
             .common()
             .otel_exporter_otlp_endpoint
