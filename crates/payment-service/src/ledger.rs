@@ -541,11 +541,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_order_charged_and_cancelled_in_one_batch_is_refunded_in_full() {
-        let order = created("ann", "EUR", 700);
-        let cancel = cancelled(&order);
-        let batch = events(&[&order, &cancel]);
+    /// Settles `batch`, all of it ann's, with 1000 cents on her account.
+    fn settle_for_ann(batch: Vec<OrderEvent<'_>>) -> Settled {
         let account = Account {
             customer_id: "ann".into(),
             balance_cents: 1000,
@@ -555,11 +552,19 @@ mod tests {
         for event in batch {
             ledger.apply(event).expect("applies");
         }
+        ledger.finish()
+    }
+
+    #[test]
+    fn an_order_charged_and_cancelled_in_one_batch_is_refunded_in_full() {
+        let order = created("ann", "EUR", 700);
+        let cancel = cancelled(&order);
+        let batch = events(&[&order, &cancel]);
         let Settled {
             settlement,
             published,
             ..
-        } = ledger.finish();
+        } = settle_for_ann(batch);
         assert_eq!(
             settlement.balance_deltas.get("ann"),
             Some(&0),
@@ -588,20 +593,11 @@ mod tests {
         let order = created("ann", "EUR", 700);
         let cancel = cancelled(&order);
         let batch = events(&[&order, &order, &cancel, &cancel]);
-        let account = Account {
-            customer_id: "ann".into(),
-            balance_cents: 1000,
-            currency: Some("EUR".into()),
-        };
-        let mut ledger = Ledger::new(unseen(&batch), vec![account], Vec::new());
-        for event in batch {
-            ledger.apply(event).expect("applies");
-        }
         let Settled {
             settlement,
             published,
             answered_again,
-        } = ledger.finish();
+        } = settle_for_ann(batch);
         assert_eq!(settlement.new_payments.len(), 1, "charged once");
         assert_eq!(
             settlement.balance_deltas.get("ann"),
