@@ -199,7 +199,9 @@ fn background_load(system: &Replicated) -> tokio::task::JoinHandle<()> {
 fn batch_statement(service: Service) -> &'static str {
     match service {
         Service::Payments => "(inbox|order_payments|accounts)",
-        Service::Orders => "(INSERT INTO inbox|FOR UPDATE|UPDATE orders)",
+        // Not the relay's claim (`FOR UPDATE SKIP LOCKED` of `outbox_pending`): nobody
+        // waits on its locks, they are skipped.
+        Service::Orders => "(INSERT INTO inbox|FROM orders WHERE id = ANY|UPDATE orders)",
     }
 }
 
