@@ -116,6 +116,11 @@ pub enum DecodeError {
     InvalidField { field: &'static str, reason: String },
     #[error("schema_version {0} is not supported (this build reads {SCHEMA_VERSION})")]
     UnsupportedSchemaVersion(u32),
+    /// Written by a newer build (`schema_version` above [`SCHEMA_VERSION`], a rolling
+    /// upgrade under way): not poison, but not readable here; it is to wait for a build
+    /// that reads it.
+    #[error("schema_version {version} is newer than this build reads ({SCHEMA_VERSION})")]
+    NewerSchemaVersion { version: u32, event_id: Uuid },
     #[error("payload of {event_type} does not decode: {source}")]
     InvalidPayload {
         event_type: EventType,
@@ -133,6 +138,14 @@ impl DecodeError {
     /// dead-lettered (tolerant reader, SPEC §3.3).
     pub fn is_unknown_event_type(&self) -> bool {
         matches!(self, Self::UnknownEventType(_))
+    }
+
+    /// The version and `event_id` of an event written by a newer build.
+    pub fn newer_schema_version(&self) -> Option<(u32, Uuid)> {
+        match self {
+            Self::NewerSchemaVersion { version, event_id } => Some((*version, *event_id)),
+            _ => None,
+        }
     }
 
     /// True for an entry that decodes but fails the content checks: forged or corrupted.
@@ -234,11 +247,14 @@ impl Envelope {
         let version: u32 = get(fields::SCHEMA_VERSION)?
             .parse()
             .map_err(|e| DecodeError::invalid(fields::SCHEMA_VERSION, e))?;
+        let event_id = Uuid::parse_str(get(fields::EVENT_ID)?)
+            .map_err(|e| DecodeError::invalid(fields::EVENT_ID, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(DecodeError::NewerSchemaVersion { version, event_id });
+        }
         if version != SCHEMA_VERSION {
             return Err(DecodeError::UnsupportedSchemaVersion(version));
         }
-        let event_id = Uuid::parse_str(get(fields::EVENT_ID)?)
-            .map_err(|e| DecodeError::invalid(fields::EVENT_ID, e))?;
         let order_id = Uuid::parse_str(get(fields::ORDER_ID)?)
             .map_err(|e| DecodeError::invalid(fields::ORDER_ID, e))?;
         let occurred_at = OffsetDateTime::parse(get(fields::OCCURRED_AT)?, &Rfc3339)

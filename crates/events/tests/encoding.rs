@@ -205,10 +205,18 @@ fn malformed_fields_are_typed_errors() {
 }
 
 #[test]
-fn other_schema_versions_are_refused() {
-    let err = decode(&with(valid_fields(), "schema_version", "2")).expect_err("v2");
+fn a_newer_schema_version_is_told_apart_from_an_unsupported_one() {
+    let fields = valid_fields();
+    let event_id = fields
+        .iter()
+        .find(|(name, _)| *name == "event_id")
+        .map(|(_, value)| uuid::Uuid::parse_str(value).expect("a uuid"))
+        .expect("an event_id");
+    let err = decode(&with(fields, "schema_version", "2")).expect_err("v2");
+    assert_eq!(err.newer_schema_version(), Some((2, event_id)), "{err}");
+    let err = decode(&with(valid_fields(), "schema_version", "0")).expect_err("v0");
     assert!(
-        matches!(err, DecodeError::UnsupportedSchemaVersion(2)),
+        matches!(err, DecodeError::UnsupportedSchemaVersion(0)),
         "{err}"
     );
 }

@@ -45,6 +45,14 @@ impl StreamKeys {
         format!("{{{}}}:ticks", self.stream(logical))
     }
 
+    /// The key of the events a consumer group parked on a logical stream, written by a
+    /// newer build than it reads (see [`consumer`](crate::consumer)):
+    /// `{ns:order-events}:parked:payment-service`, a hash by `event_id`, in the stream's
+    /// hash slot.
+    pub fn parked(&self, logical: &str, group: &str) -> String {
+        format!("{{{}}}:parked:{group}", self.stream(logical))
+    }
+
     /// The key of a consumer group's reading turn on a logical stream (see
     /// [`consumer`](crate::consumer)): `{ns:order-events}:turn:payment-service`, in the
     /// stream's hash slot like its dead letters. Its wake-up list is this key plus `:wake`.

@@ -40,6 +40,14 @@ pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered_total";
 /// (an event retried in place through an outage or contention), `relay` (a publish or its
 /// mark failed).
 pub const RETRIES: &str = "retries_total";
+/// Events of a newer schema version than the build reads, parked, by `stream` and
+/// `schema_version` (a rolling upgrade under way).
+pub const EVENTS_PARKED: &str = "events_parked_total";
+/// Parked events waiting for a build that reads them, by `stream` (measured each time a
+/// consumer comes round to reclaim).
+pub const EVENTS_PARKED_NOW: &str = "events_parked";
+/// Parked events put back on their stream by a build that reads them, by `stream`.
+pub const EVENTS_UNPARKED: &str = "events_unparked_total";
 /// Entries reclaimed from consumers that stopped answering, by `stream`.
 pub const ENTRIES_RECLAIMED: &str = "stream_entries_reclaimed_total";
 /// Outbox rows not yet published.

@@ -28,6 +28,8 @@ pub(super) enum Outcome {
     Skipped,
     /// Copied to the dead-letter stream.
     DeadLettered,
+    /// Parked until a build that reads its schema version runs.
+    Parked,
     /// Its handler failed on it; nothing of it committed. Settled into one of the others.
     Failed(HandleError),
     /// Nothing of it committed and it is not acked, because of this failure. An outage is
@@ -135,6 +137,17 @@ impl<H: EventHandler> Consumer<H> {
         from: ReadFrom,
         retry_until: Option<&CancellationToken>,
     ) -> Result<BatchReport, ConsumeError> {
+        Ok(self.process_each(entries, from, retry_until).await?.0)
+    }
+
+    /// Like [`process`](Self::process), also telling of each entry whether it is finished
+    /// (acked: nothing of it is left to retry).
+    pub(super) async fn process_each(
+        &self,
+        entries: &[RawEntry],
+        from: ReadFrom,
+        retry_until: Option<&CancellationToken>,
+    ) -> Result<(BatchReport, Vec<bool>), ConsumeError> {
         let delivery_counts = match from {
             ReadFrom::New => HashMap::new(),
             ReadFrom::OwnPending => self.delivery_counts(entries).await?,
@@ -151,6 +164,9 @@ impl<H: EventHandler> Consumer<H> {
                         self.dead_letter(entry, deliveries(entry), cause, &error)
                             .await,
                     ));
+                }
+                Plan::Park(event_id, version) => {
+                    outcomes.push(Some(self.park(entry, version, event_id).await));
                 }
                 Plan::Apply(envelope, span) => {
                     outcomes.push(None);
@@ -204,28 +220,33 @@ impl<H: EventHandler> Consumer<H> {
         self.ack(entries, outcomes).await
     }
 
-    /// Acks every finished entry in one `XACK` and counts what the batch came to.
+    /// Acks every finished entry in one `XACK` and counts what the batch came to; tells
+    /// of each entry whether it was finished.
     async fn ack(
         &self,
         entries: &[RawEntry],
         outcomes: Vec<Option<Outcome>>,
-    ) -> Result<BatchReport, ConsumeError> {
+    ) -> Result<(BatchReport, Vec<bool>), ConsumeError> {
         let mut report = BatchReport {
             delivered: entries.len(),
             ..BatchReport::default()
         };
         let mut acks = Vec::with_capacity(entries.len());
+        let mut finished = Vec::with_capacity(entries.len());
         for (entry, outcome) in entries.iter().zip(outcomes) {
             match outcome {
                 Some(Outcome::Applied) => report.applied += 1,
                 Some(Outcome::Duplicate) => report.duplicates += 1,
                 Some(Outcome::Skipped) => report.skipped += 1,
                 Some(Outcome::DeadLettered) => report.dead_lettered += 1,
+                Some(Outcome::Parked) => report.parked += 1,
                 Some(Outcome::Failed(_) | Outcome::Unfinished(_)) | None => {
                     report.retry_later += 1;
+                    finished.push(false);
                     continue;
                 }
             }
+            finished.push(true);
             acks.push(entry.id.as_str());
         }
         if !acks.is_empty() {
@@ -236,7 +257,7 @@ impl<H: EventHandler> Consumer<H> {
                 .exec_async(&mut self.redis.commands.clone())
                 .await?;
         }
-        Ok(report)
+        Ok((report, finished))
     }
 
     /// What an event's outcome means for its entry: a failure becomes a dead letter, a
@@ -293,7 +314,10 @@ impl<H: EventHandler> Consumer<H> {
             Outcome::Unfinished(Failure::Contention) if !may_contend => {
                 Outcome::Unfinished(Failure::Other)
             }
-            other @ (Outcome::Skipped | Outcome::DeadLettered | Outcome::Unfinished(_)) => other,
+            other @ (Outcome::Skipped
+            | Outcome::DeadLettered
+            | Outcome::Parked
+            | Outcome::Unfinished(_)) => other,
         }
     }
 

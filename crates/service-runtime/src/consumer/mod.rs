@@ -41,6 +41,7 @@
 
 mod apply;
 mod batch;
+mod park;
 mod plan;
 mod read;
 mod reclaim;
@@ -206,6 +207,8 @@ pub struct BatchReport {
     pub skipped: usize,
     /// Copied to the dead-letter stream and acked.
     pub dead_lettered: usize,
+    /// Of a newer schema version than this build reads: parked and acked.
+    pub parked: usize,
     /// Not acked because of a transient failure: they stay pending.
     pub retry_later: usize,
 }
@@ -218,6 +221,8 @@ pub struct Consumer<H> {
     stream_key: String,
     /// The stream's ticks, which a consumer with nothing to read blocks on.
     ticks_key: String,
+    /// The group's parked events (see [`park`]).
+    parked_key: String,
     dead_letters: DeadLetterStream,
     handler: H,
     relay: RelayQueue,
@@ -243,6 +248,7 @@ impl<H: EventHandler> Consumer<H> {
             ),
             stream_key: keys.stream(config.stream),
             ticks_key: keys.ticks(config.stream),
+            parked_key: keys.parked(config.stream, config.group),
             dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
             pool,
             redis,
@@ -310,6 +316,9 @@ impl<H: EventHandler> Consumer<H> {
             }
             if tokio::time::Instant::now() >= next_reclaim {
                 next_reclaim = tokio::time::Instant::now() + reclaim_every;
+                if let Err(e) = self.unpark(&shutdown).await {
+                    warn!(stream = %self.stream_key, error = %e, "putting parked events back failed");
+                }
                 match self.reclaim_stuck_entries().await {
                     Ok(0) => {}
                     Ok(_) => from = ReadFrom::OwnPending,

@@ -1,5 +1,6 @@
 //! What an entry needs, decided before touching the database ([`Plan`]): skipped (deleted
-//! while pending, or a type this version does not know), dead-lettered (undecodable,
+//! while pending, or a type this version does not know), parked (a newer schema version
+//! than this build reads), dead-lettered (undecodable,
 //! implausible content, over `MAX_ENTRY_BYTES`, or delivered too often), or applied in a span that continues its
 //! producer's trace.
 
@@ -18,6 +19,9 @@ pub(super) enum Plan {
     Skip,
     /// Can never be handled: dead-letter for this cause, with this error.
     DeadLetter(DeadLetterCause, String),
+    /// Written by a newer build than this one reads: park it (see [`park`](super::park)),
+    /// the event of this `event_id`, of this schema version.
+    Park(uuid::Uuid, u32),
     /// Handle it, in this span.
     Apply(Box<Envelope>, tracing::Span),
 }
@@ -83,6 +87,9 @@ impl<H: EventHandler> Consumer<H> {
             Err(e) if e.is_unknown_event_type() => {
                 info!(entry_id = %entry.id, error = %e, "skipping an event type this version does not know");
                 return skip("unknown_type");
+            }
+            Err(e) if let Some((version, event_id)) = e.newer_schema_version() => {
+                return Plan::Park(event_id, version);
             }
             Err(e) if e.is_invalid_content() => {
                 warn!(entry_id = %entry.id, error = %e, "an entry no honest producer writes (forged or corrupted)");

@@ -892,3 +892,121 @@ async fn one_failing_event_rolls_back_only_itself_and_the_rest_of_the_batch_comm
         "only the failed one stays pending"
     );
 }
+
+/// The key of the test group's parked events.
+fn parked_key(ctx: &TestContext) -> String {
+    format!("{{{}}}:parked:{GROUP}", ctx.stream(STREAM))
+}
+
+async fn parked(ctx: &TestContext) -> u64 {
+    redis::cmd("HLEN")
+        .arg(parked_key(ctx))
+        .query_async(&mut ctx.redis().await)
+        .await
+        .expect("HLEN")
+}
+
+/// `envelope`'s fields, as a build writing schema `version` would write them.
+fn written_as(envelope: &Envelope, version: &str) -> Vec<(&'static str, String)> {
+    let mut fields = envelope.to_fields();
+    for (name, value) in &mut fields {
+        if *name == "schema_version" {
+            *value = version.to_owned();
+        }
+    }
+    fields
+}
+
+/// SPEC §3.4: an event of a newer schema_version than this build reads (a rolling
+/// upgrade under way) is not applied, not a failed delivery and not dead-lettered: it is
+/// parked, one copy however often it comes, and acked; the rest of the batch flows.
+#[tokio::test]
+async fn an_event_of_a_newer_schema_version_is_parked_once_not_dead_lettered() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let consumer = consumer(&ctx, &pool, CountingHandler::default()).await;
+    let (newer, current) = (event(), event());
+    for _ in 0..3 {
+        ctx.xadd(STREAM, &written_as(&newer, "2")).await;
+    }
+    ctx.xadd(STREAM, &current.to_fields()).await;
+
+    let report = consumer.consume_once().await.expect("consumes");
+    assert_eq!(
+        (
+            report.parked,
+            report.applied,
+            report.dead_lettered,
+            report.retry_later
+        ),
+        (3, 1, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(effects(&pool).await, vec![(current.event_id, 1)]);
+    assert_eq!(
+        ctx.group_backlog(STREAM, GROUP).await,
+        Some((0, 0)),
+        "all acked"
+    );
+    assert!(ctx.dead_letters(STREAM).await.is_empty());
+    assert_eq!(parked(&ctx).await, 1, "one copy per event_id");
+
+    // This build cannot read it: it stays parked, however often the consumer comes round.
+    let applied = consumer
+        .unpark(&CancellationToken::new())
+        .await
+        .expect("unparks");
+    assert_eq!((applied, parked(&ctx).await), (0, 1));
+}
+
+/// SPEC §3.4: what replicas of an older build parked, a build that reads its version
+/// applies straight from the parked hash (the inbox absorbing what it applied before),
+/// and deletes it from there once applied.
+#[tokio::test]
+async fn parked_events_a_build_reads_are_applied_from_the_hash_and_removed() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let handler = CountingHandler::default();
+    let consumer = consumer(&ctx, &pool, handler.clone()).await;
+    let (readable, failing, newer) = (event(), event(), event());
+    let mut redis = ctx.redis().await;
+    for (envelope, version) in [(&readable, "1"), (&failing, "1"), (&newer, "2")] {
+        let fields: Vec<String> = written_as(envelope, version)
+            .into_iter()
+            .flat_map(|(name, value)| [name.to_owned(), value])
+            .collect();
+        // As a replica of a build that did not read it left it.
+        let parked = serde_json::json!({ "id": "1-1", "fields": fields });
+        let _: () = redis::cmd("HSET")
+            .arg(parked_key(&ctx))
+            .arg(envelope.event_id.to_string())
+            .arg(parked.to_string())
+            .query_async(&mut redis)
+            .await
+            .expect("HSET");
+    }
+    *handler.poisoned.lock().expect("lock") = Some(failing.event_id);
+
+    let applied = consumer
+        .unpark(&CancellationToken::new())
+        .await
+        .expect("unparks");
+    assert_eq!(applied, 1);
+    assert_eq!(effects(&pool).await, vec![(readable.event_id, 1)]);
+    assert_eq!(
+        parked(&ctx).await,
+        2,
+        "the one that failed waits for the next round, the one it cannot read still waits"
+    );
+
+    *handler.poisoned.lock().expect("lock") = None;
+    let again = consumer
+        .unpark(&CancellationToken::new())
+        .await
+        .expect("unparks");
+    assert_eq!(again, 1);
+    let mut expected = vec![(readable.event_id, 1), (failing.event_id, 1)];
+    expected.sort();
+    assert_eq!(effects(&pool).await, expected, "each applied once");
+    assert_eq!(parked(&ctx).await, 1);
+}
