@@ -11,6 +11,9 @@
 //! - an entry that cannot be decoded, or that its handler rejects, is copied to the
 //!   dead-letter stream and acked: one bad entry never blocks the ones behind it;
 //! - an unknown `event_type` is acked and skipped (tolerant reader);
+//! - an event of a newer `schema_version` than this build reads is parked (one copy per
+//!   `event_id`) and acked, never dead-lettered, and applied from there by a consumer of a
+//!   build that reads it ([`park`]);
 //! - an event that fails undoes only itself: the batch is redone one event at a time, a
 //!   savepoint each, and the rest of it commits;
 //! - while the database is unreachable (or the event lost a deadlock) nothing of it is
@@ -36,8 +39,8 @@
 //!
 //! Here: the handler contract, the settings and the run loop. A batch from read to ack
 //! is in [`batch`] (what each entry needs decided in [`plan`]), the database side of it in
-//! [`apply`], reading in [`read`], reclaiming in [`reclaim`], the reading turn in [`turn`], and
-//! dead letters in [`crate::dead_letters`].
+//! [`apply`], reading in [`read`], reclaiming in [`reclaim`], the reading turn in [`turn`],
+//! parked events in [`park`], and dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
