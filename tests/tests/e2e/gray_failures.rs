@@ -389,19 +389,8 @@ async fn a_long_redis_outage_logs_a_line_per_cause_per_interval() {
     ready(&payments).await;
 
     redis.kill();
-    let outage = tokio::spawn({
-        let url = orders.base_url.clone();
-        async move {
-            let mut placed = 0;
-            let until = tokio::time::Instant::now() + OUTAGE;
-            while tokio::time::Instant::now() < until {
-                placed += e2e::place_orders(&url, 1, 1).await.accepted.len();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            placed
-        }
-    });
-    let placed = outage.await.expect("orders placed through the outage");
+    // Orders keep coming through the outage, 2 a second.
+    let placed = steady_load(&orders.base_url, 2, OUTAGE).await;
     redis.restart().await;
     let (orders_pool, payments_pool) = (
         PgPool::connect(&orders_db).await.expect("db"),

@@ -6,7 +6,8 @@
 //!
 //! Every answer is recorded on the order's saga row (its `event_id`, and the reason of a
 //! decline), so a question asked again is answered from that record and the payment,
-//! with the same `event_id`, however long ago the outbox forgot the answer (SPEC §4.9).
+//! with the same `event_id`, however long ago the outbox forgot the answer (SPEC §4.9). That
+//! rebuilding is in [`again`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -23,6 +24,8 @@ use crate::domain::{
     Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, PaymentStatus, decide_charge,
     on_order_cancelled, on_order_created,
 };
+
+mod again;
 
 /// Why the ledger cannot settle an event: it can never be applied as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,66 +299,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Tells again what an order's `OrderCreated` was answered: the payment made, or the
-    /// decline and its reason.
-    fn answer_created_again(
-        &mut self,
-        cause: &Envelope,
-        order: &OrderCreated,
-    ) -> Result<(), LedgerError> {
-        let not_recorded = || LedgerError::AnswerNotRecorded(order.order_id);
-        let decided = self.decided(order.order_id).ok_or_else(not_recorded)?;
-        let answer_id = decided.created_answer.ok_or_else(not_recorded)?;
-        let event = match (decided.payment_id, &decided.decline_reason) {
-            (Some(payment_id), _) => {
-                let charge = self.charge(payment_id)?;
-                Event::PaymentCompleted(PaymentCompleted {
-                    payment_id,
-                    order_id: order.order_id,
-                    customer_id: charge.customer_id,
-                    amount_cents: charge.amount_cents,
-                    currency: charge.currency,
-                })
-            }
-            (None, Some(reason)) => declined(order, reason.clone()),
-            (None, None) => return Err(not_recorded()),
-        };
-        self.answer_again(cause, answer_id, event);
-        Ok(())
-    }
-
-    /// Tells again what an order's cancellation was answered: the refund, or that nothing
-    /// was or will be charged.
-    fn answer_cancellation_again(
-        &mut self,
-        cause: &Envelope,
-        cancel: &OrderCancelled,
-    ) -> Result<(), LedgerError> {
-        let not_recorded = || LedgerError::AnswerNotRecorded(cancel.order_id);
-        let decided = self.decided(cancel.order_id).ok_or_else(not_recorded)?;
-        let answer_id = decided.cancelled_answer.ok_or_else(not_recorded)?;
-        let event = match (decided.state, decided.payment_id) {
-            (OrderPaymentState::Refunded, Some(payment_id)) => {
-                let charge = self.charge(payment_id)?;
-                Event::PaymentRefunded(PaymentRefunded {
-                    payment_id,
-                    order_id: cancel.order_id,
-                    customer_id: charge.customer_id,
-                    amount_cents: charge.amount_cents,
-                    currency: charge.currency,
-                })
-            }
-            (OrderPaymentState::Refunded | OrderPaymentState::Paid, _) => {
-                return Err(not_recorded());
-            }
-            (OrderPaymentState::Cancelled | OrderPaymentState::Declined, _) => {
-                cancellation_confirmed(cancel)
-            }
-        };
-        self.answer_again(cause, answer_id, event);
-        Ok(())
-    }
-
     /// The charge of payment `payment_id`, made by this batch or loaded.
     fn charge(&self, payment_id: Uuid) -> Result<Charged, LedgerError> {
         if let Some(made_now) = self
@@ -410,14 +353,6 @@ impl Ledger {
             }
         }
         self.settled.published.push(envelope);
-    }
-
-    /// Publishes again, as `answer_id`, an answer rebuilt from the record.
-    fn answer_again(&mut self, cause: &Envelope, answer_id: Uuid, event: Event) {
-        self.settled.answered_again.push(Envelope {
-            event_id: answer_id,
-            ..Envelope::caused_by(cause, Producer::PaymentService, event)
-        });
     }
 }
 

@@ -21,15 +21,17 @@
 //! service may also write the [`OutboxRow`] in the very statement that makes its change
 //! (one statement is atomic on its own), saving the round trips of a transaction.
 
-use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::{Envelope, EventType};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+mod again;
+pub use again::{Reask, StillQueued, enqueue_again, republish, still_queued};
 
 /// The most committed rows waiting in memory for the relay. Past it, rows are left to the
 /// relay's poll (they are in the table either way): memory stays bounded while Redis is
@@ -199,221 +201,6 @@ pub async fn enqueue_all(
     query.push(" SELECT 1");
     query.build().execute(conn).await?;
     Ok(rows)
-}
-
-/// When an event may be published again (SPEC §4.9: re-asking is bounded whatever the
-/// outage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reask {
-    /// The first repeat comes this long after the event was made; each later one waits
-    /// twice as long as the one before (with ±25 % jitter, so that the orders of one
-    /// burst do not ask again in step), up to `backoff_cap`.
-    pub after: Duration,
-    pub backoff_cap: Duration,
-    /// Copies made in this window are still in the stream, not yet delivered to the
-    /// group that answers ([`StillQueued`]): they are not repeated, and the wait for
-    /// their answer starts over.
-    pub still_queued: Option<StillQueued>,
-}
-
-impl Reask {
-    /// Every repeat `after` the last one, whether or not the last copy was delivered.
-    pub fn every(after: Duration) -> Self {
-        Self {
-            after,
-            backoff_cap: after,
-            still_queued: None,
-        }
-    }
-}
-
-/// The window of time in which a copy of an event, made then, is still in the stream and
-/// not yet delivered to the group that reads it: after the later of the stream's oldest
-/// entry and the group's last delivered one, up to the stream's newest entry
-/// ([`still_queued`] reads it from Redis). A copy made outside
-/// it was delivered, or lost with the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StillQueued {
-    pub after: time::OffsetDateTime,
-    pub until: time::OffsetDateTime,
-}
-
-/// How far apart the clocks of Postgres (when a row was made) and Redis (an entry's id)
-/// may be, as far as [`StillQueued`] goes.
-const CLOCK_SKEW: Duration = Duration::from_secs(1);
-
-/// The ids of a stream's oldest and newest entries (none if it is empty or gone), without
-/// sending their fields: an entry may be huge (SPEC §4.9).
-static STREAM_ENDS: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #first == 0 then return {} end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {first[1][1], last[1][1]}
-",
-    )
-});
-
-/// Reads from Redis the [`StillQueued`] window of `stream` for `group`: `None` when the
-/// stream is gone or empty (nothing of it can be waiting there).
-pub async fn still_queued(
-    redis: &mut crate::RedisConnection,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<Option<StillQueued>> {
-    let ends: Vec<String> = STREAM_ENDS.key(stream).invoke_async(redis).await?;
-    let [first, last] = ends.as_slice() else {
-        return Ok(None);
-    };
-    let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(redis)
-        .await?;
-    let delivered = groups
-        .iter()
-        .find(
-            |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
-        )
-        .and_then(|g| match g.get("last-delivered-id") {
-            Some(redis::Value::BulkString(id)) => std::str::from_utf8(id).ok().map(entry_ms),
-            _ => None,
-        })
-        .unwrap_or(0);
-    let at = |ms: u64| {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-    };
-    Ok(Some(StillQueued {
-        after: at(entry_ms(first).max(delivered)) + CLOCK_SKEW,
-        until: at(entry_ms(last)) + CLOCK_SKEW,
-    }))
-}
-
-/// The milliseconds of a stream entry id (`<ms>-<seq>`).
-fn entry_ms(id: &str) -> u64 {
-    id.split('-')
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
-/// waiting for the relay that are due by `reask`: all of them, or only those of
-/// `event_types`. Returns their rows, oldest first, for the [`RelayQueue`] once the
-/// transaction committed. A consumer's inbox absorbs the repeat; a producer uses this to
-/// repair a broker that lost an event, or to answer a question asked again (SPEC §4.6).
-///
-/// Each row keeps its own schedule (`rearms`, `next_rearm_at`). A row whose last copy is
-/// still queued is not repeated, and its schedule starts over at `reask.after` from now
-/// whenever it is seen queued: so the wait for an answer is counted from about when the
-/// copy was delivered, not from when it was made (after a long outage, a backlog the
-/// answering service is draining is not asked again).
-#[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
-pub async fn republish(
-    conn: &mut PgConnection,
-    order_ids: &[Uuid],
-    event_types: Option<&[EventType]>,
-    reask: &Reask,
-) -> sqlx::Result<Vec<OutboxRow>> {
-    if order_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let types: Option<Vec<&str>> = event_types.map(|t| t.iter().map(|t| t.as_str()).collect());
-    let (queued_after, queued_until) = reask.still_queued.map(|q| (q.after, q.until)).unzip();
-    // A row still pending is skipped (`DO NOTHING`): the relay publishes it anyway.
-    let rearmed = sqlx::query(
-        "WITH asked AS (
-             SELECT event_id, COALESCE(rearmed_at, created_at) AS last_copy,
-                    COALESCE(next_rearm_at,
-                             COALESCE(rearmed_at, created_at) + make_interval(secs => $3))
-                        <= now() AS due
-             FROM outbox
-             WHERE order_id = ANY($1)
-               AND ($2::text[] IS NULL OR event_type = ANY($2))
-         ), queued AS (
-             SELECT event_id FROM asked WHERE last_copy > $5 AND last_copy <= $6
-         ), put_off AS (
-             UPDATE outbox SET next_rearm_at = now() + make_interval(secs => $3)
-             WHERE event_id IN (SELECT event_id FROM queued)
-         ), rearmed AS (
-             INSERT INTO outbox_pending (event_id)
-             SELECT event_id FROM asked
-             WHERE due AND event_id NOT IN (SELECT event_id FROM queued)
-             ON CONFLICT DO NOTHING
-             RETURNING event_id
-         ), stamped AS (
-             UPDATE outbox SET rearmed_at = now(), rearms = rearms + 1,
-                 next_rearm_at = now() + make_interval(secs =>
-                     least($4, $3 * power(2, least(rearms, 30))) * (0.75 + random() * 0.5))
-             WHERE event_id IN (SELECT event_id FROM rearmed)
-         )
-         SELECT o.event_id, o.stream, o.event_type, o.order_id, o.fields
-         FROM outbox o JOIN rearmed USING (event_id)
-         ORDER BY o.id",
-    )
-    .bind(order_ids)
-    .bind(types)
-    .bind(reask.after.as_secs_f64())
-    .bind(reask.backoff_cap.as_secs_f64())
-    .bind(queued_after)
-    .bind(queued_until)
-    .fetch_all(conn)
-    .await?;
-    rearmed.iter().map(OutboxRow::from_row).collect()
-}
-
-/// Publishes again `envelopes`, answers a service rebuilt from its own record of what it
-/// did, with the `event_id`s they were first published under (SPEC §4.6, §4.9): so a
-/// question asked again is answered whatever the outbox's retention. Where the outbox
-/// still holds an event, that row goes out again as it was committed, byte for byte;
-/// where the sweeper deleted it, the rebuilt one takes its place. An event already waiting
-/// for the relay is not queued twice. Returns the rows queued, in the order given, for
-/// the [`RelayQueue`] once the transaction committed.
-#[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
-pub async fn enqueue_again(
-    conn: &mut PgConnection,
-    stream: &str,
-    envelopes: &[Envelope],
-) -> sqlx::Result<Vec<OutboxRow>> {
-    let mut seen = HashSet::new();
-    let rows: Vec<OutboxRow> = envelopes
-        .iter()
-        .filter(|e| seen.insert(e.event_id))
-        .map(|e| OutboxRow::new(stream, e))
-        .collect();
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut query = QueryBuilder::new("WITH stored AS (");
-    OutboxRow::push_insert(&rows.iter().collect::<Vec<_>>(), &mut query);
-    // `DO UPDATE` rather than `DO NOTHING`, so the stored row is returned as it stands.
-    query.push(
-        " ON CONFLICT (event_id) DO UPDATE SET rearmed_at = now()
-         RETURNING id, event_id, stream, event_type, order_id, fields
-     ), queued AS (
-         INSERT INTO outbox_pending (event_id) SELECT event_id FROM stored
-         ON CONFLICT DO NOTHING
-         RETURNING event_id
-     )
-     SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields
-     FROM stored s JOIN queued USING (event_id)",
-    );
-    let mut queued = query
-        .build()
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(OutboxRow::from_row)
-        .collect::<sqlx::Result<Vec<_>>>()?;
-    let position: HashMap<Uuid, usize> = rows
-        .iter()
-        .enumerate()
-        .map(|(n, r)| (r.event_id, n))
-        .collect();
-    queued.sort_by_key(|row| position.get(&row.event_id).copied());
-    Ok(queued)
 }
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an
