@@ -125,6 +125,7 @@ mod tests {
             items,
             total_cents,
             currency: Currency::parse("EUR").expect("valid"),
+            pay_by: None,
         })
     }
 

@@ -8,10 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::Event;
-
-/// The only payload schema this version reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+use crate::{Event, SchemaVersion};
 
 /// Field names of a stream entry (SPEC §3.2), in the order they are written.
 pub mod fields {
@@ -114,12 +111,15 @@ pub enum DecodeError {
     MissingField(&'static str),
     #[error("field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
-    #[error("schema_version {0} is not supported (this build reads {SCHEMA_VERSION})")]
+    #[error("schema_version {0} is older than this build reads (from {oldest})", oldest = SchemaVersion::OLDEST)]
     UnsupportedSchemaVersion(u32),
-    /// Written by a newer build (`schema_version` above [`SCHEMA_VERSION`], a rolling
-    /// upgrade under way): not poison, but not readable here; it is to wait for a build
-    /// that reads it.
-    #[error("schema_version {version} is newer than this build reads ({SCHEMA_VERSION})")]
+    /// Written by a newer build (`schema_version` above [`SchemaVersion::NEWEST`], a
+    /// rolling upgrade under way): not poison, but not readable here; it is to wait for a
+    /// build that reads it.
+    #[error(
+        "schema_version {version} is newer than this build reads (up to {})",
+        SchemaVersion::NEWEST
+    )]
     NewerSchemaVersion { version: u32, event_id: Uuid },
     #[error("payload of {event_type} does not decode: {source}")]
     InvalidPayload {
@@ -201,9 +201,14 @@ impl Envelope {
         self.event.event_type()
     }
 
-    /// The flat field list for `XADD`, every field of SPEC §3.2 (`traceparent` only when
-    /// there is one).
+    /// The flat field list for `XADD` at the newest version: [`to_fields_as`](Self::to_fields_as).
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        self.to_fields_as(SchemaVersion::NEWEST)
+    }
+
+    /// The flat field list for `XADD`, every field of SPEC §3.2 (`traceparent` only when
+    /// there is one), the payload written as `version` says (`versions.rs`).
+    pub fn to_fields_as(&self, version: SchemaVersion) -> Vec<(&'static str, String)> {
         let occurred_at = self
             .occurred_at
             .to_offset(time::UtcOffset::UTC)
@@ -212,7 +217,7 @@ impl Envelope {
         let mut out = vec![
             (fields::EVENT_ID, self.event_id.to_string()),
             (fields::EVENT_TYPE, self.event_type().as_str().to_owned()),
-            (fields::SCHEMA_VERSION, SCHEMA_VERSION.to_string()),
+            (fields::SCHEMA_VERSION, version.to_string()),
             (fields::ORDER_ID, self.order_id.to_string()),
             (fields::OCCURRED_AT, occurred_at),
             (fields::PRODUCER, self.producer.as_str().to_owned()),
@@ -220,7 +225,7 @@ impl Envelope {
         if let Some(traceparent) = &self.traceparent {
             out.push((fields::TRACEPARENT, traceparent.clone()));
         }
-        out.push((fields::PAYLOAD, self.event.payload_json()));
+        out.push((fields::PAYLOAD, self.event.payload_json(version)));
         out
     }
 
@@ -249,12 +254,11 @@ impl Envelope {
             .map_err(|e| DecodeError::invalid(fields::SCHEMA_VERSION, e))?;
         let event_id = Uuid::parse_str(get(fields::EVENT_ID)?)
             .map_err(|e| DecodeError::invalid(fields::EVENT_ID, e))?;
-        if version > SCHEMA_VERSION {
+        if version > SchemaVersion::NEWEST.get() {
             return Err(DecodeError::NewerSchemaVersion { version, event_id });
         }
-        if version != SCHEMA_VERSION {
-            return Err(DecodeError::UnsupportedSchemaVersion(version));
-        }
+        let version = SchemaVersion::try_from(version)
+            .map_err(|_| DecodeError::UnsupportedSchemaVersion(version))?;
         let order_id = Uuid::parse_str(get(fields::ORDER_ID)?)
             .map_err(|e| DecodeError::invalid(fields::ORDER_ID, e))?;
         let occurred_at = OffsetDateTime::parse(get(fields::OCCURRED_AT)?, &Rfc3339)
@@ -267,7 +271,7 @@ impl Envelope {
             Err(DecodeError::MissingField(_)) => None,
             Err(other) => return Err(other),
         };
-        let event = Event::from_payload(event_type, get(fields::PAYLOAD)?)
+        let event = Event::from_payload(event_type, version, get(fields::PAYLOAD)?)
             .map_err(|source| DecodeError::InvalidPayload { event_type, source })?;
         if event.order_id() != order_id {
             return Err(DecodeError::invalid(

@@ -19,10 +19,12 @@ mod money;
 mod payloads;
 pub mod streams;
 pub mod text;
+mod versions;
 
-pub use envelope::{DecodeError, Envelope, EventType, Producer, SCHEMA_VERSION, fields};
+pub use envelope::{DecodeError, Envelope, EventType, Producer, fields};
 pub use money::{Currency, InvalidCurrency};
 pub use payloads::{
     Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCancelled,
     PaymentCompleted, PaymentFailed, PaymentRefunded,
 };
+pub use versions::SchemaVersion;

@@ -1,5 +1,6 @@
-//! The bodies of the six event types (SPEC §3.3, schema_version 1), carried as the JSON
-//! `payload` field of a stream entry.
+//! The bodies of the six event types (SPEC §3.3), carried as the JSON `payload` field of
+//! a stream entry, in every schema version this build reads (`versions.rs`: version 2
+//! adds `OrderCreated.pay_by`).
 //!
 //! Payloads ignore fields they do not know, so a producer can add an optional field
 //! without breaking older consumers.
@@ -7,9 +8,10 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Currency, EventType};
+use crate::{Currency, EventType, SchemaVersion};
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,14 @@ pub struct OrderCreated {
     pub items: Vec<OrderItem>,
     pub total_cents: i64,
     pub currency: Currency,
+    /// The payment deadline (schema version 2 on; `None` read from version 1): no charge
+    /// after it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub pay_by: Option<OffsetDateTime>,
 }
 
 /// The customer cancelled an order (before or after it was paid).
@@ -89,6 +99,8 @@ pub enum FailureReason {
     InsufficientFunds,
     OrderCancelled,
     CurrencyMismatch,
+    /// The order's payment deadline (`pay_by`) passed before it was charged.
+    PaymentExpired,
     Other(String),
 }
 
@@ -99,6 +111,7 @@ impl FailureReason {
             Self::InsufficientFunds => "insufficient_funds",
             Self::OrderCancelled => "order_cancelled",
             Self::CurrencyMismatch => "currency_mismatch",
+            Self::PaymentExpired => "payment_expired",
             Self::Other(reason) => reason,
         }
     }
@@ -116,6 +129,7 @@ impl From<String> for FailureReason {
             "insufficient_funds" => Self::InsufficientFunds,
             "order_cancelled" => Self::OrderCancelled,
             "currency_mismatch" => Self::CurrencyMismatch,
+            "payment_expired" => Self::PaymentExpired,
             _ => Self::Other(reason),
         }
     }
@@ -163,9 +177,15 @@ impl Event {
         }
     }
 
-    /// The body as the JSON text of the `payload` field.
-    pub(crate) fn payload_json(&self) -> String {
+    /// The body as the JSON text of the `payload` field in schema `version`.
+    pub(crate) fn payload_json(&self, version: SchemaVersion) -> String {
         let json = match self {
+            Self::OrderCreated(e) if version < SchemaVersion::V2 => {
+                serde_json::to_string(&OrderCreated {
+                    pay_by: None,
+                    ..e.clone()
+                })
+            }
             Self::OrderCreated(e) => serde_json::to_string(e),
             Self::OrderCancelled(e) => serde_json::to_string(e),
             Self::PaymentCompleted(e) => serde_json::to_string(e),
@@ -177,13 +197,23 @@ impl Event {
         json.unwrap_or_else(|_| "{}".to_owned())
     }
 
-    /// Parses the `payload` field of an entry whose type is `event_type`.
+    /// Parses the `payload` field of an entry whose type is `event_type`, written in
+    /// schema `version`, upcast to this build's types.
     pub(crate) fn from_payload(
         event_type: EventType,
+        version: SchemaVersion,
         payload: &str,
     ) -> Result<Self, serde_json::Error> {
         Ok(match event_type {
-            EventType::OrderCreated => Self::OrderCreated(serde_json::from_str(payload)?),
+            EventType::OrderCreated => {
+                let mut order: OrderCreated = serde_json::from_str(payload)?;
+                if version < SchemaVersion::V2 {
+                    order.pay_by = None; // not part of version 1: no deadline
+                } else if order.pay_by.is_none() {
+                    return Err(serde::de::Error::missing_field("pay_by"));
+                }
+                Self::OrderCreated(order)
+            }
             EventType::OrderCancelled => Self::OrderCancelled(serde_json::from_str(payload)?),
             EventType::PaymentCompleted => Self::PaymentCompleted(serde_json::from_str(payload)?),
             EventType::PaymentFailed => Self::PaymentFailed(serde_json::from_str(payload)?),

@@ -4,7 +4,7 @@
 use events::{
     Currency, DecodeError, Envelope, Event, EventType, FailureReason, OrderCancelled, OrderCreated,
     OrderItem, PaymentCancelled, PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
-    fields,
+    SchemaVersion, fields,
 };
 use uuid::Uuid;
 
@@ -33,6 +33,7 @@ fn one_of_each() -> Vec<Event> {
             ],
             total_cents: 2500,
             currency: eur(),
+            pay_by: Some(time::macros::datetime!(2026-12-02 16:30:00.250 UTC)),
         }),
         Event::OrderCancelled(OrderCancelled {
             order_id,
@@ -118,6 +119,73 @@ fn every_event_type_round_trips_with_and_without_traceparent() {
     }
 }
 
+/// SPEC §3.4: every version this build reads round-trips; written as version 1, an
+/// `OrderCreated` has no deadline (version 1 has none), and reads back without one.
+#[test]
+fn every_event_type_round_trips_in_every_version_this_build_reads() {
+    for version in SchemaVersion::ALL {
+        for event in one_of_each() {
+            let envelope = Envelope::new(event.event_type().producer(), event);
+            let fields = envelope.to_fields_as(version);
+            let version_field = fields.iter().find(|(k, _)| *k == fields::SCHEMA_VERSION);
+            assert_eq!(
+                version_field.map(|(_, v)| v.as_str()),
+                Some(version.to_string().as_str())
+            );
+            let mut expected = envelope.clone();
+            if let (Event::OrderCreated(order), SchemaVersion::V1) = (&mut expected.event, version)
+            {
+                order.pay_by = None;
+                let payload = fields.iter().find(|(k, _)| *k == fields::PAYLOAD);
+                assert!(
+                    payload.is_some_and(|(_, p)| !p.contains("pay_by")),
+                    "{payload:?}"
+                );
+            }
+            assert_eq!(decode(&fields).expect("decodes"), expected, "v{version}");
+        }
+    }
+}
+
+/// Version 2 is the version whose `OrderCreated` has a deadline: one without is poison;
+/// a `pay_by` in a version-1 payload is not part of version 1 and is not read.
+#[test]
+fn pay_by_is_required_in_version_2_and_not_read_from_version_1() {
+    let order = one_of_each().remove(0);
+    let envelope = Envelope::new(Producer::OrderService, order);
+    let v2 = envelope.to_fields_as(SchemaVersion::V2);
+    let payload = v2
+        .iter()
+        .find(|(k, _)| *k == fields::PAYLOAD)
+        .map(|(_, p)| p.clone())
+        .expect("a payload");
+    assert!(
+        payload.contains(r#""pay_by":"2026-12-02T16:30:00.25Z""#),
+        "{payload}"
+    );
+    let mut value: serde_json::Value = serde_json::from_str(&payload).expect("json");
+    value.as_object_mut().expect("object").remove("pay_by");
+    let without_deadline = with(v2.clone(), fields::PAYLOAD, &value.to_string());
+    let err = decode(&without_deadline).expect_err("v2 needs pay_by");
+    assert!(
+        matches!(
+            err,
+            DecodeError::InvalidPayload {
+                event_type: EventType::OrderCreated,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("pay_by"), "{err}");
+
+    let v1_with_deadline = with(v2, fields::SCHEMA_VERSION, "1");
+    let Event::OrderCreated(read) = decode(&v1_with_deadline).expect("decodes").event else {
+        panic!("an OrderCreated");
+    };
+    assert_eq!(read.pay_by, None);
+}
+
 #[test]
 fn entries_carry_every_field_of_the_spec() {
     let mut envelope = Envelope::new(Producer::OrderService, one_of_each().remove(0));
@@ -143,7 +211,7 @@ fn entries_carry_every_field_of_the_spec() {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(value("schema_version"), Some("1"));
+    assert_eq!(value("schema_version"), Some("2"), "the newest by default");
     assert_eq!(value("producer"), Some("order-service"));
     assert_eq!(
         Uuid::parse_str(value("event_id").unwrap_or_default()).map(|u| u.get_version_num()),
@@ -212,8 +280,8 @@ fn a_newer_schema_version_is_told_apart_from_an_unsupported_one() {
         .find(|(name, _)| *name == "event_id")
         .map(|(_, value)| uuid::Uuid::parse_str(value).expect("a uuid"))
         .expect("an event_id");
-    let err = decode(&with(fields, "schema_version", "2")).expect_err("v2");
-    assert_eq!(err.newer_schema_version(), Some((2, event_id)), "{err}");
+    let err = decode(&with(fields, "schema_version", "3")).expect_err("v3");
+    assert_eq!(err.newer_schema_version(), Some((3, event_id)), "{err}");
     let err = decode(&with(valid_fields(), "schema_version", "0")).expect_err("v0");
     assert!(
         matches!(err, DecodeError::UnsupportedSchemaVersion(0)),

@@ -16,7 +16,7 @@ use crate::db::{self, MIGRATOR};
 use crate::http::{self, AppState};
 use crate::orders;
 use crate::payment_events::PaymentEvents;
-use crate::placing::Placing;
+use crate::placing::{Placing, Terms};
 use crate::settings::Settings;
 
 /// Writers of placed orders: each writes one group of orders at a time, so under load
@@ -24,17 +24,32 @@ use crate::settings::Settings;
 /// form the next groups.
 const WRITERS: usize = 2;
 
+/// How often the expirer looks for orders past their payment deadline: an order expires
+/// at most this late.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Connects, migrates, and starts HTTP, the outbox relay, the `payment-events`
-/// consumer and the reconciler; they run until `shutdown` fires.
+/// consumer, the reconciler and the expirer; they run until `shutdown` fires.
 pub async fn start(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
     let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
+    let writes = settings.common.write_schema_version;
+    let terms = Terms {
+        payment_deadline: Duration::from_millis(settings.payment_deadline_ms),
+        writes,
+    };
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
         relay: infra.relay_queue.clone(),
-        placing: Placing::start(infra.pool.clone(), infra.relay_queue.clone(), WRITERS),
+        placing: Placing::start(
+            infra.pool.clone(),
+            infra.relay_queue.clone(),
+            WRITERS,
+            terms,
+        ),
+        writes,
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
     let reconciler = Arc::new(orders::Reconciler::new(
@@ -51,6 +66,11 @@ pub async fn start(
         let reconciler = reconciler.clone();
         async move { reconciler.run_once().await }
     });
+    let (pool, relay) = (infra.pool.clone(), infra.relay_queue.clone());
+    let expirer = PeriodicJob::new("expirer", EXPIRE_INTERVAL, move || {
+        let (pool, relay) = (pool.clone(), relay.clone());
+        async move { orders::expire_unpaid(&pool, &relay, writes).await }
+    });
     let (pool, keys) = (
         infra.pool.clone(),
         Duration::from_secs(settings.idempotency_key_retention_hours * 3600),
@@ -64,7 +84,7 @@ pub async fn start(
         http_addr: settings.http_addr,
         routes,
         admin_routes: OpenApiRouter::new(),
-        jobs: vec![reconciler, key_pruner],
+        jobs: vec![reconciler, expirer, key_pruner],
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,

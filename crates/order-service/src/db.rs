@@ -19,8 +19,15 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/order"))
 });
 
-/// An order to insert: its id, the order, and its `OrderCreated` outbox row.
-pub type NewOrderRow<'a> = (Uuid, &'a NewOrder, &'a OutboxRow);
+/// An order to insert, and its `OrderCreated` outbox row.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrderRow<'a> {
+    pub id: Uuid,
+    pub order: &'a NewOrder,
+    /// Its payment deadline.
+    pub pay_by: OffsetDateTime,
+    pub event: &'a OutboxRow,
+}
 
 /// Inserts new `PENDING` orders together with their `OrderCreated` outbox rows, in one
 /// statement: all or none, without a transaction's extra round trips. Returns the orders
@@ -32,45 +39,47 @@ pub async fn insert_orders_with_events<'c>(
 ) -> sqlx::Result<Vec<Order>> {
     let mut query = QueryBuilder::new(
         "WITH placed AS (
-             INSERT INTO orders (id, customer_id, items, total_cents, currency)
+             INSERT INTO orders (id, customer_id, items, total_cents, currency, pay_by)
              SELECT * FROM unnest(",
     );
     query
-        .push_bind(orders.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+        .push_bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
         .push("::uuid[], ")
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| o.customer_id.as_str())
+                .map(|o| o.order.customer_id.as_str())
                 .collect::<Vec<_>>(),
         )
         .push("::text[], ")
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| Json(&o.items))
+                .map(|o| Json(&o.order.items))
                 .collect::<Vec<_>>(),
         )
         .push("::jsonb[], ")
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| o.total_cents)
+                .map(|o| o.order.total_cents)
                 .collect::<Vec<_>>(),
         )
         .push("::bigint[], ")
         .push_bind(
             orders
                 .iter()
-                .map(|(_, o, _)| o.currency.as_str())
+                .map(|o| o.order.currency.as_str())
                 .collect::<Vec<_>>(),
         )
-        .push("::text[]) RETURNING *), ");
-    let events: Vec<&OutboxRow> = orders.iter().map(|(_, _, event)| *event).collect();
+        .push("::text[], ")
+        .push_bind(orders.iter().map(|o| o.pay_by).collect::<Vec<_>>())
+        .push("::timestamptz[]) RETURNING *), ");
+    let events: Vec<&OutboxRow> = orders.iter().map(|o| o.event).collect();
     OutboxRow::push_queue_all(&events, &mut query);
     query.push(" SELECT * FROM placed");
     let mut placed: Vec<Order> = query.build_query_as().fetch_all(conn).await?;
-    let position = |order: &Order| orders.iter().position(|(id, _, _)| *id == order.id);
+    let position = |order: &Order| orders.iter().position(|o| o.id == order.id);
     placed.sort_by_key(position);
     Ok(placed)
 }
@@ -240,8 +249,9 @@ pub async fn find_idempotency_key(
 /// Where a bounded scan stopped: the last `(time, id)` it returned.
 pub type ScanFrom = Option<(OffsetDateTime, Uuid)>;
 
-/// Up to `limit` cancelled orders whose cancellation payment-service has not confirmed,
-/// last changed more than `after` ago, after `from`, in `(updated_at, id)` order.
+/// Up to `limit` orders cancelled (by the user, or by their expiry) whose cancellation
+/// payment-service has not confirmed, last changed more than `after` ago, after `from`,
+/// in `(updated_at, id)` order.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn unconfirmed_cancellations(
     conn: &mut PgConnection,
@@ -252,7 +262,8 @@ pub async fn unconfirmed_cancellations(
     let (from_time, from_id) = from.unzip();
     sqlx::query_as(
         "SELECT updated_at, id FROM orders
-         WHERE status = 'CANCELLED' AND cancellation_confirmed_at IS NULL
+         WHERE (status = 'CANCELLED' OR expired_at IS NOT NULL)
+           AND cancellation_confirmed_at IS NULL
            AND updated_at < now() - make_interval(secs => $1)
            AND ($2::timestamptz IS NULL OR (updated_at, id) > ($2, $3))
          ORDER BY updated_at, id
@@ -286,6 +297,29 @@ pub async fn stale_pending_orders(
     .bind(after.as_secs_f64())
     .bind(from_time)
     .bind(from_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Expires up to `limit` orders still `PENDING` whose payment deadline has passed (SPEC
+/// §5.1): `PAYMENT_FAILED` with `payment_expired`, `expired_at` now; orders locked by a
+/// transaction (a payment outcome being applied) are left to the next round. Returns them
+/// as stored.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn expire_unpaid(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
+    sqlx::query_as(
+        "UPDATE orders
+         SET status = 'PAYMENT_FAILED', failure_reason = 'payment_expired',
+             expired_at = now(), updated_at = now()
+         WHERE id = ANY(ARRAY(
+             SELECT id FROM orders
+             WHERE status = 'PENDING' AND pay_by IS NOT NULL AND pay_by <= now()
+             ORDER BY pay_by
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED))
+         RETURNING *",
+    )
     .bind(limit)
     .fetch_all(conn)
     .await

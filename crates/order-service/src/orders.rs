@@ -4,6 +4,10 @@
 //! - Placing: in [`crate::placing`].
 //! - Cancelling: the order is locked, the state machine decides, and `OrderCancelled`
 //!   commits with the new status; payment-service refunds a paid order.
+//! - Expiring (SPEC §5.1): an order still `PENDING` at its payment deadline fails with
+//!   `payment_expired`, and its payment is cancelled as a user's would be (`OrderCancelled`,
+//!   asked until confirmed): payment-service charges nothing after the deadline, and a
+//!   charge that raced it is refunded. A durable timer of the saga: [`expire_unpaid`].
 //! - Reconciling: an order that stays `PENDING`, or stays cancelled without
 //!   payment-service confirming it, may have lost its event to a broker wipe or a dead
 //!   letter (SPEC §4.6). Its `OrderCreated` or `OrderCancelled` is published again, with
@@ -14,9 +18,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
-use events::{Envelope, Event, EventType, OrderCancelled, Producer};
+use events::{Envelope, Event, EventType, OrderCancelled, Producer, SchemaVersion};
 use service_runtime::RedisConnection;
-use service_runtime::observability::{ORDER_TIME_TO_FINAL, REASK_EXAMINED, REASK_REPUBLISHED};
+use service_runtime::observability::{
+    ORDER_TIME_TO_FINAL, ORDERS_EXPIRED, REASK_EXAMINED, REASK_REPUBLISHED,
+};
 use service_runtime::outbox::{self, AwaitingAnswer, Reask, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -39,6 +45,9 @@ pub const AWAITING_ANSWER: AwaitingAnswer = AwaitingAnswer(
 /// The reason `OrderCancelled` carries for a cancellation through the API.
 pub const CANCEL_REASON: &str = "customer_request";
 
+/// The reason `OrderCancelled` carries for the payment of an order that expired unpaid.
+pub const EXPIRED_REASON: &str = "payment_expired";
+
 /// Why an order was not cancelled.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -50,12 +59,13 @@ pub enum CancelError {
     Database(#[from] sqlx::Error),
 }
 
-/// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled`, atomically.
-/// Concurrent cancellations of one order are serialised by its row lock: one wins, the
-/// others see `CANCELLED` and conflict.
+/// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled` (written as schema
+/// `writes`), atomically. Concurrent cancellations of one order are serialised by its row
+/// lock: one wins, the others see `CANCELLED` and conflict.
 pub async fn cancel_order(
     pool: &PgPool,
     relay: &RelayQueue,
+    writes: SchemaVersion,
     id: Uuid,
 ) -> Result<Order, CancelError> {
     let mut tx = pool.begin().await?;
@@ -69,21 +79,59 @@ pub async fn cancel_order(
             if order.status == OrderStatus::Pending {
                 record_time_to_final(&cancelled);
             }
-            let event = Envelope::new(
-                Producer::OrderService,
-                Event::OrderCancelled(OrderCancelled {
-                    order_id: id,
-                    customer_id: order.customer_id,
-                    reason: CANCEL_REASON.to_owned(),
-                }),
-            );
-            let queued = outbox::enqueue(&mut tx, ORDER_EVENTS, &event).await?;
+            let event = cancellation(&order, CANCEL_REASON);
+            let queued = outbox::enqueue(&mut tx, ORDER_EVENTS, writes, &event).await?;
             tx.commit().await?;
             relay.hand_over(queued);
             Ok(cancelled)
         }
         Transition::Keep | Transition::Conflict => Err(CancelError::Conflict(order.status)),
     }
+}
+
+/// The `OrderCancelled` of `order`, for `reason`.
+fn cancellation(order: &Order, reason: &str) -> Envelope {
+    Envelope::new(
+        Producer::OrderService,
+        Event::OrderCancelled(OrderCancelled {
+            order_id: order.id,
+            customer_id: order.customer_id.clone(),
+            reason: reason.to_owned(),
+        }),
+    )
+}
+
+/// The most orders one round of the expirer expires; the rest wait for the next round.
+pub const EXPIRE_BATCH: i64 = 500;
+
+/// One bounded round of the expirer: orders still `PENDING` past their deadline fail with
+/// `payment_expired`, and their payment is cancelled (`OrderCancelled`, written as schema
+/// `writes`) in the same transaction. Returns how many expired.
+pub async fn expire_unpaid(
+    pool: &PgPool,
+    relay: &RelayQueue,
+    writes: SchemaVersion,
+) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let expired = db::expire_unpaid(&mut tx, EXPIRE_BATCH).await?;
+    let cancellations: Vec<Envelope> = expired
+        .iter()
+        .map(|order| cancellation(order, EXPIRED_REASON))
+        .collect();
+    let queued = outbox::enqueue_all(&mut tx, ORDER_EVENTS, writes, &cancellations).await?;
+    tx.commit().await?;
+    relay.hand_over(queued);
+    for order in &expired {
+        record_time_to_final(order);
+    }
+    if !expired.is_empty() {
+        warn!(
+            orders = expired.len(),
+            "orders expired unpaid; their payments are cancelled"
+        );
+        metrics::counter!(ORDERS_EXPIRED).increment(expired.len() as u64);
+    }
+    Ok(expired.len() as u64)
 }
 
 /// Orders looked at per kind of question in one round of the reconciler: its work and

@@ -14,11 +14,13 @@
 //! are written one at a time, as that transaction needs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, OrderCreated, Producer};
+use events::{Envelope, Event, OrderCreated, Producer, SchemaVersion};
 use service_runtime::outbox::{OutboxRow, RelayQueue};
 use sqlx::PgPool;
+use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -53,26 +55,53 @@ pub struct Placing {
     pool: PgPool,
     relay: RelayQueue,
     queue: mpsc::Sender<Waiting>,
+    terms: Terms,
+}
+
+/// What every order is placed with.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    /// How long after it is placed an order may be paid (`PAYMENT_DEADLINE_MS`).
+    pub payment_deadline: Duration,
+    /// The schema version `OrderCreated` is written as (`WRITE_SCHEMA_VERSION`).
+    pub writes: SchemaVersion,
 }
 
 /// An order handed to the writers, and where its outcome goes.
 struct Waiting {
     id: Uuid,
     order: NewOrder,
+    pay_by: OffsetDateTime,
     event: OutboxRow,
     outcome: oneshot::Sender<sqlx::Result<Order>>,
+}
+
+impl Waiting {
+    fn row(&self) -> NewOrderRow<'_> {
+        NewOrderRow {
+            id: self.id,
+            order: &self.order,
+            pay_by: self.pay_by,
+            event: &self.event,
+        }
+    }
 }
 
 impl Placing {
     /// Starts `writers` writers on `pool` (at least one), each writing one group at a
     /// time; each group's events go to the relay once it commits.
-    pub fn start(pool: PgPool, relay: RelayQueue, writers: usize) -> Self {
+    pub fn start(pool: PgPool, relay: RelayQueue, writers: usize, terms: Terms) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..writers.max(1) {
             tokio::spawn(write_groups(pool.clone(), relay.clone(), waiting.clone()));
         }
-        Self { pool, relay, queue }
+        Self {
+            pool,
+            relay,
+            queue,
+            terms,
+        }
     }
 
     /// How many orders wait for a writer.
@@ -89,12 +118,14 @@ impl Placing {
         idempotency_key: Option<&str>,
     ) -> Result<Placed, PlaceError> {
         let id = Uuid::now_v7();
-        let event = order_created(id, &order);
+        let pay_by = pay_by(self.terms.payment_deadline);
+        let event = order_created(id, &order, pay_by, self.terms.writes);
         let Some(key) = idempotency_key else {
             let (outcome, placed) = oneshot::channel();
             let waiting = Waiting {
                 id,
                 order,
+                pay_by,
                 event,
                 outcome,
             };
@@ -126,7 +157,13 @@ impl Placing {
                 replayed: true,
             });
         }
-        let placed = db::insert_orders_with_events(&mut *tx, &[(id, &order, &event)]).await?;
+        let row = NewOrderRow {
+            id,
+            order: &order,
+            pay_by,
+            event: &event,
+        };
+        let placed = db::insert_orders_with_events(&mut *tx, &[row]).await?;
         tx.commit().await?;
         self.relay.hand_over(vec![event]);
         let order = placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)?;
@@ -137,10 +174,23 @@ impl Placing {
     }
 }
 
-/// The `OrderCreated` outbox row of order `id`.
-fn order_created(id: Uuid, order: &NewOrder) -> OutboxRow {
+/// The deadline of an order placed now, in whole milliseconds (as exact in the database,
+/// which keeps microseconds, as in the event).
+fn pay_by(deadline: Duration) -> OffsetDateTime {
+    let due = OffsetDateTime::now_utc() + deadline;
+    due.replace_millisecond(due.millisecond()).unwrap_or(due)
+}
+
+/// The `OrderCreated` outbox row of order `id`, written as schema `version`.
+fn order_created(
+    id: Uuid,
+    order: &NewOrder,
+    pay_by: OffsetDateTime,
+    version: SchemaVersion,
+) -> OutboxRow {
     OutboxRow::new(
         ORDER_EVENTS,
+        version,
         &Envelope::new(
             Producer::OrderService,
             Event::OrderCreated(OrderCreated {
@@ -149,6 +199,7 @@ fn order_created(id: Uuid, order: &NewOrder) -> OutboxRow {
                 items: order.items.clone(),
                 total_cents: order.total_cents,
                 currency: order.currency,
+                pay_by: Some(pay_by),
             }),
         ),
     )
@@ -201,9 +252,6 @@ async fn write_groups(
 
 /// Inserts `group` in one statement.
 async fn insert(pool: &PgPool, group: &[Waiting]) -> sqlx::Result<Vec<Order>> {
-    let rows: Vec<NewOrderRow<'_>> = group
-        .iter()
-        .map(|waiting| (waiting.id, &waiting.order, &waiting.event))
-        .collect();
+    let rows: Vec<NewOrderRow<'_>> = group.iter().map(Waiting::row).collect();
     db::insert_orders_with_events(pool, &rows).await
 }

@@ -24,6 +24,12 @@ pub struct Settings {
     /// The longest wait (ms) between two repeats of one question.
     #[arg(long, env = "PENDING_REPUBLISH_MAX_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub pending_republish_max_ms: u64,
+    /// How long (ms) after it is placed an order may be paid: `OrderCreated` carries the
+    /// deadline (`pay_by`, schema version 2), payment-service charges nothing after it,
+    /// and an order still `PENDING` then fails with `payment_expired` (its payment
+    /// cancelled, so a charge that raced the deadline is refunded).
+    #[arg(long, env = "PAYMENT_DEADLINE_MS", default_value_t = 900_000, value_parser = clap::value_parser!(u64).range(1_000..=604_800_000))]
+    pub payment_deadline_ms: u64,
     /// `Idempotency-Key`s are kept this long (hours): a retry within it gets the first
     /// order back.
     #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=87_600))]

@@ -76,16 +76,25 @@ pub enum OnOrderCreated {
     TryCharge,
     /// Cancelled first: publish `PaymentFailed(order_cancelled)`, charge nothing.
     DeclineAsCancelled,
+    /// First sight, but its payment deadline has passed: publish
+    /// `PaymentFailed(payment_expired)`, charge nothing (SPEC §3.4).
+    DeclineAsExpired,
     /// Answered already: no second effect; the question came again, so the recorded
     /// answer is published again.
     AnswerAgain,
 }
 
-/// What to do with an `OrderCreated`, given the order's state and whether an
-/// `OrderCreated` of it was `answered` already.
-pub fn on_order_created(state: Option<OrderPaymentState>, answered: bool) -> OnOrderCreated {
+/// What to do with an `OrderCreated`, given the order's state, whether an
+/// `OrderCreated` of it was `answered` already, and whether its payment deadline has
+/// `expired` (never charge after `pay_by`; an answer given before it stands).
+pub fn on_order_created(
+    state: Option<OrderPaymentState>,
+    answered: bool,
+    expired: bool,
+) -> OnOrderCreated {
     match state {
         _ if answered => OnOrderCreated::AnswerAgain,
+        None if expired => OnOrderCreated::DeclineAsExpired,
         None => OnOrderCreated::TryCharge,
         Some(OrderPaymentState::Cancelled) => OnOrderCreated::DeclineAsCancelled,
         // Decided by an OrderCreated, so answered (the saga row's constraint).
@@ -157,22 +166,32 @@ mod tests {
 
     #[test]
     fn order_created_in_every_state() {
-        assert_eq!(on_order_created(None, false), OnOrderCreated::TryCharge);
-        assert_eq!(
-            on_order_created(Some(Cancelled), false),
-            OnOrderCreated::DeclineAsCancelled
-        );
-        for state in [Paid, Declined, Refunded] {
+        for expired in [false, true] {
             assert_eq!(
-                on_order_created(Some(state), true),
+                on_order_created(Some(Cancelled), false, expired),
+                OnOrderCreated::DeclineAsCancelled
+            );
+            for state in [Paid, Declined, Refunded] {
+                assert_eq!(
+                    on_order_created(Some(state), true, expired),
+                    OnOrderCreated::AnswerAgain,
+                    "{state:?}: the answer given stands, deadline or not"
+                );
+            }
+            assert_eq!(
+                on_order_created(Some(Cancelled), true, expired),
                 OnOrderCreated::AnswerAgain,
-                "{state:?}"
+                "declined as cancelled once, answered the same again"
             );
         }
         assert_eq!(
-            on_order_created(Some(Cancelled), true),
-            OnOrderCreated::AnswerAgain,
-            "declined as cancelled once, answered the same again"
+            on_order_created(None, false, false),
+            OnOrderCreated::TryCharge
+        );
+        assert_eq!(
+            on_order_created(None, false, true),
+            OnOrderCreated::DeclineAsExpired,
+            "never charged after its deadline"
         );
     }
 

@@ -21,12 +21,13 @@
 //! payment, so it never depends on how long the outbox keeps rows (SPEC §4.9). Where the
 //! outbox still holds the answer, that row goes out again as committed.
 
-use events::Envelope;
 use events::streams::PAYMENT_EVENTS;
+use events::{Envelope, SchemaVersion};
 use service_runtime::observability::REASK_REPUBLISHED;
 use service_runtime::outbox::{self, OutboxRow};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
+use time::OffsetDateTime;
 use tracing::info;
 
 use crate::batch::{OrderEvent, accounts_of, check_customers, orders_of, payments_named};
@@ -43,6 +44,8 @@ fn rejected(error: LedgerError) -> HandleError {
 pub struct OrderEvents {
     /// Balance a new account opens with.
     pub initial_credit_cents: i64,
+    /// The schema version answers are written as (`WRITE_SCHEMA_VERSION`).
+    pub writes: SchemaVersion,
 }
 
 impl EventHandler for OrderEvents {
@@ -80,7 +83,7 @@ impl EventHandler for OrderEvents {
         } else {
             db::open_and_lock_accounts(tx, &accounts, self.initial_credit_cents).await?
         };
-        let mut ledger = Ledger::new(claimed, accounts, payments);
+        let mut ledger = Ledger::new(claimed, accounts, payments, OffsetDateTime::now_utc());
         for event in events {
             ledger.apply(event).map_err(rejected)?;
         }
@@ -88,11 +91,13 @@ impl EventHandler for OrderEvents {
         let mut outgoing: Vec<OutboxRow> = settled
             .published
             .iter()
-            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, answer))
+            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, self.writes, answer))
             .collect();
         db::settle(tx, &settled.settlement, &outgoing).await?;
         if !settled.answered_again.is_empty() {
-            let again = outbox::enqueue_again(tx, PAYMENT_EVENTS, &settled.answered_again).await?;
+            let again =
+                outbox::enqueue_again(tx, PAYMENT_EVENTS, self.writes, &settled.answered_again)
+                    .await?;
             info!(
                 asked = settled.answered_again.len(),
                 queued = again.len(),

@@ -71,6 +71,8 @@ pub const REASK_EXAMINED: &str = "reask_examined_total";
 /// Events published again by a re-asking loop, by `job` (`reconciler`: order-service asking
 /// again; `answers`: payment-service answering a repeated question) and `event_type`.
 pub const REASK_REPUBLISHED: &str = "reask_republished_total";
+/// Orders expired unpaid at their payment deadline (order-service).
+pub const ORDERS_EXPIRED: &str = "orders_expired_total";
 /// Seconds from an order's creation to its final state, by `status` (order-service).
 pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
 

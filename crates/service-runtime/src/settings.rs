@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
+use events::SchemaVersion;
 
 use crate::http_server::HttpLimits;
 pub use crate::secret_url::SecretUrl;
@@ -158,6 +159,12 @@ pub struct CommonSettings {
     pub outbox_retention_hours: u64,
     #[command(flatten)]
     pub retention: RetentionSettings,
+    /// The `schema_version` this service writes its events as (SPEC §3.4): every reader of
+    /// them must read it. In a rolling upgrade, switch it only once every replica of every
+    /// reader runs a build that reads the new version; switch it back before rolling a
+    /// reader back. This build reads 1 and 2.
+    #[arg(long, env = "WRITE_SCHEMA_VERSION", default_value_t = SchemaVersion::WRITTEN_BY_DEFAULT)]
+    pub write_schema_version: SchemaVersion,
     /// Bearer token of the admin API (dead letters, deposits); unset or empty, those
     /// routes answer 404 (see [`admin_token`](Self::admin_token)).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]

@@ -113,10 +113,26 @@ pub struct Order {
     /// charged and nothing ever to be. Until then order-service keeps asking (SPEC §4.6).
     #[serde(with = "time::serde::rfc3339::option")]
     pub cancellation_confirmed_at: Option<OffsetDateTime>,
+    /// The payment deadline: still unpaid then, the order fails with `payment_expired`
+    /// (none for orders placed before deadlines existed).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub pay_by: Option<OffsetDateTime>,
+    /// When the order expired unpaid and its payment was cancelled (asked again until
+    /// payment-service confirms, like a user's cancellation).
+    #[serde(skip)]
+    pub expired_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+impl Order {
+    /// Whether payment-service was asked to cancel this order's payment: the user
+    /// cancelled it, or it expired unpaid. A charge of such an order is refunded.
+    pub fn cancellation_asked(&self) -> bool {
+        self.status == OrderStatus::Cancelled || self.expired_at.is_some()
+    }
 }
 
 /// What a payment outcome changed in an order.
@@ -212,8 +228,9 @@ impl PaymentOutcome {
     }
 
     /// Changes `order` as this outcome says: the state machine moves it; an order that
-    /// moved on records only a late payment (cancelled meanwhile: payment-service refunds
-    /// it), its refund, and the confirmation of its cancellation, once each.
+    /// moved on records only a late payment (cancelled or expired meanwhile:
+    /// payment-service refunds it), its refund, and the confirmation of its cancellation,
+    /// once each.
     pub fn apply(&self, order: &mut Order) -> Change {
         if let Transition::To(status) = transition(order.status, self.trigger) {
             order.status = status;
@@ -227,7 +244,7 @@ impl PaymentOutcome {
         let mut changed = match self.trigger {
             OrderTrigger::PaymentRefunded => record_once(&mut order.refunded_at, now),
             OrderTrigger::PaymentCompleted
-                if order.status == OrderStatus::Cancelled && order.payment_id.is_none() =>
+                if order.cancellation_asked() && order.payment_id.is_none() =>
             {
                 order.payment_id = self.payment_id;
                 true
@@ -238,7 +255,7 @@ impl PaymentOutcome {
             self.trigger,
             OrderTrigger::PaymentRefunded | OrderTrigger::PaymentCancelled
         );
-        if settles_cancellation && order.status == OrderStatus::Cancelled {
+        if settles_cancellation && order.cancellation_asked() {
             changed |= record_once(&mut order.cancellation_confirmed_at, now);
         }
         let change = if changed {
@@ -329,6 +346,8 @@ mod tests {
             failure_reason: None,
             refunded_at: None,
             cancellation_confirmed_at: None,
+            pay_by: None,
+            expired_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -411,6 +430,47 @@ mod tests {
         assert!(
             cancelled.cancellation_confirmed_at.is_some(),
             "a refund confirms the cancellation"
+        );
+    }
+
+    #[test]
+    fn an_expired_order_stays_failed_and_records_a_racing_charge_and_its_refund() {
+        let mut expired = order(OrderStatus::PaymentFailed);
+        expired.failure_reason = Some("payment_expired".into());
+        expired.expired_at = Some(OffsetDateTime::now_utc());
+        let payment_id = Uuid::now_v7();
+        let refunded = outcome(
+            &expired,
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id,
+                order_id: expired.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        );
+        assert_eq!(
+            completed(&expired, payment_id).apply(&mut expired),
+            Change::Details
+        );
+        assert_eq!(refunded.apply(&mut expired), Change::Details);
+        assert_eq!(expired.status, OrderStatus::PaymentFailed, "never paid");
+        assert_eq!(expired.payment_id, Some(payment_id));
+        assert!(expired.refunded_at.is_some());
+        assert!(expired.cancellation_confirmed_at.is_some());
+
+        let mut declined = order(OrderStatus::PaymentFailed);
+        let confirmed = outcome(
+            &declined,
+            Event::PaymentCancelled(PaymentCancelled {
+                order_id: declined.id,
+                customer_id: "alice".into(),
+            }),
+        );
+        assert_eq!(
+            confirmed.apply(&mut declined),
+            Change::Nothing,
+            "nobody asked to cancel an order that was declined"
         );
     }
 

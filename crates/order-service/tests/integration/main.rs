@@ -2,6 +2,7 @@
 //! (one link step): the order flows, forged outcomes, the service's plumbing, and TLS to
 //! both backends.
 
+mod deadline;
 mod flows;
 mod forged;
 mod orders;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use events::OrderItem;
+use events::{OrderItem, SchemaVersion};
 use order_service::domain::NewOrder;
-use order_service::placing::{PlaceError, Placed, Placing};
+use order_service::placing::{PlaceError, Placed, Placing, Terms};
 use service_runtime::outbox::RelayQueue;
 use sqlx::{Connection, Executor, PgConnection};
 use testkit::{TestContext, eventually};
@@ -13,6 +13,11 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::support::{eur, spawn};
+
+const TERMS: Terms = Terms {
+    payment_deadline: Duration::from_secs(900),
+    writes: SchemaVersion::NEWEST,
+};
 
 fn order(customer: &str, total_cents: i64) -> NewOrder {
     NewOrder {
@@ -97,7 +102,7 @@ async fn queue_behind_a_blocked_insert(
 async fn orders_placed_at_the_same_moment_share_one_statement() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1);
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, TERMS);
     let blocker = block_inserts(&app.database_url).await;
     let customers: Vec<String> = (0..10).map(|n| format!("customer-{n}")).collect();
     let (first, rest) = queue_behind_a_blocked_insert(
@@ -144,7 +149,7 @@ async fn orders_placed_at_the_same_moment_share_one_statement() {
 async fn an_order_postgres_refuses_fails_alone_and_the_rest_of_its_group_is_placed() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1);
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, TERMS);
     let blocker = block_inserts(&app.database_url).await;
     // A negative total passes no validation of the API; here it reaches Postgres, whose
     // CHECK refuses it and so the whole group's statement.

@@ -15,6 +15,7 @@ use events::{
     Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
     PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
 };
+use time::OffsetDateTime;
 use tracing::info;
 use uuid::Uuid;
 
@@ -78,15 +79,18 @@ pub struct Ledger {
     earlier_payments: HashMap<Uuid, Payment>,
     changed: BTreeSet<Uuid>,
     settled: Settled,
+    /// The time payment deadlines are measured against.
+    now: OffsetDateTime,
 }
 
 impl Ledger {
     /// Starts from the claimed saga states, the locked accounts and the earlier payments
-    /// the batch names ([`payments_named`](crate::batch::payments_named)).
+    /// the batch names ([`payments_named`](crate::batch::payments_named)), at `now`.
     pub fn new(
         states: HashMap<Uuid, Option<OrderPayment>>,
         accounts: Vec<Account>,
         earlier_payments: Vec<Payment>,
+        now: OffsetDateTime,
     ) -> Self {
         Self {
             states,
@@ -101,6 +105,7 @@ impl Ledger {
                 published: Vec::new(),
                 answered_again: Vec::new(),
             },
+            now,
         }
     }
 
@@ -111,7 +116,8 @@ impl Ledger {
         match event {
             OrderEvent::Created(cause, order) => {
                 let answered = decided.as_ref().is_some_and(|d| d.created_answer.is_some());
-                match on_order_created(state, answered) {
+                let expired = order.pay_by.is_some_and(|pay_by| pay_by <= self.now);
+                match on_order_created(state, answered, expired) {
                     OnOrderCreated::AnswerAgain => {
                         info!(order_id = %order.order_id, ?state, "order already answered; no second charge, the answer again");
                         self.answer_created_again(cause, order)
@@ -119,6 +125,12 @@ impl Ledger {
                     OnOrderCreated::DeclineAsCancelled => {
                         let cancelled = OrderPaymentState::Cancelled;
                         self.decline(cause, order, FailureReason::OrderCancelled, cancelled);
+                        Ok(())
+                    }
+                    OnOrderCreated::DeclineAsExpired => {
+                        info!(order_id = %order.order_id, pay_by = ?order.pay_by, "the payment deadline has passed; not charged");
+                        let declined = OrderPaymentState::Declined;
+                        self.decline(cause, order, FailureReason::PaymentExpired, declined);
                         Ok(())
                     }
                     OnOrderCreated::TryCharge => self.try_charge(cause, order),
@@ -422,6 +434,7 @@ mod tests {
                     }],
                     total_cents,
                     currency: Currency::parse(currency).expect("valid"),
+                    pay_by: None,
                 }),
             )
         }
@@ -483,7 +496,12 @@ mod tests {
             balance_cents: 1000,
             currency: Some("EUR".into()),
         };
-        let mut ledger = Ledger::new(unseen(&batch), vec![account], Vec::new());
+        let mut ledger = Ledger::new(
+            unseen(&batch),
+            vec![account],
+            Vec::new(),
+            OffsetDateTime::now_utc(),
+        );
         for event in batch {
             ledger.apply(event).expect("applies");
         }
@@ -552,7 +570,12 @@ mod tests {
     fn a_charge_needs_a_locked_account_and_events_of_other_streams_are_rejected() {
         let order = created("ann", "EUR", 700);
         let batch = events(&[&order]);
-        let mut ledger = Ledger::new(unseen(&batch), Vec::new(), Vec::new());
+        let mut ledger = Ledger::new(
+            unseen(&batch),
+            Vec::new(),
+            Vec::new(),
+            OffsetDateTime::now_utc(),
+        );
         assert!(matches!(
             ledger.apply(batch[0]),
             Err(LedgerError::AccountNotLocked(_))

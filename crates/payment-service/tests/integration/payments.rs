@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
-use events::{Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer};
+use events::{
+    Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, Producer,
+    SchemaVersion,
+};
 use serde_json::{Value, json};
 use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
 use uuid::Uuid;
@@ -28,6 +31,7 @@ pub(crate) fn created(customer: &str, total_cents: i64) -> Envelope {
             }],
             total_cents,
             currency: Currency::parse("EUR").expect("valid"),
+            pay_by: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
         }),
     )
 }
@@ -517,4 +521,57 @@ async fn a_question_asked_after_the_outbox_forgot_the_answer_gets_the_same_answe
     );
     assert_eq!(payments(&app, &paid).await[0]["status"], "COMPLETED");
     assert_eq!(payments(&app, &refunded).await[0]["status"], "REFUNDED");
+}
+
+/// SPEC §3.4: a version-2 `OrderCreated` carries its payment deadline, and nothing is
+/// charged after it (`PaymentFailed(payment_expired)`); a later cancellation of it is
+/// confirmed with nothing to refund. Version 1 has no deadline: such an order is charged.
+#[tokio::test]
+async fn nothing_is_charged_after_the_payment_deadline() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let mut late = created("gus", 700);
+    if let Event::OrderCreated(order) = &mut late.event {
+        order.pay_by = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
+    }
+    ctx.xadd(ORDER_EVENTS, &late.to_fields_as(SchemaVersion::V2))
+        .await;
+    let declined = wait_for_outcomes(&ctx, 1).await.remove(0);
+    let Event::PaymentFailed(failed) = &declined.event else {
+        panic!("not PaymentFailed: {declined:?}")
+    };
+    assert_eq!(failed.reason, FailureReason::PaymentExpired);
+    assert!(payments(&app, &late).await.is_empty());
+    assert_eq!(balance(&app, "gus").await, 100_000, "not charged");
+    let answers_version = ctx.entries(PAYMENT_EVENTS).await[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == "schema_version")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        answers_version.as_deref(),
+        Some("1"),
+        "answers are written as the default version"
+    );
+
+    ctx.xadd(ORDER_EVENTS, &cancelled(&late, "gus").to_fields())
+        .await;
+    let confirmed = wait_for_outcomes(&ctx, 2).await.remove(1);
+    assert!(
+        matches!(confirmed.event, Event::PaymentCancelled(_)),
+        "{confirmed:?}"
+    );
+
+    let mut undated = created("gus", 700);
+    if let Event::OrderCreated(order) = &mut undated.event {
+        order.pay_by = Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(1));
+    }
+    ctx.xadd(ORDER_EVENTS, &undated.to_fields_as(SchemaVersion::V1))
+        .await;
+    let charged = wait_for_outcomes(&ctx, 3).await.remove(2);
+    assert!(
+        matches!(charged.event, Event::PaymentCompleted(_)),
+        "version 1 carries no deadline: {charged:?}"
+    );
+    assert_eq!(balance(&app, "gus").await, 100_000 - 700);
 }

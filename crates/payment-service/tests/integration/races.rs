@@ -3,7 +3,9 @@
 //! concurrently. A cancelled order must end uncharged: never charged, or charged and
 //! refunded. And a batch charges one account in stream order.
 
-use events::{Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer};
+use events::{
+    Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer, SchemaVersion,
+};
 use payment_service::order_events::OrderEvents;
 use service_runtime::EventHandler;
 use sqlx::PgPool;
@@ -37,6 +39,7 @@ fn pair(customer: &str) -> (Envelope, Envelope) {
             }],
             total_cents: 700,
             currency: Currency::parse("EUR").expect("valid"),
+            pay_by: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)),
         }),
     );
     let cancelled = Envelope::new(
@@ -55,6 +58,7 @@ async fn apply_batch(pool: &PgPool, batch: &[&Envelope]) {
     let mut tx = pool.begin().await.expect("begins");
     OrderEvents {
         initial_credit_cents: CREDIT,
+        writes: SchemaVersion::NEWEST,
     }
     .handle(&mut tx, batch)
     .await

@@ -3,7 +3,10 @@
 //! question asked again after the upgrade gets the answer it got before (SPEC §4.9).
 
 use events::streams::PAYMENT_EVENTS;
-use events::{Currency, Envelope, Event, FailureReason, PaymentCancelled, PaymentFailed, Producer};
+use events::{
+    Currency, Envelope, Event, FailureReason, PaymentCancelled, PaymentFailed, Producer,
+    SchemaVersion,
+};
 use payment_service::db::MIGRATOR;
 use payment_service::order_events::OrderEvents;
 use service_runtime::EventHandler;
@@ -73,7 +76,7 @@ async fn an_upgraded_database_answers_again_what_it_answered_before() {
             reason: FailureReason::CurrencyMismatch,
         }),
     );
-    outbox::enqueue(&mut tx, PAYMENT_EVENTS, &answer)
+    outbox::enqueue(&mut tx, PAYMENT_EVENTS, SchemaVersion::NEWEST, &answer)
         .await
         .expect("the old answer");
     tx.commit().await.expect("commits");
@@ -107,6 +110,7 @@ async fn an_upgraded_database_answers_again_what_it_answered_before() {
     let mut tx = pool.begin().await.expect("begins");
     let rows = OrderEvents {
         initial_credit_cents: 0,
+        writes: SchemaVersion::NEWEST,
     }
     .handle(&mut tx, &asked.iter().collect::<Vec<_>>())
     .await

@@ -1,5 +1,5 @@
 //! Events written by a newer build than this one reads (a `schema_version` above
-//! [`SCHEMA_VERSION`], SPEC §3.4: a rolling upgrade under way). Such an event is not
+//! [`SchemaVersion::NEWEST`], SPEC §3.4: a rolling upgrade under way). Such an event is not
 //! applied, not counted as a failed delivery and never dead-lettered: it is parked in
 //! `{<stream>}:parked:<group>` ([`StreamKeys::parked`](crate::keys::StreamKeys::parked)),
 //! a hash by `event_id` holding the entry's id and fields, so however often it is
@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use events::SCHEMA_VERSION;
+use events::SchemaVersion;
 use events::fields::SCHEMA_VERSION as SCHEMA_VERSION_FIELD;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +92,7 @@ impl<H: EventHandler> Consumer<H> {
         };
         match written {
             Ok(()) => {
-                warn!(%event_id, schema_version = version, reads = SCHEMA_VERSION,
+                warn!(%event_id, schema_version = version, reads = SchemaVersion::NEWEST.get(),
                     "an event of a newer schema_version than this build reads; parked until a replica that reads it runs");
                 metrics::counter!(EVENTS_PARKED, "stream" => self.stream_key.clone(), "schema_version" => version.to_string())
                     .increment(1);
@@ -123,7 +123,10 @@ impl<H: EventHandler> Consumer<H> {
             let Ok(parked) = serde_json::from_str::<ParkedEntry>(&value) else {
                 continue;
             };
-            if parked.schema_version().is_some_and(|v| v <= SCHEMA_VERSION) {
+            if parked
+                .schema_version()
+                .is_some_and(|v| v <= SchemaVersion::NEWEST.get())
+            {
                 event_ids.push(event_id);
                 entries.push(parked.into_raw());
             }

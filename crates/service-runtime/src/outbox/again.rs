@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use events::{Envelope, EventType};
+use events::{Envelope, EventType, SchemaVersion};
 use sqlx::{PgConnection, QueryBuilder};
 use uuid::Uuid;
 
@@ -186,13 +186,14 @@ pub async fn republish(
 pub async fn enqueue_again(
     conn: &mut PgConnection,
     stream: &str,
+    version: SchemaVersion,
     envelopes: &[Envelope],
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let mut seen = HashSet::new();
     let rows: Vec<OutboxRow> = envelopes
         .iter()
         .filter(|e| seen.insert(e.event_id))
-        .map(|e| OutboxRow::new(stream, e))
+        .map(|e| OutboxRow::new(stream, version, e))
         .collect();
     if rows.is_empty() {
         return Ok(Vec::new());

@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use events::{Envelope, EventType};
+use events::{Envelope, EventType, SchemaVersion};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -91,9 +91,10 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// The row for `envelope` on the logical stream `stream`. An event without a
-    /// `traceparent` gets the current span's, so its consumer continues the trace.
-    pub fn new(stream: &str, envelope: &Envelope) -> Self {
+    /// The row for `envelope` on the logical stream `stream`, written as schema `version`
+    /// (the service's `WRITE_SCHEMA_VERSION`). An event without a `traceparent` gets the
+    /// current span's, so its consumer continues the trace.
+    pub fn new(stream: &str, version: SchemaVersion, envelope: &Envelope) -> Self {
         let mut envelope = envelope.clone();
         if envelope.traceparent.is_none() {
             envelope.traceparent = crate::telemetry::current_traceparent();
@@ -104,7 +105,7 @@ impl OutboxRow {
             event_type: envelope.event_type().as_str(),
             order_id: envelope.order_id,
             fields: envelope
-                .to_fields()
+                .to_fields_as(version)
                 .into_iter()
                 .flat_map(|(name, value)| [name.to_owned(), value])
                 .collect(),
@@ -167,26 +168,29 @@ impl OutboxRow {
     }
 }
 
-/// Adds `envelope` to the outbox, to be published on the logical stream `stream`.
+/// Adds `envelope` to the outbox, to be published on the logical stream `stream` as
+/// schema `version`.
 /// Call it on the transaction that makes the change the event describes, and hand the
 /// row it returns to the [`RelayQueue`] once that transaction committed. (A service may
 /// instead write the [`OutboxRow`] in the same statement as its change.)
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
+    version: SchemaVersion,
     envelope: &Envelope,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    enqueue_all(conn, stream, std::slice::from_ref(envelope)).await
+    enqueue_all(conn, stream, version, std::slice::from_ref(envelope)).await
 }
 
 /// Adds `envelopes` to the outbox in one statement, to be published on the logical stream
-/// `stream`, in the order given, and returns their rows for the [`RelayQueue`]. Call it on
+/// `stream` as schema `version`, in the order given, and returns their rows for the [`RelayQueue`]. Call it on
 /// the transaction that makes the changes the events describe. Each envelope should carry
 /// the trace context it continues.
 #[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
 pub async fn enqueue_all(
     conn: &mut PgConnection,
     stream: &str,
+    version: SchemaVersion,
     envelopes: &[Envelope],
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if envelopes.is_empty() {
@@ -194,7 +198,7 @@ pub async fn enqueue_all(
     }
     let rows: Vec<OutboxRow> = envelopes
         .iter()
-        .map(|e| OutboxRow::new(stream, e))
+        .map(|e| OutboxRow::new(stream, version, e))
         .collect();
     let mut query = QueryBuilder::new("WITH ");
     OutboxRow::push_queue_all(&rows.iter().collect::<Vec<_>>(), &mut query);
