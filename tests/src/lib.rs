@@ -72,11 +72,20 @@ pub async fn place_orders(base_url: &str, n: usize, concurrency: usize) -> Place
     all
 }
 
-/// `(id, order_id, customer_id, amount_cents, status)` of a payment.
-type PaymentRow = (Uuid, Uuid, String, i64, String);
-/// `(id, customer_id, total_cents, status, payment_id, cancellation confirmed)` of an
-/// order.
-type OrderRow = (Uuid, String, i64, String, Option<Uuid>, bool);
+/// `(id, order_id, customer_id, amount_cents, status, created at (Unix ms))` of a payment.
+type PaymentRow = (Uuid, Uuid, String, i64, String, i64);
+/// `(id, customer_id, total_cents, status, payment_id, cancellation confirmed, expired,
+/// pay_by (Unix ms))` of an order.
+type OrderRow = (
+    Uuid,
+    String,
+    i64,
+    String,
+    Option<Uuid>,
+    bool,
+    bool,
+    Option<i64>,
+);
 
 /// How the orders ended.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -88,10 +97,11 @@ pub struct Outcome {
 
 /// Waits (up to `timeout`) until the system is quiet and consistent, and fails with
 /// what was wrong last if it never is. The SPEC §4.8 invariants, checked against both
-/// databases: every order final, every cancellation confirmed by payment-service; at
-/// most one payment per order, a standing one exactly for each `PAID` order and for its
-/// total; each balance equal to the initial credit plus
-/// deposits less the totals of its `PAID` orders; no payment for an unknown order.
+/// databases: every order final, every cancellation confirmed by payment-service (a
+/// user's, or that of an order expired unpaid); at most one payment per order, a
+/// standing one exactly for each `PAID` order and for its total, and none made after its
+/// order's payment deadline; each balance equal to the initial credit plus deposits less
+/// the totals of its `PAID` orders; no payment for an unknown order.
 pub async fn assert_invariants(
     orders_db: &PgPool,
     payments_db: &PgPool,
@@ -108,16 +118,21 @@ pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Resul
     let db = |e: sqlx::Error| e.to_string();
     let orders: Vec<OrderRow> = sqlx::query_as(
         "SELECT id, customer_id, total_cents, status, payment_id,
-                    cancellation_confirmed_at IS NOT NULL FROM orders",
+                cancellation_confirmed_at IS NOT NULL, expired_at IS NOT NULL,
+                (extract(epoch FROM pay_by) * 1000)::bigint
+         FROM orders",
     )
     .fetch_all(orders_db)
     .await
     .map_err(db)?;
-    let payments: Vec<PaymentRow> =
-        sqlx::query_as("SELECT id, order_id, customer_id, amount_cents, status FROM payments")
-            .fetch_all(payments_db)
-            .await
-            .map_err(db)?;
+    let payments: Vec<PaymentRow> = sqlx::query_as(
+        "SELECT id, order_id, customer_id, amount_cents, status,
+                    (extract(epoch FROM created_at) * 1000)::bigint
+             FROM payments",
+    )
+    .fetch_all(payments_db)
+    .await
+    .map_err(db)?;
     let balances: HashMap<String, i64> =
         sqlx::query_as("SELECT customer_id, balance_cents FROM accounts")
             .fetch_all(payments_db)
@@ -150,12 +165,25 @@ pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Resul
 
     let mut outcome = Outcome::default();
     let mut spent: HashMap<&str, i64> = HashMap::new();
-    for (id, customer, total, status, payment_id, confirmed) in &orders {
+    for (id, customer, total, status, payment_id, confirmed, expired, pay_by) in &orders {
         let charges = payments_by_order.get(id).map_or(&[][..], Vec::as_slice);
         if charges.len() > 1 {
             return Err(format!("order {id} has {} payments", charges.len()));
         }
         let standing = charges.iter().find(|p| p.4 == "COMPLETED");
+        if let (Some(payment), Some(pay_by)) = (standing, pay_by)
+            && payment.5 > *pay_by
+        {
+            return Err(format!(
+                "order {id} was charged {} ms after its deadline, and the charge stands",
+                payment.5 - pay_by
+            ));
+        }
+        if *expired && !confirmed {
+            return Err(format!(
+                "the cancellation of expired order {id} is not confirmed by payment-service yet"
+            ));
+        }
         match (status.as_str(), standing) {
             ("PAID", Some(payment)) => {
                 if payment.3 != *total || Some(payment.0) != *payment_id {

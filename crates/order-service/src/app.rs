@@ -61,6 +61,7 @@ pub async fn start(
             after,
             Duration::from_millis(settings.pending_republish_max_ms),
         ),
+        writes,
     ));
     let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
         let reconciler = reconciler.clone();
@@ -88,7 +89,7 @@ pub async fn start(
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,
-        handler: PaymentEvents,
+        handler: PaymentEvents { writes },
         awaiting_answer: Some(orders::AWAITING_ANSWER),
     };
     service::start(infra, &settings.common, parts, shutdown).await

@@ -107,9 +107,9 @@ pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<
         .await
 }
 
-/// Writes back the status, payment id, failure reason, refund and confirmation times of
-/// `orders`
-/// (locked by [`lock_orders`]), in one statement. Returns them as stored.
+/// Writes back the status, payment id, failure reason, refund, confirmation and expiry
+/// times of `orders` (locked by [`lock_orders`]), in one statement. Returns them as
+/// stored.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::Result<Vec<Order>> {
     if orders.is_empty() {
@@ -119,10 +119,11 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
         "UPDATE orders o
          SET status = t.status, payment_id = t.payment_id, failure_reason = t.failure_reason,
              refunded_at = t.refunded_at, cancellation_confirmed_at = t.confirmed_at,
-             updated_at = now()
+             expired_at = t.expired_at, updated_at = now()
          FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
-                     $6::timestamptz[])
-              AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at)
+                     $6::timestamptz[], $7::timestamptz[])
+              AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at,
+                   expired_at)
          WHERE o.id = t.id
          RETURNING o.*",
     )
@@ -142,6 +143,7 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
             .map(|o| o.cancellation_confirmed_at)
             .collect::<Vec<_>>(),
     )
+    .bind(orders.iter().map(|o| o.expired_at).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }

@@ -90,7 +90,7 @@ pub async fn cancel_order(
 }
 
 /// The `OrderCancelled` of `order`, for `reason`.
-fn cancellation(order: &Order, reason: &str) -> Envelope {
+pub fn cancellation(order: &Order, reason: &str) -> Envelope {
     Envelope::new(
         Producer::OrderService,
         Event::OrderCancelled(OrderCancelled {
@@ -153,6 +153,8 @@ pub struct Reconciler {
     /// When to ask again.
     pub after: Duration,
     pub backoff_cap: Duration,
+    /// The schema version questions are asked again as, at most.
+    pub writes: SchemaVersion,
     /// Where the last round's two scans stopped.
     cursors: Mutex<(ScanFrom, ScanFrom)>,
 }
@@ -164,6 +166,7 @@ impl Reconciler {
         relay: RelayQueue,
         stream: String,
         (after, backoff_cap): (Duration, Duration),
+        writes: SchemaVersion,
     ) -> Self {
         Self {
             pool,
@@ -172,6 +175,7 @@ impl Reconciler {
             stream,
             after,
             backoff_cap,
+            writes,
             cursors: Mutex::default(),
         }
     }
@@ -207,6 +211,7 @@ impl Reconciler {
             &ids(&pending),
             Some(&[EventType::OrderCreated]),
             &reask,
+            self.writes,
         )
         .await?;
         rearmed.extend(
@@ -215,6 +220,7 @@ impl Reconciler {
                 &ids(&cancelled),
                 Some(&[EventType::OrderCancelled]),
                 &reask,
+                self.writes,
             )
             .await?,
         );

@@ -6,14 +6,19 @@
 //! in memory, and write the changed orders back (one statement). Racing events and
 //! cancellations on one order are serialised by the row lock.
 //!
+//! A charge decided after its order's deadline (by a reader of schema version 1, which
+//! does not know it) expires the order instead of paying it, and cancels the payment in
+//! the same transaction, so it is refunded (SPEC §3.4).
+//!
 //! An outcome that contradicts its order (another customer, amount or currency than the
 //! order's) is refused: payment-service never writes one, so it is forged or corrupted,
 //! and it is dead-lettered without changing the order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use events::Envelope;
-use service_runtime::outbox::OutboxRow;
+use events::streams::ORDER_EVENTS;
+use events::{Envelope, SchemaVersion};
+use service_runtime::outbox::{self, OutboxRow};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
 use tracing::info;
@@ -24,11 +29,15 @@ use crate::domain::{Change, Order, PaymentOutcome};
 use crate::orders;
 
 /// Applies `payment-events` to orders.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PaymentEvents;
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentEvents {
+    /// The schema version the cancellation of a late charge is written as.
+    pub writes: SchemaVersion,
+}
 
 impl EventHandler for PaymentEvents {
-    /// Payment outcomes only change orders; nothing is published in answer.
+    /// Payment outcomes change orders; only a charge after the deadline is answered, with
+    /// the cancellation of its payment.
     async fn handle(
         &self,
         tx: &mut PgConnection,
@@ -58,6 +67,7 @@ impl EventHandler for PaymentEvents {
             .collect();
         let mut changed = BTreeSet::new();
         let mut decided = BTreeSet::new();
+        let mut expired = Vec::new();
         for outcome in &outcomes {
             let Some(order) = orders.get_mut(&outcome.order_id) else {
                 info!(order_id = %outcome.order_id, "no such order; nothing to change");
@@ -75,6 +85,11 @@ impl EventHandler for PaymentEvents {
                 Change::Details => {
                     changed.insert(order.id);
                 }
+                Change::Expired => {
+                    changed.insert(order.id);
+                    decided.insert(order.id);
+                    expired.push(orders::cancellation(order, orders::EXPIRED_REASON));
+                }
             }
         }
         let changed: Vec<Order> = orders
@@ -86,6 +101,6 @@ impl EventHandler for PaymentEvents {
                 orders::record_time_to_final(&order);
             }
         }
-        Ok(Vec::new())
+        Ok(outbox::enqueue_all(tx, ORDER_EVENTS, self.writes, &expired).await?)
     }
 }

@@ -2,6 +2,12 @@
 //! are migration 1 of every service's database, and a service's own migrations follow
 //! it in one history (`_sqlx_migrations`). The runtime numbers its later migrations from
 //! 1001, a service numbers its own from 2 to 1000, so the two never collide.
+//!
+//! A build starts on a database that a newer build migrated further (migrations it does
+//! not know are ignored, not an error): a rollback of a rolling upgrade (SPEC §3.4) must
+//! be able to start. So a migration only ever adds (a nullable column, a table, an
+//! index) while a build that does not know it may still run; dropping what an older build
+//! uses waits for a later release.
 
 use sqlx::migrate::Migrator;
 
@@ -9,15 +15,18 @@ use sqlx::migrate::Migrator;
 pub static RUNTIME_MIGRATOR: Migrator = sqlx::migrate!("../../migrations/runtime");
 
 /// One migrator for a service's database: the runtime's migrations and `service`'s
-/// (numbered 2 to 1000), in version order.
+/// (numbered 2 to 1000), in version order; migrations applied by a newer build are
+/// ignored.
 pub fn with_runtime(service: &Migrator) -> Migrator {
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         RUNTIME_MIGRATOR
             .iter()
             .chain(service.iter())
             .cloned()
             .collect(),
-    )
+    );
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 #[cfg(test)]

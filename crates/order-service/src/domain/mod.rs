@@ -143,6 +143,9 @@ pub enum Change {
     Status,
     /// Only its payment id or refund time.
     Details,
+    /// It expired: charged after its payment deadline, the order fails with
+    /// `payment_expired`, and its payment is to be cancelled (refunded).
+    Expired,
 }
 
 /// A payment outcome (an event of `payment-events`), as it concerns an order.
@@ -157,6 +160,8 @@ pub struct PaymentOutcome {
     /// The amount and currency it says it charged, declined or refunded (none for
     /// `PaymentCancelled`, which moves no money).
     amount: Option<(i64, Currency)>,
+    /// When payment-service decided it.
+    decided_at: OffsetDateTime,
 }
 
 impl PaymentOutcome {
@@ -200,6 +205,7 @@ impl PaymentOutcome {
             failure_reason,
             customer_id: customer_id.clone(),
             amount,
+            decided_at: envelope.occurred_at,
         })
     }
 
@@ -230,8 +236,20 @@ impl PaymentOutcome {
     /// Changes `order` as this outcome says: the state machine moves it; an order that
     /// moved on records only a late payment (cancelled or expired meanwhile:
     /// payment-service refunds it), its refund, and the confirmation of its cancellation,
-    /// once each.
+    /// once each. A charge decided after the order's deadline never pays it (a reader of
+    /// schema version 1 does not know the deadline): the order expires instead.
     pub fn apply(&self, order: &mut Order) -> Change {
+        let late = order.pay_by.is_some_and(|pay_by| self.decided_at > pay_by);
+        if self.trigger == OrderTrigger::PaymentCompleted
+            && order.status == OrderStatus::Pending
+            && late
+        {
+            order.status = OrderStatus::PaymentFailed;
+            order.failure_reason = Some(events::FailureReason::PaymentExpired.to_string());
+            order.payment_id = self.payment_id;
+            order.expired_at = Some(OffsetDateTime::now_utc());
+            return Change::Expired;
+        }
         if let Transition::To(status) = transition(order.status, self.trigger) {
             order.status = status;
             order.payment_id = self.payment_id.or(order.payment_id);
@@ -472,6 +490,29 @@ mod tests {
             Change::Nothing,
             "nobody asked to cancel an order that was declined"
         );
+    }
+
+    #[test]
+    fn a_charge_decided_after_the_deadline_expires_the_order_instead_of_paying_it() {
+        let mut order_in_time = order(OrderStatus::Pending);
+        order_in_time.pay_by = Some(OffsetDateTime::now_utc() + time::Duration::minutes(1));
+        assert_eq!(
+            completed(&order_in_time, Uuid::now_v7()).apply(&mut order_in_time),
+            Change::Status
+        );
+        assert_eq!(order_in_time.status, OrderStatus::Paid);
+
+        let mut late = order(OrderStatus::Pending);
+        late.pay_by = Some(OffsetDateTime::now_utc() - time::Duration::seconds(1));
+        let payment_id = Uuid::now_v7();
+        assert_eq!(
+            completed(&late, payment_id).apply(&mut late),
+            Change::Expired
+        );
+        assert_eq!(late.status, OrderStatus::PaymentFailed);
+        assert_eq!(late.failure_reason.as_deref(), Some("payment_expired"));
+        assert_eq!(late.payment_id, Some(payment_id), "the charge to refund");
+        assert!(late.cancellation_asked());
     }
 
     #[test]

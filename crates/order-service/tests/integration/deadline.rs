@@ -157,3 +157,46 @@ async fn an_order_unpaid_at_its_deadline_fails_expired_and_its_payment_is_cancel
     }
     assert_eq!(events_of(&ctx, id).await.len(), asked);
 }
+
+/// A charge decided after the deadline (by a payment-service reading schema version 1,
+/// which does not carry it) never pays the order: it expires, and its payment is
+/// cancelled, so the charge is refunded.
+#[tokio::test]
+async fn a_charge_decided_after_the_deadline_does_not_pay_the_order() {
+    let ctx = TestContext::new();
+    let app = spawn_with(&ctx, &["--payment-deadline-ms", "60000"]).await;
+    let (order, id) = place(&app, &alice_order()).await;
+    let pay_by = order["pay_by"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .expect("a deadline");
+    let mut late = completed(id, Uuid::now_v7(), 2800);
+    late.occurred_at = pay_by + time::Duration::milliseconds(1);
+    publish(&ctx, &late).await;
+    let expired = order_when(&app, id, "the order to expire", |o| {
+        o["status"] != "PENDING"
+    })
+    .await;
+    assert_eq!(
+        (&expired["status"], &expired["failure_reason"]),
+        (
+            &Value::from("PAYMENT_FAILED"),
+            &Value::from("payment_expired")
+        )
+    );
+    testkit::eventually(
+        "the late charge's cancellation",
+        Duration::from_secs(5),
+        || async {
+            let events = events_of(&ctx, id).await;
+            if events.iter().any(
+                |(_, e)| matches!(e, Event::OrderCancelled(c) if c.reason == "payment_expired"),
+            ) {
+                Ok(())
+            } else {
+                Err(format!("{events:?}"))
+            }
+        },
+    )
+    .await;
+}

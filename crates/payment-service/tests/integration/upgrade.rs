@@ -140,3 +140,26 @@ async fn an_upgraded_database_answers_again_what_it_answered_before() {
         })
     );
 }
+
+/// SPEC §3.4, a rollback: a build starts on a database that a newer build migrated
+/// further, the newer migration unknown to it.
+#[tokio::test]
+async fn a_build_starts_on_a_database_a_newer_build_migrated_further() {
+    let ctx = TestContext::new();
+    let pool = PgPool::connect(&ctx.database().await)
+        .await
+        .expect("connects");
+    let newer = sqlx::migrate::Migration::new(
+        999,
+        "a column of a newer build".into(),
+        sqlx::migrate::MigrationType::Simple,
+        sqlx::SqlStr::from_static("ALTER TABLE accounts ADD COLUMN from_a_newer_build INT"),
+        false,
+    );
+    let newer_build = Migrator::with_migrations(MIGRATOR.iter().cloned().chain([newer]).collect());
+    newer_build
+        .run(&pool)
+        .await
+        .expect("the newer build's schema");
+    MIGRATOR.run(&pool).await.expect("this build starts on it");
+}

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use events::{Envelope, EventType, SchemaVersion};
 use sqlx::{PgConnection, QueryBuilder};
+use tracing::warn;
 use uuid::Uuid;
 
-use super::OutboxRow;
+use super::{OutboxRow, flat_fields};
 
 /// When an event may be published again (SPEC §4.9: re-asking is bounded whatever the
 /// outage).
@@ -112,7 +113,8 @@ fn entry_ms(id: &str) -> u64 {
 
 /// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
 /// waiting for the relay that are due by `reask`: all of them, or only those of
-/// `event_types`. Returns their rows, oldest first, for the [`RelayQueue`](super::RelayQueue) once the
+/// `event_types`, each as schema `writes` at most ([`written_as`]). Returns their rows,
+/// oldest first, for the [`RelayQueue`](super::RelayQueue) once the
 /// transaction committed. A consumer's inbox absorbs the repeat; a producer uses this to
 /// repair a broker that lost an event, or to answer a question asked again (SPEC §4.6).
 ///
@@ -127,6 +129,7 @@ pub async fn republish(
     order_ids: &[Uuid],
     event_types: Option<&[EventType]>,
     reask: &Reask,
+    writes: SchemaVersion,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
@@ -170,16 +173,52 @@ pub async fn republish(
     .bind(reask.backoff_cap.as_secs_f64())
     .bind(queued_after)
     .bind(queued_until)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    rearmed.iter().map(OutboxRow::from_row).collect()
+    let rows = rearmed
+        .iter()
+        .map(OutboxRow::from_row)
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    written_as(conn, rows, writes).await
+}
+
+/// `rows` to publish again, each as schema `writes` at most (SPEC §3.4: a rollback). A row
+/// stored as a newer version (committed before the service's `WRITE_SCHEMA_VERSION` was
+/// switched back) is rewritten as `writes`, in the table too, so that a reader rolled
+/// back to a build that reads only `writes` can read its repeats; the rest go as they
+/// were committed, byte for byte. Rare, so one statement per row rewritten.
+async fn written_as(
+    conn: &mut PgConnection,
+    mut rows: Vec<OutboxRow>,
+    writes: SchemaVersion,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    for row in &mut rows {
+        if row.schema_version().is_none_or(|v| v <= writes.get()) {
+            continue;
+        }
+        match row.envelope() {
+            Ok(envelope) => {
+                row.fields = flat_fields(&envelope, writes);
+                sqlx::query("UPDATE outbox SET fields = $2 WHERE event_id = $1")
+                    .bind(row.event_id)
+                    .bind(&row.fields)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            // Written by a build newer than this one (rolled back since): it goes as it is.
+            Err(e) => warn!(event_id = %row.event_id, error = %e,
+                "an outbox row of a version this build cannot rewrite; published as stored"),
+        }
+    }
+    Ok(rows)
 }
 
 /// Publishes again `envelopes`, answers a service rebuilt from its own record of what it
 /// did, with the `event_id`s they were first published under (SPEC §4.6, §4.9): so a
 /// question asked again is answered whatever the outbox's retention. Where the outbox
-/// still holds an event, that row goes out again as it was committed, byte for byte;
-/// where the sweeper deleted it, the rebuilt one takes its place. An event already waiting
+/// still holds an event, that row goes out again as it was committed, byte for byte (or
+/// rewritten as `version` if it was committed as a newer one: [`written_as`]); where the
+/// sweeper deleted it, the rebuilt one takes its place. An event already waiting
 /// for the relay is not queued twice. Returns the rows queued, in the order given, for
 /// the [`RelayQueue`](super::RelayQueue) once the transaction committed.
 #[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
@@ -212,13 +251,14 @@ pub async fn enqueue_again(
      SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields
      FROM stored s JOIN queued USING (event_id)",
     );
-    let mut queued = query
+    let queued = query
         .build()
-        .fetch_all(conn)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(OutboxRow::from_row)
         .collect::<sqlx::Result<Vec<_>>>()?;
+    let mut queued = written_as(conn, queued, version).await?;
     let position: HashMap<Uuid, usize> = rows
         .iter()
         .enumerate()

@@ -104,12 +104,25 @@ impl OutboxRow {
             stream: stream.to_owned(),
             event_type: envelope.event_type().as_str(),
             order_id: envelope.order_id,
-            fields: envelope
-                .to_fields_as(version)
-                .into_iter()
-                .flat_map(|(name, value)| [name.to_owned(), value])
-                .collect(),
+            fields: flat_fields(&envelope, version),
         }
+    }
+
+    /// The `schema_version` the row's event is written as.
+    pub fn schema_version(&self) -> Option<u32> {
+        self.fields
+            .chunks(2)
+            .find(|pair| pair[0] == events::fields::SCHEMA_VERSION)
+            .and_then(|pair| pair.get(1)?.parse().ok())
+    }
+
+    /// The event the row holds, read as a consumer would.
+    pub fn envelope(&self) -> Result<Envelope, events::DecodeError> {
+        Envelope::from_fields(
+            self.fields
+                .chunks(2)
+                .map(|pair| (pair[0].as_str(), pair.get(1).map_or("", String::as_str))),
+        )
     }
 
     /// Appends the two common table expressions that queue `rows`, in the order given:
@@ -166,6 +179,15 @@ impl OutboxRow {
             fields: row.try_get("fields")?,
         })
     }
+}
+
+/// `envelope`'s stream entry fields as schema `version`: name, value, name, value...
+fn flat_fields(envelope: &Envelope, version: SchemaVersion) -> Vec<String> {
+    envelope
+        .to_fields_as(version)
+        .into_iter()
+        .flat_map(|(name, value)| [name.to_owned(), value])
+        .collect()
 }
 
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream` as

@@ -657,6 +657,72 @@ async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() 
     );
 }
 
+/// SPEC §3.4, a rollback: an event committed as version 2 and asked again after the
+/// service was switched back to writing version 1 goes out as version 1 (its `pay_by`
+/// dropped, as version 1 has none), so a reader rolled back to a build of version 1 reads
+/// it; the same event, same `event_id`.
+#[tokio::test]
+async fn a_row_of_a_newer_version_is_asked_again_as_the_version_written_now() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let question = event();
+    enqueue(&pool, &question).await;
+    let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
+    assert_eq!(relay.relay_once().await.expect("relays"), 1);
+
+    let mut tx = pool.begin().await.expect("begins");
+    let again = outbox::republish(
+        &mut tx,
+        &[question.order_id],
+        None,
+        &Reask::every(Duration::ZERO),
+        SchemaVersion::V1,
+    )
+    .await
+    .expect("re-arms");
+    tx.commit().await.expect("commits");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].schema_version(), Some(1));
+    assert_eq!(relay.relay_once().await.expect("relays"), 1);
+
+    let sent: Vec<(u32, Envelope)> = ctx
+        .entries(STREAM)
+        .await
+        .into_iter()
+        .map(|(_, fields)| {
+            let version = fields
+                .iter()
+                .find(|(k, _)| k == "schema_version")
+                .and_then(|(_, v)| v.parse().ok())
+                .expect("a version");
+            let envelope =
+                Envelope::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+                    .expect("decodes");
+            (version, envelope)
+        })
+        .collect();
+    assert_eq!(
+        sent.iter()
+            .map(|(v, e)| (*v, e.event_id))
+            .collect::<Vec<_>>(),
+        [(2, question.event_id), (1, question.event_id)]
+    );
+    let Event::OrderCreated(repeat) = &sent[1].1.event else {
+        panic!("an OrderCreated");
+    };
+    assert_eq!(repeat.pay_by, None, "version 1 has no deadline");
+    let stored: Vec<String> = sqlx::query_scalar("SELECT fields FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .expect("the row");
+    assert!(
+        stored
+            .windows(2)
+            .any(|p| p[0] == "schema_version" && p[1] == "1"),
+        "rewritten in the table, for the relay's poll: {stored:?}"
+    );
+}
+
 #[tokio::test]
 async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_relay() {
     let ctx = TestContext::new();
@@ -669,12 +735,24 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
     let orders = [published.order_id, waiting.order_id];
 
     let mut tx = pool.begin().await.expect("begins");
-    let rearmed = outbox::republish(&mut tx, &orders, None, &Reask::every(Duration::ZERO))
-        .await
-        .expect("re-arms");
-    let again = outbox::republish(&mut tx, &orders, None, &Reask::every(Duration::ZERO))
-        .await
-        .expect("re-arms");
+    let rearmed = outbox::republish(
+        &mut tx,
+        &orders,
+        None,
+        &Reask::every(Duration::ZERO),
+        SchemaVersion::NEWEST,
+    )
+    .await
+    .expect("re-arms");
+    let again = outbox::republish(
+        &mut tx,
+        &orders,
+        None,
+        &Reask::every(Duration::ZERO),
+        SchemaVersion::NEWEST,
+    )
+    .await
+    .expect("re-arms");
     tx.commit().await.expect("commits");
     let ids = |rows: &[OutboxRow]| rows.iter().map(|r| r.event_id).collect::<Vec<_>>();
     assert_eq!(
@@ -691,6 +769,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
         &orders,
         None,
         &Reask::every(Duration::from_secs(3600)),
+        SchemaVersion::NEWEST,
     )
     .await
     .expect("re-arms");
@@ -729,6 +808,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
             &orders,
             None,
             &Reask::every(Duration::from_secs(3600)),
+            SchemaVersion::NEWEST,
         )
         .await
         .expect("re-arms");
@@ -786,9 +866,15 @@ async fn a_question_waits_while_its_copy_is_queued_and_backs_off_once_delivered(
         let pool = pool.clone();
         async move {
             let mut tx = pool.begin().await.expect("begins");
-            let rows = outbox::republish(&mut tx, &[question.order_id], None, &reask)
-                .await
-                .expect("re-arms");
+            let rows = outbox::republish(
+                &mut tx,
+                &[question.order_id],
+                None,
+                &reask,
+                SchemaVersion::NEWEST,
+            )
+            .await
+            .expect("re-arms");
             tx.commit().await.expect("commits");
             sqlx::query("DELETE FROM outbox_pending")
                 .execute(&pool)
