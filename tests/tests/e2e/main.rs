@@ -3,6 +3,7 @@
 
 mod chaos;
 mod cluster;
+mod deadline;
 mod flows;
 mod gray_failures;
 mod happy_path;
