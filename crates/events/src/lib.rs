@@ -13,6 +13,7 @@
 //! consumers built before it.
 
 mod checks;
+pub mod contract;
 mod envelope;
 pub mod limits;
 mod money;

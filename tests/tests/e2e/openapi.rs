@@ -128,3 +128,29 @@ async fn payment_service_documents_exactly_its_routes() {
     assert_eq!(operations(&doc), want);
     every_operation_answers_as_documented(&app, &doc).await;
 }
+
+/// SPEC §3.4: each service serves the event contract, the AsyncAPI document committed in
+/// the `events` crate, at `GET /asyncapi.json`.
+#[tokio::test]
+async fn both_services_serve_the_event_contract() {
+    let ctx = TestContext::new();
+    let orders = ctx.spawn("order-service", &[], order_service::start).await;
+    let payments = ctx
+        .spawn("payment-service", &[], payment_service::start)
+        .await;
+    let committed: Value =
+        serde_json::from_str(events::contract::ASYNCAPI_JSON).expect("the committed document");
+    for app in [&orders, &payments] {
+        let (status, served) = app.get_json("/asyncapi.json").await;
+        assert_eq!(status, 200);
+        assert_eq!(served, committed);
+        assert_eq!(served["asyncapi"], "3.0.0");
+        let channels: BTreeSet<&str> = served["channels"]
+            .as_object()
+            .expect("channels")
+            .values()
+            .filter_map(|c| c["address"].as_str())
+            .collect();
+        assert_eq!(channels, BTreeSet::from(["order-events", "payment-events"]));
+    }
+}

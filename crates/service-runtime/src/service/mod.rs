@@ -168,6 +168,7 @@ pub async fn start<H: EventHandler>(
             "/openapi.json",
             get(move || async move { axum::Json(openapi.as_ref().clone()) }),
         )
+        .route("/asyncapi.json", get(asyncapi))
         .fallback(problem::route_not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn_with_state(
@@ -262,4 +263,13 @@ impl RunningService {
             None => Ok(()),
         }
     }
+}
+
+/// `GET /asyncapi.json`: the event contract both services share (SPEC §3.4), as
+/// committed in the `events` crate.
+async fn asyncapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        events::contract::ASYNCAPI_JSON,
+    )
 }
