@@ -1,16 +1,23 @@
--- The payment deadline (SPEC §3.4, schema_version 2): an order not paid by `pay_by` is
--- expired: moved to PAYMENT_FAILED (payment_expired) and its payment cancelled, so a
--- charge that raced the deadline is refunded. Orders placed before have no deadline.
-ALTER TABLE orders ADD COLUMN pay_by TIMESTAMPTZ;
--- When order-service expired the order and asked payment-service to cancel its payment;
--- like a user's cancellation, it is asked again until payment-service confirms it.
-ALTER TABLE orders ADD COLUMN expired_at TIMESTAMPTZ;
+-- The payment deadline (SPEC §3.4, schema_version 2): an order not paid by `pay_by`
+-- expires: PAYMENT_FAILED (payment_expired), and its payment is cancelled, so a charge that
+-- raced the deadline is refunded. Orders placed before have no row here: no deadline.
+--
+-- A table of its own, not columns of `orders`: replicas of the previous release, still
+-- running during a rolling upgrade, read orders with `SELECT *` from prepared statements,
+-- and a column added under them breaks every one of those ("cached plan must not change
+-- result type") until they restart.
+CREATE TABLE order_deadlines (
+    order_id UUID        PRIMARY KEY,
+    pay_by   TIMESTAMPTZ NOT NULL,
+    -- The expirer saw the deadline pass (and expired the order if it was still PENDING):
+    -- the index below holds only deadlines still to come, so it stays small.
+    passed   BOOLEAN     NOT NULL DEFAULT false
+);
+CREATE INDEX order_deadlines_due ON order_deadlines (pay_by) WHERE NOT passed;
 
--- The expirer's scan: unpaid orders by deadline.
-CREATE INDEX orders_pay_by ON orders (pay_by) WHERE status = 'PENDING' AND pay_by IS NOT NULL;
-
--- The reconciler's scan of cancellations waiting for their answer now includes those of
--- expired orders.
+-- The reconciler's scan of cancellations waiting for their answer includes those of
+-- expired orders, whose payment is cancelled too.
 DROP INDEX orders_unconfirmed_cancellation;
 CREATE INDEX orders_unconfirmed_cancellation ON orders (updated_at)
-    WHERE (status = 'CANCELLED' OR expired_at IS NOT NULL) AND cancellation_confirmed_at IS NULL;
+    WHERE (status = 'CANCELLED' OR failure_reason = 'payment_expired')
+      AND cancellation_confirmed_at IS NULL;

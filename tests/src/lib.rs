@@ -117,10 +117,11 @@ pub async fn assert_invariants(
 pub async fn check_invariants(orders_db: &PgPool, payments_db: &PgPool) -> Result<Outcome, String> {
     let db = |e: sqlx::Error| e.to_string();
     let orders: Vec<OrderRow> = sqlx::query_as(
-        "SELECT id, customer_id, total_cents, status, payment_id,
-                cancellation_confirmed_at IS NOT NULL, expired_at IS NOT NULL,
-                (extract(epoch FROM pay_by) * 1000)::bigint
-         FROM orders",
+        "SELECT o.id, o.customer_id, o.total_cents, o.status, o.payment_id,
+                o.cancellation_confirmed_at IS NOT NULL,
+                COALESCE(o.failure_reason = 'payment_expired', false),
+                (extract(epoch FROM d.pay_by) * 1000)::bigint
+         FROM orders o LEFT JOIN order_deadlines d ON d.order_id = o.id",
     )
     .fetch_all(orders_db)
     .await

@@ -19,6 +19,19 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     service_runtime::schema::with_runtime(&sqlx::migrate!("../../migrations/order"))
 });
 
+/// The columns of an order with its deadline, as [`Order`] reads them, from `orders o
+/// LEFT JOIN order_deadlines d`. Named, never `*`: a column that a later release adds
+/// must not change what this release's prepared statements return, or a replica of it
+/// still running during the rolling upgrade fails on every one ("cached plan must not
+/// change result type").
+macro_rules! order_columns {
+    () => {
+        "o.id, o.customer_id, o.items, o.total_cents, o.currency, o.status, o.payment_id,
+         o.failure_reason, o.refunded_at, o.cancellation_confirmed_at, o.created_at,
+         o.updated_at, d.pay_by"
+    };
+}
+
 /// An order to insert, and its `OrderCreated` outbox row.
 #[derive(Debug, Clone, Copy)]
 pub struct NewOrderRow<'a> {
@@ -29,17 +42,16 @@ pub struct NewOrderRow<'a> {
     pub event: &'a OutboxRow,
 }
 
-/// Inserts new `PENDING` orders together with their `OrderCreated` outbox rows, in one
-/// statement: all or none, without a transaction's extra round trips. Returns the orders
-/// as stored, in the order given.
+/// Inserts new `PENDING` orders together with their deadlines and `OrderCreated` outbox
+/// rows, in one statement: all or none, without a transaction's extra round trips.
+/// Returns the orders as stored, in the order given.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn insert_orders_with_events<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     orders: &[NewOrderRow<'_>],
 ) -> sqlx::Result<Vec<Order>> {
     let mut query = QueryBuilder::new(
-        "WITH placed AS (
-             INSERT INTO orders (id, customer_id, items, total_cents, currency, pay_by)
+        "WITH given AS (
              SELECT * FROM unnest(",
     );
     query
@@ -74,10 +86,25 @@ pub async fn insert_orders_with_events<'c>(
         )
         .push("::text[], ")
         .push_bind(orders.iter().map(|o| o.pay_by).collect::<Vec<_>>())
-        .push("::timestamptz[]) RETURNING *), ");
+        .push(
+            "::timestamptz[]) AS g(id, customer_id, items, total_cents, currency, pay_by)
+             ), o AS (
+                 INSERT INTO orders (id, customer_id, items, total_cents, currency)
+                 SELECT id, customer_id, items, total_cents, currency FROM given
+                 RETURNING *
+             ), d AS (
+                 INSERT INTO order_deadlines (order_id, pay_by)
+                 SELECT id, pay_by FROM given
+                 RETURNING order_id, pay_by
+             ), ",
+        );
     let events: Vec<&OutboxRow> = orders.iter().map(|o| o.event).collect();
     OutboxRow::push_queue_all(&events, &mut query);
-    query.push(" SELECT * FROM placed");
+    query.push(concat!(
+        " SELECT ",
+        order_columns!(),
+        " FROM o JOIN d ON d.order_id = o.id"
+    ));
     let mut placed: Vec<Order> = query.build_query_as().fetch_all(conn).await?;
     let position = |order: &Order| orders.iter().position(|o| o.id == order.id);
     placed.sort_by_key(position);
@@ -90,10 +117,14 @@ pub async fn find_order<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     id: Uuid,
 ) -> sqlx::Result<Option<Order>> {
-    sqlx::query_as("SELECT * FROM orders WHERE id = $1")
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders o LEFT JOIN order_deadlines d ON d.order_id = o.id WHERE o.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// The orders with these ids that exist, locked until the transaction ends (in id
@@ -101,32 +132,40 @@ pub async fn find_order<'c>(
 /// serialised by the database.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = ids.len()))]
 pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as("SELECT * FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders o LEFT JOIN order_deadlines d ON d.order_id = o.id
+         WHERE o.id = ANY($1) ORDER BY o.id FOR UPDATE OF o"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
 }
 
-/// Writes back the status, payment id, failure reason, refund, confirmation and expiry
-/// times of `orders` (locked by [`lock_orders`]), in one statement. Returns them as
-/// stored.
+/// Writes back the status, payment id, failure reason, refund and confirmation times of
+/// `orders` (locked by [`lock_orders`]), in one statement. Returns them as stored.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::Result<Vec<Order>> {
     if orders.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
-        "UPDATE orders o
-         SET status = t.status, payment_id = t.payment_id, failure_reason = t.failure_reason,
-             refunded_at = t.refunded_at, cancellation_confirmed_at = t.confirmed_at,
-             expired_at = t.expired_at, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
-                     $6::timestamptz[], $7::timestamptz[])
-              AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at,
-                   expired_at)
-         WHERE o.id = t.id
-         RETURNING o.*",
-    )
+    sqlx::query_as(concat!(
+        "WITH o AS (
+             UPDATE orders o
+             SET status = t.status, payment_id = t.payment_id,
+                 failure_reason = t.failure_reason, refunded_at = t.refunded_at,
+                 cancellation_confirmed_at = t.confirmed_at, updated_at = now()
+             FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[])
+                  AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at)
+             WHERE o.id = t.id
+             RETURNING o.*
+         )
+         SELECT ",
+        order_columns!(),
+        " FROM o LEFT JOIN order_deadlines d ON d.order_id = o.id"
+    ))
     .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
     .bind(orders.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
     .bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
@@ -143,7 +182,6 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
             .map(|o| o.cancellation_confirmed_at)
             .collect::<Vec<_>>(),
     )
-    .bind(orders.iter().map(|o| o.expired_at).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
 }
@@ -157,12 +195,17 @@ pub async fn set_status(
     payment_id: Option<Uuid>,
     failure_reason: Option<&str>,
 ) -> sqlx::Result<Order> {
-    sqlx::query_as(
-        "UPDATE orders SET status = $2, payment_id = COALESCE($3, payment_id),
-                failure_reason = COALESCE($4, failure_reason), updated_at = now()
-         WHERE id = $1
-         RETURNING *",
-    )
+    sqlx::query_as(concat!(
+        "WITH o AS (
+             UPDATE orders SET status = $2, payment_id = COALESCE($3, payment_id),
+                    failure_reason = COALESCE($4, failure_reason), updated_at = now()
+             WHERE id = $1
+             RETURNING *
+         )
+         SELECT ",
+        order_columns!(),
+        " FROM o LEFT JOIN order_deadlines d ON d.order_id = o.id"
+    ))
     .bind(id)
     .bind(status.as_str())
     .bind(payment_id)
@@ -184,14 +227,16 @@ pub struct OrderFilter {
 /// Orders matching `filter`, oldest first.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_orders(pool: &PgPool, filter: &OrderFilter) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as(
-        "SELECT * FROM orders
-         WHERE ($1::text IS NULL OR customer_id = $1)
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::uuid IS NULL OR id > $3)
-         ORDER BY id
-         LIMIT $4",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders o LEFT JOIN order_deadlines d ON d.order_id = o.id
+         WHERE ($1::text IS NULL OR o.customer_id = $1)
+           AND ($2::text IS NULL OR o.status = $2)
+           AND ($3::uuid IS NULL OR o.id > $3)
+         ORDER BY o.id
+         LIMIT $4"
+    ))
     .bind(filter.customer_id.as_deref())
     .bind(filter.status.map(OrderStatus::as_str))
     .bind(filter.after)
@@ -264,7 +309,7 @@ pub async fn unconfirmed_cancellations(
     let (from_time, from_id) = from.unzip();
     sqlx::query_as(
         "SELECT updated_at, id FROM orders
-         WHERE (status = 'CANCELLED' OR expired_at IS NOT NULL)
+         WHERE (status = 'CANCELLED' OR failure_reason = 'payment_expired')
            AND cancellation_confirmed_at IS NULL
            AND updated_at < now() - make_interval(secs => $1)
            AND ($2::timestamptz IS NULL OR (updated_at, id) > ($2, $3))
@@ -305,23 +350,34 @@ pub async fn stale_pending_orders(
 }
 
 /// Expires up to `limit` orders still `PENDING` whose payment deadline has passed (SPEC
-/// §5.1): `PAYMENT_FAILED` with `payment_expired`, `expired_at` now; orders locked by a
-/// transaction (a payment outcome being applied) are left to the next round. Returns them
-/// as stored.
+/// §5.1): `PAYMENT_FAILED` with `payment_expired`. Every deadline that passed is marked
+/// so (the expirer's index holds only those to come); one whose order or deadline row is
+/// locked by a transaction (a payment outcome being applied) is left to the next round.
+/// Returns the orders expired, as stored.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn expire_unpaid(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Order>> {
-    sqlx::query_as(
-        "UPDATE orders
-         SET status = 'PAYMENT_FAILED', failure_reason = 'payment_expired',
-             expired_at = now(), updated_at = now()
-         WHERE id = ANY(ARRAY(
-             SELECT id FROM orders
-             WHERE status = 'PENDING' AND pay_by IS NOT NULL AND pay_by <= now()
-             ORDER BY pay_by
+    sqlx::query_as(concat!(
+        "WITH due AS (
+             SELECT d.order_id, o.status = 'PENDING' AS pending
+             FROM order_deadlines d JOIN orders o ON o.id = d.order_id
+             WHERE NOT d.passed AND d.pay_by <= now()
+             ORDER BY d.pay_by
              LIMIT $1
-             FOR UPDATE SKIP LOCKED))
-         RETURNING *",
-    )
+             FOR UPDATE OF d, o SKIP LOCKED
+         ), passed AS (
+             UPDATE order_deadlines SET passed = true
+             WHERE order_id IN (SELECT order_id FROM due)
+         ), o AS (
+             UPDATE orders o
+             SET status = 'PAYMENT_FAILED', failure_reason = 'payment_expired',
+                 updated_at = now()
+             FROM due WHERE o.id = due.order_id AND due.pending
+             RETURNING o.*
+         )
+         SELECT ",
+        order_columns!(),
+        " FROM o JOIN order_deadlines d ON d.order_id = o.id"
+    ))
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -15,3 +15,4 @@ mod packaging;
 mod recovery;
 mod redis_acl;
 mod retention;
+mod rolling_upgrade;

@@ -4,7 +4,7 @@
 
 mod order_request;
 
-use events::{Currency, Envelope, Event, OrderItem};
+use events::{Currency, Envelope, Event, FailureReason, OrderItem};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::info;
@@ -114,13 +114,9 @@ pub struct Order {
     #[serde(with = "time::serde::rfc3339::option")]
     pub cancellation_confirmed_at: Option<OffsetDateTime>,
     /// The payment deadline: still unpaid then, the order fails with `payment_expired`
-    /// (none for orders placed before deadlines existed).
+    /// and its payment is cancelled (none for orders placed before deadlines existed).
     #[serde(with = "time::serde::rfc3339::option")]
     pub pay_by: Option<OffsetDateTime>,
-    /// When the order expired unpaid and its payment was cancelled (asked again until
-    /// payment-service confirms, like a user's cancellation).
-    #[serde(skip)]
-    pub expired_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -128,10 +124,17 @@ pub struct Order {
 }
 
 impl Order {
-    /// Whether payment-service was asked to cancel this order's payment: the user
-    /// cancelled it, or it expired unpaid. A charge of such an order is refunded.
+    /// Whether payment-service is asked to cancel this order's payment: the user
+    /// cancelled it, or it expired unpaid (whoever saw the deadline pass first). A charge
+    /// of such an order is refunded.
     pub fn cancellation_asked(&self) -> bool {
-        self.status == OrderStatus::Cancelled || self.expired_at.is_some()
+        self.status == OrderStatus::Cancelled || self.expired()
+    }
+
+    /// Whether it failed because its payment deadline passed.
+    pub fn expired(&self) -> bool {
+        self.status == OrderStatus::PaymentFailed
+            && self.failure_reason.as_deref() == Some(FailureReason::PaymentExpired.as_str())
     }
 }
 
@@ -143,8 +146,9 @@ pub enum Change {
     Status,
     /// Only its payment id or refund time.
     Details,
-    /// It expired: charged after its payment deadline, the order fails with
-    /// `payment_expired`, and its payment is to be cancelled (refunded).
+    /// It expired (charged after its payment deadline, or declined as past it): the order
+    /// fails with `payment_expired`, and its payment is to be cancelled (refunded if
+    /// charged), as when order-service's expirer sees the deadline pass.
     Expired,
 }
 
@@ -245,9 +249,8 @@ impl PaymentOutcome {
             && late
         {
             order.status = OrderStatus::PaymentFailed;
-            order.failure_reason = Some(events::FailureReason::PaymentExpired.to_string());
+            order.failure_reason = Some(FailureReason::PaymentExpired.to_string());
             order.payment_id = self.payment_id;
-            order.expired_at = Some(OffsetDateTime::now_utc());
             return Change::Expired;
         }
         if let Transition::To(status) = transition(order.status, self.trigger) {
@@ -256,7 +259,11 @@ impl PaymentOutcome {
             if let Some(reason) = &self.failure_reason {
                 order.failure_reason = Some(reason.clone());
             }
-            return Change::Status;
+            return if order.expired() {
+                Change::Expired
+            } else {
+                Change::Status
+            };
         }
         let now = OffsetDateTime::now_utc();
         let mut changed = match self.trigger {
@@ -365,7 +372,6 @@ mod tests {
             refunded_at: None,
             cancellation_confirmed_at: None,
             pay_by: None,
-            expired_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -455,7 +461,6 @@ mod tests {
     fn an_expired_order_stays_failed_and_records_a_racing_charge_and_its_refund() {
         let mut expired = order(OrderStatus::PaymentFailed);
         expired.failure_reason = Some("payment_expired".into());
-        expired.expired_at = Some(OffsetDateTime::now_utc());
         let payment_id = Uuid::now_v7();
         let refunded = outcome(
             &expired,
@@ -513,6 +518,24 @@ mod tests {
         assert_eq!(late.failure_reason.as_deref(), Some("payment_expired"));
         assert_eq!(late.payment_id, Some(payment_id), "the charge to refund");
         assert!(late.cancellation_asked());
+
+        let mut declined_late = order(OrderStatus::Pending);
+        let expired = outcome(
+            &declined_late,
+            Event::PaymentFailed(PaymentFailed {
+                order_id: declined_late.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+                reason: FailureReason::PaymentExpired,
+            }),
+        );
+        assert_eq!(
+            expired.apply(&mut declined_late),
+            Change::Expired,
+            "cancelled like any expired order, so the reconciler's question is answered"
+        );
+        assert!(declined_late.expired());
     }
 
     #[test]
