@@ -280,6 +280,22 @@ pub async fn ready(process: &Process) {
     .await;
 }
 
+/// Sends SIGTERM and waits (up to `within`) for the process to exit; returns how it
+/// exited.
+pub async fn terminate(process: &mut Process, within: Duration) -> std::process::ExitStatus {
+    sigterm(process);
+    eventually("the process to exit", within, || {
+        let status = process.child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+}
+
 /// Sends SIGTERM.
 pub fn sigterm(process: &Process) {
     let status = Command::new("kill")

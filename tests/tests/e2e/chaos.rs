@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders, ready, sigterm, start_process};
+use e2e::{assert_invariants, place_orders, ready, start_process, terminate};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -467,17 +467,7 @@ async fn real_binaries_killed_with_sigkill_under_load_lose_nothing() {
 
     // SIGTERM: both finish what they hold and exit 0 within SHUTDOWN_TIMEOUT_MS.
     for mut process in [orders, payments] {
-        sigterm(&process);
-        let exited = eventually("the process to exit", Duration::from_secs(7), || {
-            let status = process.child.try_wait();
-            async move {
-                match status {
-                    Ok(Some(status)) => Ok(status),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        })
-        .await;
+        let exited = terminate(&mut process, Duration::from_secs(7)).await;
         assert_eq!(exited.code(), Some(0), "graceful shutdown exits 0");
     }
     assert_eq!(

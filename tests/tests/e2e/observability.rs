@@ -300,17 +300,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         .await
         .expect("answers");
     assert_eq!(response.status(), 201);
-    e2e::sigterm(&process);
-    eventually("the process to exit", Duration::from_secs(15), || {
-        let exited = process.child.try_wait();
-        async move {
-            match exited {
-                Ok(Some(_)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
+    e2e::terminate(&mut process, Duration::from_secs(15)).await;
     assert!(
         received.load(Ordering::SeqCst) > 0,
         "the collector received no spans"

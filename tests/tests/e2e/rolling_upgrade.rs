@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{Process, assert_invariants, order_body, ready, sigterm, start_process};
+use e2e::{Process, assert_invariants, order_body, ready, start_process, terminate};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::StreamKeys;
 use sqlx::PgPool;
@@ -120,7 +120,7 @@ impl Rollout {
         let next = spawn(&self.ctx, &self.previous, service, build, &db, self.started);
         self.started += 1;
         ready(&next).await;
-        let old = match service {
+        let mut old = match service {
             Service::Orders => {
                 let (old_url, new_url) = (self.orders.base_url.clone(), next.base_url.clone());
                 self.targets_are(&[&old_url, &new_url]);
@@ -133,7 +133,7 @@ impl Rollout {
             }
             Service::Payments => std::mem::replace(&mut self.payments, next),
         };
-        stop(old).await;
+        terminate(&mut old, Duration::from_secs(15)).await;
     }
 
     /// No dead letter on either stream, nothing parked by either group.
@@ -198,21 +198,6 @@ fn spawn(
             ("WRITE_SCHEMA_VERSION", writes.to_string()),
         ],
     )
-}
-
-/// SIGTERM, and the process gone within its shutdown timeout.
-async fn stop(mut process: Process) {
-    sigterm(&process);
-    eventually("the replica to stop", Duration::from_secs(15), || {
-        let exited = process.child.try_wait();
-        async move {
-            match exited {
-                Ok(Some(_)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        }
-    })
-    .await;
 }
 
 /// Orders placed at a steady pace until `stop`, on whichever replicas are `targets`.

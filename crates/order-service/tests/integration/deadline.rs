@@ -13,7 +13,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::support::{alice_order, completed, eur, order_when, place, publish};
+use crate::support::{
+    alice_order, completed, eur, let_the_reconciler_run, order_when, place, publish,
+};
 
 /// The events of order `id` on `order-events`, with the schema version they were
 /// written as.
@@ -151,10 +153,7 @@ async fn an_order_unpaid_at_its_deadline_fails_expired_and_its_payment_is_cancel
     // Final: its OrderCreated is asked no more (several reconciler rounds), nor its
     // cancellation, now confirmed.
     let asked = events_of(&ctx, id).await.len();
-    let mut rounds = tokio::time::interval(Duration::from_millis(200));
-    for _ in 0..6 {
-        rounds.tick().await; // the scenario: let the reconciler run, and see it stay quiet
-    }
+    let_the_reconciler_run().await;
     assert_eq!(events_of(&ctx, id).await.len(), asked);
 }
 

@@ -15,7 +15,9 @@ use service_runtime::outbox;
 use testkit::{Spawned, TestContext, eventually};
 use uuid::Uuid;
 
-use crate::support::{alice_order, completed, count, eur, order_when, place, publish, spawn};
+use crate::support::{
+    alice_order, completed, count, eur, let_the_reconciler_run, order_when, place, publish, spawn,
+};
 
 async fn cancel(app: &Spawned, id: Uuid) -> (u16, Value) {
     let response = app
@@ -380,10 +382,7 @@ async fn a_cancellation_is_sent_again_until_payment_service_confirms_it() {
 
     // Confirmed: asked no more (within several reconciler rounds).
     let settled = cancellations_of(&ctx, id).await.len();
-    let mut rounds = tokio::time::interval(std::time::Duration::from_millis(200));
-    for _ in 0..6 {
-        rounds.tick().await; // the scenario: let the reconciler run, and see it stay quiet
-    }
+    let_the_reconciler_run().await;
     assert_eq!(cancellations_of(&ctx, id).await.len(), settled);
 }
 

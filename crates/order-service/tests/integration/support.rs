@@ -103,3 +103,12 @@ pub async fn count(app: &Spawned, table: &str) -> i64 {
         .await
         .expect("count")
 }
+
+/// Lets the reconciler (asking again every 200 ms in these tests) run a few rounds: for a
+/// test that then shows it stayed quiet.
+pub async fn let_the_reconciler_run() {
+    let mut rounds = tokio::time::interval(Duration::from_millis(200));
+    for _ in 0..6 {
+        rounds.tick().await; // the scenario: several rounds go by
+    }
+}
