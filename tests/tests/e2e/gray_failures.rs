@@ -199,9 +199,10 @@ fn background_load(system: &Replicated) -> tokio::task::JoinHandle<()> {
 fn batch_statement(service: Service) -> &'static str {
     match service {
         Service::Payments => "(inbox|order_payments|accounts)",
-        // Not the relay's claim (`FOR UPDATE SKIP LOCKED` of `outbox_pending`): nobody
-        // waits on its locks, they are skipped.
-        Service::Orders => "(INSERT INTO inbox|FROM orders WHERE id = ANY|UPDATE orders)",
+        // Not the relay's claim (`FOR UPDATE SKIP LOCKED` of `outbox_pending`) nor the
+        // expirer's (of `order_deadlines` and `orders`): nobody waits on their locks, they
+        // are skipped. The consumer's: its inbox insert, `lock_orders`, `update_orders`.
+        Service::Orders => "(INSERT INTO inbox|WHERE o.id = ANY|SET status = t.status)",
     }
 }
 
