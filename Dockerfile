@@ -28,14 +28,19 @@ COPY . .
 # selected, so `--bin` alone (which selects every workspace member) would rebuild the
 # dependencies the test crates give other features.
 RUN cargo build --release --locked --package order-service --package payment-service \
-    && cp target/release/order-service target/release/payment-service /usr/local/bin/
+        --bin order-service --bin payment-service --bin event-keys \
+    && cp target/release/order-service target/release/payment-service \
+        target/release/event-keys /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # curl only for the health check; no compiler, no cargo.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir /keys && chown app /keys
+# The event keys (a volume or a secret mounted here; `event-keys` makes demo ones).
+COPY --from=builder /usr/local/bin/event-keys /usr/local/bin/event-keys
 USER app
 ENV LOG_FORMAT=json
 

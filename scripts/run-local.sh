@@ -9,6 +9,7 @@
 #   ADMIN_TOKEN   admin API token, 16+ characters    (default: none, the admin API is off)
 #   ORDERS_DB, PAYMENTS_DB  database names           (default orders, payments)
 #   PAYMENT_REPLICAS  payment-service processes      (default 1; more listen on :8082, :8083, ...)
+#   KEYS_DIR      the services' event signing keys, made at first start (default target/event-keys)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,19 +25,26 @@ for db in "$orders_db" "$payments_db"; do
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
 done
 
-cargo build --profile "$profile" --bin order-service --bin payment-service
+cargo build --profile "$profile" --bin order-service --bin payment-service --bin event-keys
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+
+# Demo event keys, made once: each service signs with its own and accepts the other's.
+keys=${KEYS_DIR:-target/event-keys}
+"$bin/event-keys" "$keys" order-service payment-service
+export SIGNATURES=${SIGNATURES:-require}
+order_keys=(SIGNING_KEY_FILE="$keys/order-service.key" VERIFYING_KEYS_FILE="$keys/payment-service.pub")
+payment_keys=(SIGNING_KEY_FILE="$keys/payment-service.key" VERIFYING_KEYS_FILE="$keys/order-service.pub")
 
 pids=()
 stop() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
 trap stop INT TERM EXIT
 
-DATABASE_URL="$postgres_url/$orders_db" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8080} "$bin/order-service" &
+env "${order_keys[@]}" DATABASE_URL="$postgres_url/$orders_db" HTTP_ADDR=${ORDER_HTTP_ADDR:-127.0.0.1:8080} "$bin/order-service" &
 pids+=($!)
-DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
+env "${payment_keys[@]}" DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=${PAYMENT_HTTP_ADDR:-127.0.0.1:8081} "$bin/payment-service" &
 pids+=($!)
 for replica in $(seq 2 "${PAYMENT_REPLICAS:-1}"); do
-  DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=127.0.0.1:$((8080 + replica)) "$bin/payment-service" &
+  env "${payment_keys[@]}" DATABASE_URL="$postgres_url/$payments_db" HTTP_ADDR=127.0.0.1:$((8080 + replica)) "$bin/payment-service" &
   pids+=($!)
 done
 

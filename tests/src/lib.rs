@@ -237,7 +237,8 @@ impl Drop for Process {
     }
 }
 
-/// Starts `binary` with exactly `env` (plus a free `HTTP_ADDR` and `RUST_LOG=warn`).
+/// Starts `binary` with exactly `env` (plus a free `HTTP_ADDR`, `RUST_LOG=warn`, and the
+/// event keys of the service it is, [`testkit::signing`], which `env` may override).
 pub fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
     spawn_process(binary, env, Stdio::null())
 }
@@ -249,8 +250,16 @@ pub fn start_logging_process(binary: &str, env: &[(&str, String)], log: &std::fs
 
 fn spawn_process(binary: &str, env: &[(&str, String)], stdout: Stdio) -> Process {
     let port = free_port();
+    let service = ["order-service", "payment-service"]
+        .into_iter()
+        .find(|service| binary.ends_with(service));
     let child = Command::new(binary)
         .env_clear()
+        .envs(
+            service
+                .map(testkit::signing::signing_env)
+                .unwrap_or_default(),
+        )
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")

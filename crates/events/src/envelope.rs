@@ -20,6 +20,10 @@ pub mod fields {
     pub const PRODUCER: &str = "producer";
     pub const TRACEPARENT: &str = "traceparent";
     pub const PAYLOAD: &str = "payload";
+    /// The id of the key that signed the entry (`signing.rs`).
+    pub const KEY_ID: &str = "key_id";
+    /// The producer's signature over the entry's meaningful fields (`signing.rs`).
+    pub const SIGNATURE: &str = "signature";
 }
 
 /// The value of the `event_type` field.

@@ -18,9 +18,11 @@ mod envelope;
 pub mod limits;
 mod money;
 mod payloads;
+mod signing;
 pub mod streams;
 pub mod text;
 mod versions;
+mod writer;
 
 pub use envelope::{DecodeError, Envelope, EventType, Producer, fields};
 pub use money::{Currency, InvalidCurrency};
@@ -28,4 +30,6 @@ pub use payloads::{
     Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCancelled,
     PaymentCompleted, PaymentFailed, PaymentRefunded,
 };
+pub use signing::{EventSigner, KeyError, SIGNED_FIELDS, Unverified, VerifyingKeys, signed_bytes};
 pub use versions::SchemaVersion;
+pub use writer::EventWriter;

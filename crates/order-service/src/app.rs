@@ -35,10 +35,12 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
     let infra = Infrastructure::connect(&settings.common, &MIGRATOR).await?;
-    let writes = settings.common.write_schema_version;
+    let writer = infra
+        .signatures
+        .writer(settings.common.write_schema_version);
     let terms = Terms {
         payment_deadline: Duration::from_millis(settings.payment_deadline_ms),
-        writes,
+        writer: writer.clone(),
     };
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
@@ -49,7 +51,7 @@ pub async fn start(
             WRITERS,
             terms,
         ),
-        writes,
+        writer: writer.clone(),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);
     let reconciler = Arc::new(orders::Reconciler::new(
@@ -61,16 +63,20 @@ pub async fn start(
             after,
             Duration::from_millis(settings.pending_republish_max_ms),
         ),
-        writes,
+        writer.clone(),
     ));
     let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
         let reconciler = reconciler.clone();
         async move { reconciler.run_once().await }
     });
-    let (pool, relay) = (infra.pool.clone(), infra.relay_queue.clone());
+    let (pool, relay, expiring) = (
+        infra.pool.clone(),
+        infra.relay_queue.clone(),
+        writer.clone(),
+    );
     let expirer = PeriodicJob::new("expirer", EXPIRE_INTERVAL, move || {
-        let (pool, relay) = (pool.clone(), relay.clone());
-        async move { orders::expire_unpaid(&pool, &relay, writes).await }
+        let (pool, relay, writer) = (pool.clone(), relay.clone(), expiring.clone());
+        async move { orders::expire_unpaid(&pool, &relay, &writer).await }
     });
     let (pool, keys) = (
         infra.pool.clone(),
@@ -89,7 +95,7 @@ pub async fn start(
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
         group: ORDER_SERVICE_GROUP,
-        handler: PaymentEvents { writes },
+        handler: PaymentEvents { writer },
         awaiting_answer: Some(orders::AWAITING_ANSWER),
     };
     service::start(infra, &settings.common, parts, shutdown).await

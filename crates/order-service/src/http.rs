@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use events::SchemaVersion;
+use events::EventWriter;
 use serde::{Deserialize, Serialize};
 use service_runtime::idempotency;
 use service_runtime::problem::responses::{DatabaseDown, JsonBody, NotAUuid};
@@ -33,8 +33,8 @@ pub struct AppState {
     /// Handed the event of a cancellation once it committed.
     pub relay: RelayQueue,
     pub placing: Placing,
-    /// The schema version a cancellation's event is written as.
-    pub writes: SchemaVersion,
+    /// How a cancellation's event is written.
+    pub writer: EventWriter,
 }
 
 /// The order routes.
@@ -134,7 +134,7 @@ async fn cancel_order(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Order>, Problem> {
     Ok(Json(
-        orders::cancel_order(&state.pool, &state.relay, state.writes, id).await?,
+        orders::cancel_order(&state.pool, &state.relay, &state.writer, id).await?,
     ))
 }
 

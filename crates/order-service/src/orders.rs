@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
-use events::{Envelope, Event, EventType, OrderCancelled, Producer, SchemaVersion};
+use events::{Envelope, Event, EventType, EventWriter, OrderCancelled, Producer};
 use service_runtime::RedisConnection;
 use service_runtime::observability::{
     ORDER_TIME_TO_FINAL, ORDERS_EXPIRED, REASK_EXAMINED, REASK_REPUBLISHED,
@@ -59,13 +59,13 @@ pub enum CancelError {
     Database(#[from] sqlx::Error),
 }
 
-/// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled` (written as schema
-/// `writes`), atomically. Concurrent cancellations of one order are serialised by its row
-/// lock: one wins, the others see `CANCELLED` and conflict.
+/// Cancels a `PENDING` or `PAID` order and enqueues `OrderCancelled` (as `writer` writes
+/// it), atomically. Concurrent cancellations of one order are serialised by its row lock:
+/// one wins, the others see `CANCELLED` and conflict.
 pub async fn cancel_order(
     pool: &PgPool,
     relay: &RelayQueue,
-    writes: SchemaVersion,
+    writer: &EventWriter,
     id: Uuid,
 ) -> Result<Order, CancelError> {
     let mut tx = pool.begin().await?;
@@ -80,7 +80,7 @@ pub async fn cancel_order(
                 record_time_to_final(&cancelled);
             }
             let event = cancellation(&order, CANCEL_REASON);
-            let queued = outbox::enqueue(&mut tx, ORDER_EVENTS, writes, &event).await?;
+            let queued = outbox::enqueue(&mut tx, ORDER_EVENTS, writer, &event).await?;
             tx.commit().await?;
             relay.hand_over(queued);
             Ok(cancelled)
@@ -105,12 +105,12 @@ pub fn cancellation(order: &Order, reason: &str) -> Envelope {
 pub const EXPIRE_BATCH: i64 = 500;
 
 /// One bounded round of the expirer: orders still `PENDING` past their deadline fail with
-/// `payment_expired`, and their payment is cancelled (`OrderCancelled`, written as schema
-/// `writes`) in the same transaction. Returns how many expired.
+/// `payment_expired`, and their payment is cancelled (`OrderCancelled`, as `writer`
+/// writes it) in the same transaction. Returns how many expired.
 pub async fn expire_unpaid(
     pool: &PgPool,
     relay: &RelayQueue,
-    writes: SchemaVersion,
+    writer: &EventWriter,
 ) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let expired = db::expire_unpaid(&mut tx, EXPIRE_BATCH).await?;
@@ -118,7 +118,7 @@ pub async fn expire_unpaid(
         .iter()
         .map(|order| cancellation(order, EXPIRED_REASON))
         .collect();
-    let queued = outbox::enqueue_all(&mut tx, ORDER_EVENTS, writes, &cancellations).await?;
+    let queued = outbox::enqueue_all(&mut tx, ORDER_EVENTS, writer, &cancellations).await?;
     tx.commit().await?;
     relay.hand_over(queued);
     for order in &expired {
@@ -153,8 +153,8 @@ pub struct Reconciler {
     /// When to ask again.
     pub after: Duration,
     pub backoff_cap: Duration,
-    /// The schema version questions are asked again as, at most.
-    pub writes: SchemaVersion,
+    /// How questions are written when they are asked again (see `outbox::republish`).
+    pub writer: EventWriter,
     /// Where the last round's two scans stopped.
     cursors: Mutex<(ScanFrom, ScanFrom)>,
 }
@@ -166,7 +166,7 @@ impl Reconciler {
         relay: RelayQueue,
         stream: String,
         (after, backoff_cap): (Duration, Duration),
-        writes: SchemaVersion,
+        writer: EventWriter,
     ) -> Self {
         Self {
             pool,
@@ -175,7 +175,7 @@ impl Reconciler {
             stream,
             after,
             backoff_cap,
-            writes,
+            writer,
             cursors: Mutex::default(),
         }
     }
@@ -211,7 +211,7 @@ impl Reconciler {
             &ids(&pending),
             Some(&[EventType::OrderCreated]),
             &reask,
-            self.writes,
+            &self.writer,
         )
         .await?;
         rearmed.extend(
@@ -220,7 +220,7 @@ impl Reconciler {
                 &ids(&cancelled),
                 Some(&[EventType::OrderCancelled]),
                 &reask,
-                self.writes,
+                &self.writer,
             )
             .await?,
         );

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, SchemaVersion};
+use events::{Envelope, EventWriter};
 use service_runtime::outbox::{self, OutboxRow};
 use service_runtime::{EventHandler, HandleError};
 use sqlx::PgConnection;
@@ -29,10 +29,10 @@ use crate::domain::{Change, Order, PaymentOutcome};
 use crate::orders;
 
 /// Applies `payment-events` to orders.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PaymentEvents {
-    /// The schema version the cancellation of a late charge is written as.
-    pub writes: SchemaVersion,
+    /// How the cancellation of a late charge is written.
+    pub writer: EventWriter,
 }
 
 impl EventHandler for PaymentEvents {
@@ -101,6 +101,6 @@ impl EventHandler for PaymentEvents {
                 orders::record_time_to_final(&order);
             }
         }
-        Ok(outbox::enqueue_all(tx, ORDER_EVENTS, self.writes, &expired).await?)
+        Ok(outbox::enqueue_all(tx, ORDER_EVENTS, &self.writer, &expired).await?)
     }
 }

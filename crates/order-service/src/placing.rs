@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
-use events::{Envelope, Event, OrderCreated, Producer, SchemaVersion};
+use events::{Envelope, Event, EventWriter, OrderCreated, Producer};
 use service_runtime::outbox::{OutboxRow, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -59,12 +59,12 @@ pub struct Placing {
 }
 
 /// What every order is placed with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Terms {
     /// How long after it is placed an order may be paid (`PAYMENT_DEADLINE_MS`).
     pub payment_deadline: Duration,
-    /// The schema version `OrderCreated` is written as (`WRITE_SCHEMA_VERSION`).
-    pub writes: SchemaVersion,
+    /// How `OrderCreated` is written (`WRITE_SCHEMA_VERSION`, the signing key).
+    pub writer: EventWriter,
 }
 
 /// An order handed to the writers, and where its outcome goes.
@@ -119,7 +119,7 @@ impl Placing {
     ) -> Result<Placed, PlaceError> {
         let id = Uuid::now_v7();
         let pay_by = pay_by(self.terms.payment_deadline);
-        let event = order_created(id, &order, pay_by, self.terms.writes);
+        let event = order_created(id, &order, pay_by, &self.terms.writer);
         let Some(key) = idempotency_key else {
             let (outcome, placed) = oneshot::channel();
             let waiting = Waiting {
@@ -181,16 +181,16 @@ fn pay_by(deadline: Duration) -> OffsetDateTime {
     due.replace_millisecond(due.millisecond()).unwrap_or(due)
 }
 
-/// The `OrderCreated` outbox row of order `id`, written as schema `version`.
+/// The `OrderCreated` outbox row of order `id`, as `writer` writes it.
 fn order_created(
     id: Uuid,
     order: &NewOrder,
     pay_by: OffsetDateTime,
-    version: SchemaVersion,
+    writer: &EventWriter,
 ) -> OutboxRow {
     OutboxRow::new(
         ORDER_EVENTS,
-        version,
+        writer,
         &Envelope::new(
             Producer::OrderService,
             Event::OrderCreated(OrderCreated {

@@ -32,7 +32,9 @@ pub async fn start(
         group: PAYMENT_SERVICE_GROUP,
         handler: OrderEvents {
             initial_credit_cents: settings.initial_credit_cents,
-            writes: settings.common.write_schema_version,
+            writer: infra
+                .signatures
+                .writer(settings.common.write_schema_version),
         },
         awaiting_answer: None,
     };

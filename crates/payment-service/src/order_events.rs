@@ -22,7 +22,7 @@
 //! outbox still holds the answer, that row goes out again as committed.
 
 use events::streams::PAYMENT_EVENTS;
-use events::{Envelope, SchemaVersion};
+use events::{Envelope, EventWriter};
 use service_runtime::observability::REASK_REPUBLISHED;
 use service_runtime::outbox::{self, OutboxRow};
 use service_runtime::{EventHandler, HandleError};
@@ -40,12 +40,12 @@ fn rejected(error: LedgerError) -> HandleError {
 }
 
 /// Applies `order-events` to accounts and payments.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OrderEvents {
     /// Balance a new account opens with.
     pub initial_credit_cents: i64,
-    /// The schema version answers are written as (`WRITE_SCHEMA_VERSION`).
-    pub writes: SchemaVersion,
+    /// How answers are written (`WRITE_SCHEMA_VERSION`, the signing key).
+    pub writer: EventWriter,
 }
 
 impl EventHandler for OrderEvents {
@@ -91,12 +91,12 @@ impl EventHandler for OrderEvents {
         let mut outgoing: Vec<OutboxRow> = settled
             .published
             .iter()
-            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, self.writes, answer))
+            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, &self.writer, answer))
             .collect();
         db::settle(tx, &settled.settlement, &outgoing).await?;
         if !settled.answered_again.is_empty() {
             let again =
-                outbox::enqueue_again(tx, PAYMENT_EVENTS, self.writes, &settled.answered_again)
+                outbox::enqueue_again(tx, PAYMENT_EVENTS, &self.writer, &settled.answered_again)
                     .await?;
             info!(
                 asked = settled.answered_again.len(),

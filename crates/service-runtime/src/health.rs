@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::liveness::Liveness;
 use crate::redis_conn::RedisConnection;
+use crate::signatures::SignatureMode;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,8 @@ pub struct Readiness {
     pub pool: PgPool,
     pub redis: RedisConnection,
     pub migrator: &'static Migrator,
+    /// Whether events are signed and verified (`SIGNATURES`), shown with the checks.
+    pub signatures: SignatureMode,
 }
 
 /// Readiness, dependency by dependency.
@@ -32,6 +35,8 @@ pub struct Report {
     /// `ready` or `not_ready`.
     status: &'static str,
     checks: Checks,
+    /// `require`, `report` or `off` (`SIGNATURES`): whether events are signed and verified.
+    signatures: &'static str,
 }
 
 /// Each dependency: `ok`, `unavailable`, `timeout`, or (migrations) `pending`.
@@ -127,6 +132,7 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
             redis,
             migrations,
         },
+        signatures: readiness.signatures.as_str(),
     };
     if ok {
         axum::Json(report).into_response()

@@ -44,6 +44,7 @@ pub mod secret_url;
 pub mod service;
 mod session_bounds;
 pub mod settings;
+pub mod signatures;
 mod stream_reply;
 pub mod telemetry;
 

@@ -71,6 +71,10 @@ pub const REASK_EXAMINED: &str = "reask_examined_total";
 /// Events published again by a re-asking loop, by `job` (`reconciler`: order-service asking
 /// again; `answers`: payment-service answering a repeated question) and `event_type`.
 pub const REASK_REPUBLISHED: &str = "reask_republished_total";
+/// Entries whose signature does not stand, by `stream` and `reason` (`unsigned`,
+/// `unknown_key`, `bad_signature`, `malformed`): dead-lettered as forged with
+/// `SIGNATURES=require`, applied and counted with `report`.
+pub const EVENTS_UNVERIFIED: &str = "events_unverified_total";
 /// Orders expired unpaid at their payment deadline (order-service).
 pub const ORDERS_EXPIRED: &str = "orders_expired_total";
 /// Seconds from an order's creation to its final state, by `status` (order-service).

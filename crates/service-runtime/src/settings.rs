@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use events::SchemaVersion;
 
+use crate::signatures::{SignatureMode, Signatures};
+
 use crate::http_server::HttpLimits;
 pub use crate::secret_url::SecretUrl;
 pub use crate::session_bounds::DatabaseBounds;
@@ -165,6 +167,20 @@ pub struct CommonSettings {
     /// reader back. This build reads 1 and 2.
     #[arg(long, env = "WRITE_SCHEMA_VERSION", default_value_t = SchemaVersion::WRITTEN_BY_DEFAULT)]
     pub write_schema_version: SchemaVersion,
+    /// PEM file of this service's Ed25519 signing key (PKCS#8 `PRIVATE KEY`): every event
+    /// it writes is signed with it. Required unless `SIGNATURES=off`.
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// PEM file of the public keys (`PUBLIC KEY` blocks) of the service whose events this
+    /// one consumes: entries signed by any of them are accepted (two during a rotation).
+    /// Required with `SIGNATURES=require`.
+    #[arg(long, env = "VERIFYING_KEYS_FILE")]
+    pub verifying_keys_file: Option<std::path::PathBuf>,
+    /// `require`: an entry not signed by an accepted key is dead-lettered as forged;
+    /// `report`: applied and counted (the step of an upgrade while producers start
+    /// signing); `off`: nothing signed or verified.
+    #[arg(long, env = "SIGNATURES", value_enum, default_value = "require")]
+    pub signatures: SignatureMode,
     /// Bearer token of the admin API (dead letters, deposits); unset or empty, those
     /// routes answer 404 (see [`admin_token`](Self::admin_token)).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
@@ -273,7 +289,16 @@ impl CommonSettings {
                 retention.consumer_idle_delete_ms
             ));
         }
-        Ok(())
+        self.signatures().map(|_| ())
+    }
+
+    /// The signing key, verifying keys and mode these settings name, read from their files.
+    pub fn signatures(&self) -> Result<Signatures, String> {
+        Signatures::load(
+            self.signatures,
+            self.signing_key_file.as_deref(),
+            self.verifying_keys_file.as_deref(),
+        )
     }
 }
 
@@ -400,8 +425,73 @@ mod tests {
             "postgres://u:pw@db/x",
             "--redis-url",
             "redis://r",
+            "--signatures",
+            "off",
         ];
         Probe::try_parse_from(base.iter().chain(args))
+    }
+
+    #[test]
+    fn signatures_need_their_keys_and_name_the_setting_that_lacks_one() {
+        let dir = std::env::temp_dir().join(format!("settings-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a folder");
+        let (private, public) = events::EventSigner::generate_pem().expect("a key");
+        let (key, accepted) = (dir.join("own.key"), dir.join("other.pub"));
+        std::fs::write(&key, private).expect("writes");
+        std::fs::write(&accepted, public).expect("writes");
+        let (key, accepted) = (key.display().to_string(), accepted.display().to_string());
+        let refused = |args: &[&str], named: &str| {
+            let e = parse(args)
+                .expect("valid alone")
+                .common
+                .check()
+                .expect_err(named);
+            assert!(e.contains(named), "{e}");
+        };
+        refused(&["--signatures", "require"], "SIGNING_KEY_FILE");
+        refused(&["--signatures", "report"], "SIGNING_KEY_FILE");
+        refused(
+            &["--signatures", "require", "--signing-key-file", &key],
+            "VERIFYING_KEYS_FILE",
+        );
+        refused(
+            &[
+                "--signatures",
+                "require",
+                "--signing-key-file",
+                &accepted,
+                "--verifying-keys-file",
+                &accepted,
+            ],
+            "SIGNING_KEY_FILE",
+        );
+        refused(
+            &[
+                "--signatures",
+                "require",
+                "--signing-key-file",
+                "/nonexistent.key",
+                "--verifying-keys-file",
+                &accepted,
+            ],
+            "/nonexistent.key",
+        );
+        let full = [
+            "--signatures",
+            "require",
+            "--signing-key-file",
+            &key,
+            "--verifying-keys-file",
+            &accepted,
+        ];
+        assert_eq!(parse(&full).expect("valid").common.check(), Ok(()));
+        let report = ["--signatures", "report", "--signing-key-file", &key];
+        assert_eq!(
+            parse(&report).expect("valid").common.check(),
+            Ok(()),
+            "report verifies what it can"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -76,27 +76,49 @@ impl TestContext {
             .expect("Redis is reachable")
     }
 
-    /// `XADD`s raw fields to a logical stream of this test (a test may write anything,
-    /// poison included). Returns the entry id.
+    /// `XADD`s fields to a logical stream of this test (a test may write anything, poison
+    /// included), signed with the key of the stream's producer as that service signs
+    /// (see [`sign_as_producer`](crate::signing::sign_as_producer)). Returns the entry id.
     pub async fn xadd<V: AsRef<[u8]>>(&self, logical: &str, fields: &[(&str, V)]) -> String {
+        let mut signed: Vec<(String, Vec<u8>)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_vec()))
+            .collect();
+        crate::signing::sign_as_producer(logical, &mut signed);
+        self.xadd_to(&self.stream(logical), &signed).await
+    }
+
+    /// `XADD`s `fields` to a logical stream as they are, unsigned: what anyone with
+    /// write access to Redis, but without the producer's key, can write.
+    pub async fn xadd_unsigned<K: AsRef<str>, V: AsRef<[u8]>>(
+        &self,
+        logical: &str,
+        fields: &[(K, V)],
+    ) -> String {
         self.xadd_to(&self.stream(logical), fields).await
     }
 
-    /// `XADD`s raw fields to the dead letters of a logical stream. Returns the entry id.
+    /// `XADD`s fields to the dead letters of a logical stream, signed as [`xadd`](Self::xadd)
+    /// signs them. Returns the entry id.
     pub async fn xadd_dead_letter<V: AsRef<[u8]>>(
         &self,
         logical: &str,
         fields: &[(&str, V)],
     ) -> String {
-        self.xadd_to(&self.dead_letter_stream(logical), fields)
+        let mut signed: Vec<(String, Vec<u8>)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_ref().to_vec()))
+            .collect();
+        crate::signing::sign_as_producer(logical, &mut signed);
+        self.xadd_to(&self.dead_letter_stream(logical), &signed)
             .await
     }
 
-    async fn xadd_to<V: AsRef<[u8]>>(&self, key: &str, fields: &[(&str, V)]) -> String {
+    async fn xadd_to<K: AsRef<str>, V: AsRef<[u8]>>(&self, key: &str, fields: &[(K, V)]) -> String {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(key).arg("*");
         for (name, value) in fields {
-            cmd.arg(*name).arg(value.as_ref());
+            cmd.arg(name.as_ref()).arg(value.as_ref());
         }
         cmd.query_async(&mut self.redis().await)
             .await

@@ -19,6 +19,7 @@ pub mod backends;
 pub mod cluster;
 pub mod context;
 pub mod faults;
+pub mod signing;
 pub mod spawned;
 pub mod tls;
 pub mod waiting;

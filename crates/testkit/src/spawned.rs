@@ -13,7 +13,8 @@ use crate::context::TestContext;
 
 impl TestContext {
     /// Starts a service in-process on a fresh database, the way `main` does: settings
-    /// parsed from [`service_args`](Self::service_args) plus `extra_args` (a flag given
+    /// parsed from [`service_args`](Self::service_args), the service's event keys
+    /// ([`signing_args`](crate::signing::signing_args)) and `extra_args` (a flag given
     /// there replaces the default one), then `start`.
     pub async fn spawn<S, F, Fut>(&self, name: &str, extra_args: &[&str], start: F) -> Spawned
     where
@@ -38,7 +39,8 @@ impl TestContext {
         F: FnOnce(S, CancellationToken) -> Fut,
         Fut: Future<Output = anyhow::Result<RunningService>>,
     {
-        let defaults = self.service_args(database_url);
+        let mut defaults = self.service_args(database_url);
+        defaults.extend(crate::signing::signing_args(name));
         let defaults = defaults
             .chunks(2)
             .filter(|flag_value| !extra_args.contains(&flag_value[0].as_str()))

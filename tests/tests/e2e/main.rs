@@ -16,3 +16,4 @@ mod recovery;
 mod redis_acl;
 mod retention;
 mod rolling_upgrade;
+mod signatures;

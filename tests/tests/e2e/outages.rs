@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use e2e::{assert_invariants, place_orders};
-use events::SchemaVersion;
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
+use events::{EventWriter, SchemaVersion};
 use order_service::orders;
 use service_runtime::outbox::RelayQueue;
 use sqlx::PgPool;
@@ -234,7 +234,7 @@ async fn an_event_that_can_never_commit_is_dead_lettered_in_the_end_and_the_rest
         RelayQueue::default(),
         ctx.stream(ORDER_EVENTS),
         (Duration::ZERO, Duration::ZERO),
-        SchemaVersion::NEWEST,
+        EventWriter::unsigned(SchemaVersion::NEWEST),
     );
     reconciler.run_once().await.expect("asks again");
     let outcome = assert_invariants(&orders.pool, &payments[0].pool, QUIET).await;

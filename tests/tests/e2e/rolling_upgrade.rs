@@ -194,8 +194,11 @@ fn spawn(
             ("CLAIM_MIN_IDLE_MS", "1000".to_owned()),
             ("PENDING_REPUBLISH_AFTER_MS", "3000".to_owned()),
             ("SHUTDOWN_TIMEOUT_MS", "5000".to_owned()),
-            // Unknown to the previous release, which ignores it (and writes 1).
+            // Unknown to the previous release, which ignores them (and writes 1, unsigned).
             ("WRITE_SCHEMA_VERSION", writes.to_string()),
+            // The previous release signs nothing: consumers report unsigned entries (the
+            // upgrade's first step), and require signatures only once it is gone.
+            ("SIGNATURES", "report".to_owned()),
         ],
     )
 }

@@ -214,10 +214,24 @@ impl PaymentOutcome {
     }
 
     /// What in this outcome contradicts `order` as order-service knows it: another
-    /// customer, another amount or another currency. payment-service only ever answers
-    /// with the order's own, so an outcome that differs is forged (or corrupted) and must
-    /// change nothing.
+    /// customer, another amount or another currency; or the answer to a question
+    /// order-service never asked (a refund, or a settled cancellation, of an order whose
+    /// payment it never asked to cancel). payment-service only ever answers with the
+    /// order's own, and only what it was asked, so such an outcome is forged (or
+    /// corrupted) and must change nothing.
     pub fn contradiction(&self, order: &Order) -> Option<String> {
+        let answers_a_cancellation = matches!(
+            self.trigger,
+            OrderTrigger::PaymentRefunded | OrderTrigger::PaymentCancelled
+        );
+        if answers_a_cancellation && !order.cancellation_asked() {
+            return Some(format!(
+                "{:?} answers a cancellation of order {}, which order-service never asked for ({})",
+                self.trigger,
+                order.id,
+                order.status.as_str()
+            ));
+        }
         if self.customer_id != order.customer_id {
             return Some(format!(
                 "{:?} names customer {:?}, but order {} is {:?}'s",
@@ -482,7 +496,7 @@ mod tests {
         assert!(expired.refunded_at.is_some());
         assert!(expired.cancellation_confirmed_at.is_some());
 
-        let mut declined = order(OrderStatus::PaymentFailed);
+        let declined = order(OrderStatus::PaymentFailed);
         let confirmed = outcome(
             &declined,
             Event::PaymentCancelled(PaymentCancelled {
@@ -490,11 +504,11 @@ mod tests {
                 customer_id: "alice".into(),
             }),
         );
-        assert_eq!(
-            confirmed.apply(&mut declined),
-            Change::Nothing,
+        assert!(
+            confirmed.contradiction(&declined).is_some(),
             "nobody asked to cancel an order that was declined"
         );
+        assert_eq!(confirmed.contradiction(&expired), None);
     }
 
     #[test]
@@ -536,6 +550,26 @@ mod tests {
             "cancelled like any expired order, so the reconciler's question is answered"
         );
         assert!(declined_late.expired());
+    }
+
+    #[test]
+    fn a_refund_of_an_order_never_cancelled_is_an_answer_nobody_asked_for() {
+        let paid = order(OrderStatus::Paid);
+        let refund = outcome(
+            &paid,
+            Event::PaymentRefunded(PaymentRefunded {
+                payment_id: Uuid::now_v7(),
+                order_id: paid.id,
+                customer_id: "alice".into(),
+                amount_cents: 700,
+                currency: eur(),
+            }),
+        );
+        let told = refund.contradiction(&paid).expect("a contradiction");
+        assert!(told.contains("never asked"), "{told}");
+        let mut cancelled = paid.clone();
+        cancelled.status = OrderStatus::Cancelled;
+        assert_eq!(refund.contradiction(&cancelled), None, "asked: answered");
     }
 
     #[test]

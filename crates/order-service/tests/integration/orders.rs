@@ -337,9 +337,11 @@ async fn shutdown_is_clean_and_prompt() {
     assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
 }
 
+/// The binary with its event keys and `env` (which may override them).
 fn run_binary(env: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_order-service"))
         .env_clear()
+        .envs(testkit::signing::signing_env("order-service"))
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
@@ -388,6 +390,15 @@ fn bad_configuration_is_one_line_and_exit_code_2() {
         urls.iter()
             .copied()
             .chain([("STREAM_TRIM_INTERVAL_MS", "soon")])
+            .collect(),
+        // Event keys: a file that is not there, a mode that does not exist.
+        urls.iter()
+            .copied()
+            .chain([("SIGNING_KEY_FILE", "/nonexistent/order-service.key")])
+            .collect(),
+        urls.iter()
+            .copied()
+            .chain([("SIGNATURES", "sometimes")])
             .collect(),
     ];
     for env in cases {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use events::{OrderItem, SchemaVersion};
+use events::{EventWriter, OrderItem, SchemaVersion};
 use order_service::domain::NewOrder;
 use order_service::placing::{PlaceError, Placed, Placing, Terms};
 use service_runtime::outbox::RelayQueue;
@@ -14,10 +14,12 @@ use uuid::Uuid;
 
 use crate::support::{eur, spawn};
 
-const TERMS: Terms = Terms {
-    payment_deadline: Duration::from_secs(900),
-    writes: SchemaVersion::NEWEST,
-};
+fn terms() -> Terms {
+    Terms {
+        payment_deadline: Duration::from_secs(900),
+        writer: EventWriter::unsigned(SchemaVersion::NEWEST),
+    }
+}
 
 fn order(customer: &str, total_cents: i64) -> NewOrder {
     NewOrder {
@@ -102,7 +104,7 @@ async fn queue_behind_a_blocked_insert(
 async fn orders_placed_at_the_same_moment_share_one_statement() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, TERMS);
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, terms());
     let blocker = block_inserts(&app.database_url).await;
     let customers: Vec<String> = (0..10).map(|n| format!("customer-{n}")).collect();
     let (first, rest) = queue_behind_a_blocked_insert(
@@ -149,7 +151,7 @@ async fn orders_placed_at_the_same_moment_share_one_statement() {
 async fn an_order_postgres_refuses_fails_alone_and_the_rest_of_its_group_is_placed() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, TERMS);
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, terms());
     let blocker = block_inserts(&app.database_url).await;
     // A negative total passes no validation of the API; here it reaches Postgres, whose
     // CHECK refuses it and so the whole group's statement.

@@ -33,6 +33,7 @@ impl Drop for Service {
 fn order_service(port: u16, database_url: &str, redis_url: &str, ca: &str) -> Service {
     let child = Command::new(env!("CARGO_BIN_EXE_order-service"))
         .env_clear()
+        .envs(testkit::signing::signing_env("order-service"))
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url)
         .env("SSL_CERT_FILE", ca)

@@ -142,3 +142,45 @@ async fn an_order_created_after_a_cancellation_naming_another_customer_is_still_
     assert_eq!(balance(&app, "jan").await, 100_000, "nothing charged");
     assert!(ctx.dead_letters(ORDER_EVENTS).await.is_empty());
 }
+
+/// SPEC §4.9: events are authenticated. A cancellation of a paid order that is
+/// consistent in every field (its order, its customer), which no content check could
+/// tell from a real one, refunds nothing unless order-service signed it: unsigned, or
+/// signed with payment-service's own key (a compromised payment-service cannot forge
+/// order-service's events), it is dead-lettered as forged, and the money stays charged.
+#[tokio::test]
+async fn a_consistent_cancellation_not_signed_by_order_service_refunds_nothing() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let order = created("kai", 900);
+    ctx.xadd(ORDER_EVENTS, &order.to_fields()).await;
+    wait_for_outcomes(&ctx, 1).await;
+    assert_eq!(balance(&app, "kai").await, 100_000 - 900, "charged");
+
+    let cancel = cancelled(&order, "kai");
+    ctx.xadd_unsigned(ORDER_EVENTS, &cancel.to_fields()).await;
+    let mut wrong_key: Vec<(String, Vec<u8>)> = cancel
+        .to_fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect();
+    testkit::signing::sign_with("payment-service", &mut wrong_key);
+    ctx.xadd_unsigned(ORDER_EVENTS, &wrong_key).await;
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+
+    assert_eq!(balance(&app, "kai").await, 100_000 - 900, "no refund");
+    assert_eq!(outcomes(&ctx).await.len(), 1, "nothing answered");
+    assert_eq!(payments(&app, &order).await[0]["status"], "COMPLETED");
+    let dead = ctx.dead_letters(ORDER_EVENTS).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|(_, fields)| fields.iter().any(|(k, v)| k == "dlq:error"
+                && (v.contains("not signed") || v.contains("not one this service accepts"))))
+    );
+
+    // Signed by order-service, the same cancellation refunds.
+    ctx.xadd(ORDER_EVENTS, &cancel.to_fields()).await;
+    wait_for_outcomes(&ctx, 2).await;
+    assert_eq!(balance(&app, "kai").await, 100_000, "refunded");
+}

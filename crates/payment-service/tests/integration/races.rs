@@ -4,7 +4,8 @@
 //! refunded. And a batch charges one account in stream order.
 
 use events::{
-    Currency, Envelope, Event, OrderCancelled, OrderCreated, OrderItem, Producer, SchemaVersion,
+    Currency, Envelope, Event, EventWriter, OrderCancelled, OrderCreated, OrderItem, Producer,
+    SchemaVersion,
 };
 use payment_service::order_events::OrderEvents;
 use service_runtime::EventHandler;
@@ -58,7 +59,7 @@ async fn apply_batch(pool: &PgPool, batch: &[&Envelope]) {
     let mut tx = pool.begin().await.expect("begins");
     OrderEvents {
         initial_credit_cents: CREDIT,
-        writes: SchemaVersion::NEWEST,
+        writer: EventWriter::unsigned(SchemaVersion::NEWEST),
     }
     .handle(&mut tx, batch)
     .await

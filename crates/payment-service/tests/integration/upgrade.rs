@@ -4,8 +4,8 @@
 
 use events::streams::PAYMENT_EVENTS;
 use events::{
-    Currency, Envelope, Event, FailureReason, PaymentCancelled, PaymentFailed, Producer,
-    SchemaVersion,
+    Currency, Envelope, Event, EventWriter, FailureReason, PaymentCancelled, PaymentFailed,
+    Producer, SchemaVersion,
 };
 use payment_service::db::MIGRATOR;
 use payment_service::order_events::OrderEvents;
@@ -76,9 +76,14 @@ async fn an_upgraded_database_answers_again_what_it_answered_before() {
             reason: FailureReason::CurrencyMismatch,
         }),
     );
-    outbox::enqueue(&mut tx, PAYMENT_EVENTS, SchemaVersion::NEWEST, &answer)
-        .await
-        .expect("the old answer");
+    outbox::enqueue(
+        &mut tx,
+        PAYMENT_EVENTS,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
+        &answer,
+    )
+    .await
+    .expect("the old answer");
     tx.commit().await.expect("commits");
 
     MIGRATOR.run(&pool).await.expect("upgrades");
@@ -110,7 +115,7 @@ async fn an_upgraded_database_answers_again_what_it_answered_before() {
     let mut tx = pool.begin().await.expect("begins");
     let rows = OrderEvents {
         initial_credit_cents: 0,
-        writes: SchemaVersion::NEWEST,
+        writer: EventWriter::unsigned(SchemaVersion::NEWEST),
     }
     .handle(&mut tx, &asked.iter().collect::<Vec<_>>())
     .await

@@ -53,7 +53,7 @@ mod turn;
 use std::future::Future;
 use std::time::Duration;
 
-use events::Envelope;
+use events::{Envelope, VerifyingKeys};
 use futures::future::BoxFuture;
 use redis::RedisError;
 use sqlx::{PgConnection, PgPool};
@@ -66,6 +66,7 @@ use crate::keys::StreamKeys;
 use crate::liveness::Heartbeat;
 use crate::outbox::{OutboxRow, RelayQueue};
 use crate::redis_conn::RedisConnections;
+use crate::signatures::SignatureMode;
 use crate::stream_reply::RawEntry;
 use turn::ReadTurn;
 
@@ -231,6 +232,26 @@ pub struct Consumer<H> {
     relay: RelayQueue,
     turn: ReadTurn,
     heartbeat: Heartbeat,
+    /// Which signatures it accepts, and what it does with an entry that has none of them.
+    verification: Verification,
+}
+
+/// What a consumer accepts as signed (SPEC §4.9): the producer's verifying keys, and what
+/// becomes of an entry they do not verify ([`SignatureMode`]).
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub mode: SignatureMode,
+    pub keys: VerifyingKeys,
+}
+
+impl Verification {
+    /// Nothing verified.
+    pub fn off() -> Self {
+        Self {
+            mode: SignatureMode::Off,
+            keys: VerifyingKeys::default(),
+        }
+    }
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -258,7 +279,14 @@ impl<H: EventHandler> Consumer<H> {
             config,
             handler,
             heartbeat: Heartbeat::unwatched("consumer"),
+            verification: Verification::off(),
         }
+    }
+
+    /// Verifies every entry's signature as `verification` says.
+    pub fn with_verification(mut self, verification: Verification) -> Self {
+        self.verification = verification;
+        self
     }
 
     /// Beats `heartbeat` every time the loop comes round (see [`crate::liveness`]).

@@ -1,15 +1,16 @@
 //! What an entry needs, decided before touching the database ([`Plan`]): skipped (deleted
 //! while pending, or a type this version does not know), parked (a newer schema version
-//! than this build reads), dead-lettered (undecodable,
-//! implausible content, over `MAX_ENTRY_BYTES`, or delivered too often), or applied in a span that continues its
-//! producer's trace.
+//! than this build reads), dead-lettered (not signed by its producer, undecodable,
+//! implausible content, over `MAX_ENTRY_BYTES`, or delivered too often), or applied in a
+//! span that continues its producer's trace.
 
-use events::Envelope;
+use events::{Envelope, Unverified};
 use tracing::{debug, info, info_span, warn};
 
 use super::read::OVERSIZED_FIELD;
 use super::{Consumer, EventHandler};
-use crate::observability::EVENTS_SKIPPED;
+use crate::observability::{EVENTS_SKIPPED, EVENTS_UNVERIFIED};
+use crate::signatures::SignatureMode;
 use crate::stream_reply::RawEntry;
 use crate::telemetry;
 
@@ -29,6 +30,8 @@ pub(super) enum Plan {
 /// Why an entry is dead-lettered: the `cause` label of `events_dead_lettered_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DeadLetterCause {
+    /// It is not signed by a key of its producer (with `SIGNATURES=require`): forged.
+    Forged,
     /// It is not an event of a known type (missing or malformed fields, bad payload).
     Undecodable,
     /// It decodes but fails the content checks: forged, or corrupted on the way.
@@ -44,6 +47,7 @@ pub(super) enum DeadLetterCause {
 impl DeadLetterCause {
     pub(super) fn as_str(self) -> &'static str {
         match self {
+            Self::Forged => "forged",
             Self::Undecodable => "undecodable",
             Self::Oversized => "oversized",
             Self::InvalidContent => "invalid_content",
@@ -89,7 +93,10 @@ impl<H: EventHandler> Consumer<H> {
                 return skip("unknown_type");
             }
             Err(e) if let Some((version, event_id)) = e.newer_schema_version() => {
-                return Plan::Park(event_id, version);
+                // Parked only if it is its producer's: a forger cannot fill the hash.
+                return self
+                    .forged(entry, fields)
+                    .unwrap_or(Plan::Park(event_id, version));
             }
             Err(e) if e.is_invalid_content() => {
                 warn!(entry_id = %entry.id, error = %e, "an entry no honest producer writes (forged or corrupted)");
@@ -97,6 +104,9 @@ impl<H: EventHandler> Consumer<H> {
             }
             Err(e) => return Plan::DeadLetter(DeadLetterCause::Undecodable, e.to_string()),
         };
+        if let Some(forged) = self.forged(entry, fields) {
+            return forged;
+        }
         let max = self.config.max_deliveries;
         if deliveries > max {
             // Only reached when a consumer died while handling it (a crash loop).
@@ -113,5 +123,34 @@ impl<H: EventHandler> Consumer<H> {
         // Handlers see the consuming span's context, for the events they publish in answer.
         envelope.traceparent = telemetry::traceparent_of(&span).or(envelope.traceparent);
         Plan::Apply(Box::new(envelope), span)
+    }
+
+    /// Checks the entry's signature (SPEC §4.9): `None` if it stands, or if the consumer
+    /// only reports (`SIGNATURES=report`, counted and logged); else the plan that
+    /// dead-letters it as forged.
+    fn forged(&self, entry: &RawEntry, fields: &[(String, Vec<u8>)]) -> Option<Plan> {
+        if self.verification.mode == SignatureMode::Off {
+            return None;
+        }
+        let unverified = self.verification.keys.verify(fields).err()?;
+        let reason = match unverified {
+            Unverified::Unsigned => "unsigned",
+            Unverified::UnknownKey(_) => "unknown_key",
+            Unverified::BadSignature(_) => "bad_signature",
+            Unverified::Malformed(_) => "malformed",
+        };
+        metrics::counter!(EVENTS_UNVERIFIED, "stream" => self.stream_key.clone(), "reason" => reason)
+            .increment(1);
+        if self.verification.mode == SignatureMode::Report {
+            warn!(entry_id = %entry.id, error = %unverified,
+                "an entry not signed by its producer, applied (SIGNATURES=report)");
+            return None;
+        }
+        warn!(entry_id = %entry.id, error = %unverified,
+            "an entry not signed by its producer: dead-lettered as forged");
+        Some(Plan::DeadLetter(
+            DeadLetterCause::Forged,
+            unverified.to_string(),
+        ))
     }
 }

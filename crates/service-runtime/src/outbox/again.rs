@@ -6,12 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use events::{Envelope, EventType, SchemaVersion};
+use events::{Envelope, EventType, EventWriter};
 use sqlx::{PgConnection, QueryBuilder};
 use tracing::warn;
 use uuid::Uuid;
 
-use super::{OutboxRow, flat_fields};
+use super::OutboxRow;
 
 /// When an event may be published again (SPEC §4.9: re-asking is bounded whatever the
 /// outage).
@@ -113,7 +113,8 @@ fn entry_ms(id: &str) -> u64 {
 
 /// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
 /// waiting for the relay that are due by `reask`: all of them, or only those of
-/// `event_types`, each as schema `writes` at most ([`written_as`]). Returns their rows,
+/// `event_types`, each as `writer` would write it now where it differs ([`written_as`]).
+/// Returns their rows,
 /// oldest first, for the [`RelayQueue`](super::RelayQueue) once the
 /// transaction committed. A consumer's inbox absorbs the repeat; a producer uses this to
 /// repair a broker that lost an event, or to answer a question asked again (SPEC §4.6).
@@ -129,7 +130,7 @@ pub async fn republish(
     order_ids: &[Uuid],
     event_types: Option<&[EventType]>,
     reask: &Reask,
-    writes: SchemaVersion,
+    writer: &EventWriter,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
@@ -179,26 +180,36 @@ pub async fn republish(
         .iter()
         .map(OutboxRow::from_row)
         .collect::<sqlx::Result<Vec<_>>>()?;
-    written_as(conn, rows, writes).await
+    written_as(conn, rows, writer).await
 }
 
-/// `rows` to publish again, each as schema `writes` at most (SPEC §3.4: a rollback). A row
-/// stored as a newer version (committed before the service's `WRITE_SCHEMA_VERSION` was
-/// switched back) is rewritten as `writes`, in the table too, so that a reader rolled
-/// back to a build that reads only `writes` can read its repeats; the rest go as they
-/// were committed, byte for byte. Rare, so one statement per row rewritten.
+/// `rows` to publish again, rewritten where `writer` would write them differently now, in
+/// the table too (so the relay's poll sends the same): a row stored as a newer schema
+/// version than it writes (committed before `WRITE_SCHEMA_VERSION` was switched back,
+/// SPEC §3.4: a reader rolled back reads its repeats), or not signed with its key
+/// (committed before signing was turned on, or with a key rotated out since: consumers
+/// that require signatures accept its repeats). The rest go as they were committed, byte
+/// for byte. Rare, so one statement per row rewritten.
 async fn written_as(
     conn: &mut PgConnection,
     mut rows: Vec<OutboxRow>,
-    writes: SchemaVersion,
+    writer: &EventWriter,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     for row in &mut rows {
-        if row.schema_version().is_none_or(|v| v <= writes.get()) {
+        let newer = row
+            .schema_version()
+            .is_some_and(|v| v > writer.version().get());
+        let unsigned = writer.key_id().is_some_and(|key| row.key_id() != Some(key));
+        if !newer && !unsigned {
             continue;
         }
         match row.envelope() {
             Ok(envelope) => {
-                row.fields = flat_fields(&envelope, writes);
+                let version = row
+                    .schema_version()
+                    .and_then(|v| events::SchemaVersion::try_from(v).ok())
+                    .map_or(writer.version(), |v| v.min(writer.version()));
+                row.fields = super::flat_fields(&writer.with_version(version), &envelope);
                 sqlx::query("UPDATE outbox SET fields = $2 WHERE event_id = $1")
                     .bind(row.event_id)
                     .bind(&row.fields)
@@ -207,7 +218,7 @@ async fn written_as(
             }
             // Written by a build newer than this one (rolled back since): it goes as it is.
             Err(e) => warn!(event_id = %row.event_id, error = %e,
-                "an outbox row of a version this build cannot rewrite; published as stored"),
+                "an outbox row this build cannot rewrite; published as stored"),
         }
     }
     Ok(rows)
@@ -217,7 +228,7 @@ async fn written_as(
 /// did, with the `event_id`s they were first published under (SPEC §4.6, §4.9): so a
 /// question asked again is answered whatever the outbox's retention. Where the outbox
 /// still holds an event, that row goes out again as it was committed, byte for byte (or
-/// rewritten as `version` if it was committed as a newer one: [`written_as`]); where the
+/// rewritten where `writer` writes it differently now: [`written_as`]); where the
 /// sweeper deleted it, the rebuilt one takes its place. An event already waiting
 /// for the relay is not queued twice. Returns the rows queued, in the order given, for
 /// the [`RelayQueue`](super::RelayQueue) once the transaction committed.
@@ -225,14 +236,14 @@ async fn written_as(
 pub async fn enqueue_again(
     conn: &mut PgConnection,
     stream: &str,
-    version: SchemaVersion,
+    writer: &EventWriter,
     envelopes: &[Envelope],
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let mut seen = HashSet::new();
     let rows: Vec<OutboxRow> = envelopes
         .iter()
         .filter(|e| seen.insert(e.event_id))
-        .map(|e| OutboxRow::new(stream, version, e))
+        .map(|e| OutboxRow::new(stream, writer, e))
         .collect();
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -258,7 +269,7 @@ pub async fn enqueue_again(
         .iter()
         .map(OutboxRow::from_row)
         .collect::<sqlx::Result<Vec<_>>>()?;
-    let mut queued = written_as(conn, queued, version).await?;
+    let mut queued = written_as(conn, queued, writer).await?;
     let position: HashMap<Uuid, usize> = rows
         .iter()
         .enumerate()

@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use events::{Envelope, EventType, SchemaVersion};
+use events::{Envelope, EventType, EventWriter};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -91,10 +91,10 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// The row for `envelope` on the logical stream `stream`, written as schema `version`
-    /// (the service's `WRITE_SCHEMA_VERSION`). An event without a `traceparent` gets the
-    /// current span's, so its consumer continues the trace.
-    pub fn new(stream: &str, version: SchemaVersion, envelope: &Envelope) -> Self {
+    /// The row for `envelope` on the logical stream `stream`, written by `writer` (the
+    /// service's `WRITE_SCHEMA_VERSION` and signing key). An event without a
+    /// `traceparent` gets the current span's, so its consumer continues the trace.
+    pub fn new(stream: &str, writer: &EventWriter, envelope: &Envelope) -> Self {
         let mut envelope = envelope.clone();
         if envelope.traceparent.is_none() {
             envelope.traceparent = crate::telemetry::current_traceparent();
@@ -104,16 +104,26 @@ impl OutboxRow {
             stream: stream.to_owned(),
             event_type: envelope.event_type().as_str(),
             order_id: envelope.order_id,
-            fields: flat_fields(&envelope, version),
+            fields: flat_fields(writer, &envelope),
         }
+    }
+
+    /// The value of the row's field `name`.
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .chunks(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair.get(1).map(String::as_str))
     }
 
     /// The `schema_version` the row's event is written as.
     pub fn schema_version(&self) -> Option<u32> {
-        self.fields
-            .chunks(2)
-            .find(|pair| pair[0] == events::fields::SCHEMA_VERSION)
-            .and_then(|pair| pair.get(1)?.parse().ok())
+        self.field(events::fields::SCHEMA_VERSION)?.parse().ok()
+    }
+
+    /// The id of the key the row's event is signed with, if it is signed.
+    pub fn key_id(&self) -> Option<&str> {
+        self.field(events::fields::KEY_ID)
     }
 
     /// The event the row holds, read as a consumer would.
@@ -181,38 +191,38 @@ impl OutboxRow {
     }
 }
 
-/// `envelope`'s stream entry fields as schema `version`: name, value, name, value...
-fn flat_fields(envelope: &Envelope, version: SchemaVersion) -> Vec<String> {
-    envelope
-        .to_fields_as(version)
+/// `envelope`'s stream entry fields as `writer` writes them: name, value, name, value...
+fn flat_fields(writer: &EventWriter, envelope: &Envelope) -> Vec<String> {
+    writer
+        .fields(envelope)
         .into_iter()
         .flat_map(|(name, value)| [name.to_owned(), value])
         .collect()
 }
 
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream` as
-/// schema `version`.
+/// `writer` writes it.
 /// Call it on the transaction that makes the change the event describes, and hand the
 /// row it returns to the [`RelayQueue`] once that transaction committed. (A service may
 /// instead write the [`OutboxRow`] in the same statement as its change.)
 pub async fn enqueue(
     conn: &mut PgConnection,
     stream: &str,
-    version: SchemaVersion,
+    writer: &EventWriter,
     envelope: &Envelope,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    enqueue_all(conn, stream, version, std::slice::from_ref(envelope)).await
+    enqueue_all(conn, stream, writer, std::slice::from_ref(envelope)).await
 }
 
 /// Adds `envelopes` to the outbox in one statement, to be published on the logical stream
-/// `stream` as schema `version`, in the order given, and returns their rows for the [`RelayQueue`]. Call it on
+/// `stream` as `writer` writes them, in the order given, and returns their rows for the [`RelayQueue`]. Call it on
 /// the transaction that makes the changes the events describe. Each envelope should carry
 /// the trace context it continues.
 #[tracing::instrument(level = "debug", skip_all, fields(events = envelopes.len()))]
 pub async fn enqueue_all(
     conn: &mut PgConnection,
     stream: &str,
-    version: SchemaVersion,
+    writer: &EventWriter,
     envelopes: &[Envelope],
 ) -> sqlx::Result<Vec<OutboxRow>> {
     if envelopes.is_empty() {
@@ -220,7 +230,7 @@ pub async fn enqueue_all(
     }
     let rows: Vec<OutboxRow> = envelopes
         .iter()
-        .map(|e| OutboxRow::new(stream, version, e))
+        .map(|e| OutboxRow::new(stream, writer, e))
         .collect();
     let mut query = QueryBuilder::new("WITH ");
     OutboxRow::push_queue_all(&rows.iter().collect::<Vec<_>>(), &mut query);

@@ -1,4 +1,5 @@
-//! Connecting a service: its Postgres pool (migrated) and its Redis connections.
+//! Connecting a service: its Postgres pool (migrated), its Redis connections, and its
+//! event keys.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::keys::StreamKeys;
 use crate::outbox::RelayQueue;
 use crate::redis_conn::RedisConnections;
 use crate::settings::CommonSettings;
+use crate::signatures::{SignatureMode, Signatures};
 
 /// The connections a service runs on, made and migrated.
 #[derive(Clone)]
@@ -22,6 +24,8 @@ pub struct Infrastructure {
     /// The service's relay queue: the code that commits outbox rows hands them over after
     /// the commit.
     pub relay_queue: RelayQueue,
+    /// Its signing key and the verifying keys of the service it consumes from.
+    pub signatures: Signatures,
 }
 
 impl Infrastructure {
@@ -30,6 +34,19 @@ impl Infrastructure {
         settings: &CommonSettings,
         migrator: &'static Migrator,
     ) -> anyhow::Result<Self> {
+        let signatures = settings.signatures().map_err(anyhow::Error::msg)?;
+        match signatures.mode {
+            SignatureMode::Off => tracing::warn!(
+                "SIGNATURES=off: events are neither signed nor verified; anyone who can write \
+                 to Redis can move money"
+            ),
+            mode => tracing::info!(
+                signatures = mode.as_str(),
+                signing_key = signatures.key_id().unwrap_or_default(),
+                accepts = ?signatures.verifying().key_ids(),
+                "events are signed; entries are verified"
+            ),
+        }
         let options = connect_options(settings.database_url.expose())
             .with_context(|| format!("invalid DATABASE_URL {}", settings.database_url))?;
         // Migrations run unbounded, on a connection of their own: building an index on a
@@ -60,6 +77,7 @@ impl Infrastructure {
             redis,
             keys: StreamKeys::new(settings.stream.stream_namespace.clone()),
             relay_queue: RelayQueue::default(),
+            signatures,
         })
     }
 }

@@ -37,7 +37,7 @@ pub use jobs::{PRUNE_INTERVAL, PeriodicJob};
 pub use process::{run_main, shutdown_signal};
 
 use crate::admin;
-use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
+use crate::consumer::{Consumer, ConsumerConfig, EventHandler, Verification};
 use crate::dead_letters::DeadLetterStream;
 use crate::health::{self, Readiness};
 use crate::http_server;
@@ -122,6 +122,7 @@ pub async fn start<H: EventHandler>(
         pool: infra.pool.clone(),
         redis: infra.redis.commands.clone(),
         migrator: parts.migrator,
+        signatures: infra.signatures.mode,
     };
     let liveness = Liveness::new(settings.liveness_stall());
     let consumer_name = settings.stream.consumer_name();
@@ -146,7 +147,11 @@ pub async fn start<H: EventHandler>(
             parts.handler,
             infra.relay_queue.clone(),
         )
-        .with_heartbeat(liveness.watch("consumer")),
+        .with_heartbeat(liveness.watch("consumer"))
+        .with_verification(Verification {
+            mode: infra.signatures.mode,
+            keys: infra.signatures.verifying().clone(),
+        }),
     );
 
     let dead_letters =

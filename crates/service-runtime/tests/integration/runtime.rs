@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use events::{Currency, Envelope, Event, OrderCreated, Producer, SchemaVersion};
+use events::{Currency, Envelope, Event, EventWriter, OrderCreated, Producer, SchemaVersion};
 use service_runtime::consumer::ConsumerConfig;
 use service_runtime::outbox::{OutboxRow, Reask, RelayQueue};
 use service_runtime::redis_conn::RedisConnections;
@@ -64,7 +64,13 @@ impl EventHandler for CountingHandler {
                 ..(*e).clone()
             })
             .collect();
-        Ok(outbox::enqueue_all(tx, ANSWERS, SchemaVersion::NEWEST, &answers).await?)
+        Ok(outbox::enqueue_all(
+            tx,
+            ANSWERS,
+            &EventWriter::unsigned(SchemaVersion::NEWEST),
+            &answers,
+        )
+        .await?)
     }
 }
 
@@ -272,9 +278,14 @@ async fn relay_with(
 /// Commits `envelope`'s outbox row; returns the row, for a relay queue.
 async fn enqueue(pool: &PgPool, envelope: &Envelope) -> Vec<OutboxRow> {
     let mut tx = pool.begin().await.expect("begins");
-    let rows = outbox::enqueue(&mut tx, STREAM, SchemaVersion::NEWEST, envelope)
-        .await
-        .expect("enqueues");
+    let rows = outbox::enqueue(
+        &mut tx,
+        STREAM,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
+        envelope,
+    )
+    .await
+    .expect("enqueues");
     tx.commit().await.expect("commits");
     rows
 }
@@ -425,9 +436,14 @@ async fn the_relay_queue_is_bounded_and_what_it_turns_away_is_published_by_the_p
     let relay = claiming_relay(&ctx, &pool, &queue).await;
     let sent: Vec<Envelope> = (0..outbox::QUEUE_LIMIT + 50).map(|_| event()).collect();
     let mut tx = pool.begin().await.expect("begins");
-    let rows = outbox::enqueue_all(&mut tx, STREAM, SchemaVersion::NEWEST, &sent)
-        .await
-        .expect("enqueues");
+    let rows = outbox::enqueue_all(
+        &mut tx,
+        STREAM,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
+        &sent,
+    )
+    .await
+    .expect("enqueues");
     tx.commit().await.expect("commits");
     queue.hand_over(rows);
 
@@ -657,6 +673,55 @@ async fn the_sweeper_deletes_published_rows_past_retention_and_keeps_the_rest() 
     );
 }
 
+/// SPEC §4.9, turning signing on: an event committed unsigned (before the service had a
+/// key) and asked again afterwards goes out signed with the key, so a consumer that
+/// requires signatures accepts the repeat; the same event, same `event_id`.
+#[tokio::test]
+async fn a_row_committed_unsigned_is_asked_again_signed() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let question = event();
+    enqueue(&pool, &question).await;
+    let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
+    assert_eq!(relay.relay_once().await.expect("relays"), 1);
+
+    let (private, public) = events::EventSigner::generate_pem().expect("a key");
+    let signer = events::EventSigner::from_pem(&private).expect("reads");
+    let key_id = signer.key_id().to_owned();
+    let writer = EventWriter::new(SchemaVersion::NEWEST, Some(std::sync::Arc::new(signer)));
+    let mut tx = pool.begin().await.expect("begins");
+    let again = outbox::republish(
+        &mut tx,
+        &[question.order_id],
+        None,
+        &Reask::every(Duration::ZERO),
+        &writer,
+    )
+    .await
+    .expect("re-arms");
+    tx.commit().await.expect("commits");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].key_id(), Some(key_id.as_str()));
+    assert_eq!(relay.relay_once().await.expect("relays"), 1);
+
+    let keys = events::VerifyingKeys::from_pem(&public).expect("reads");
+    let sent = ctx.entries(STREAM).await;
+    let verdicts: Vec<bool> = sent
+        .iter()
+        .map(|(_, fields)| keys.verify(fields).is_ok())
+        .collect();
+    assert_eq!(verdicts, [false, true], "first unsigned, then signed");
+    let ids: Vec<&str> = sent
+        .iter()
+        .filter_map(|(_, f)| {
+            f.iter()
+                .find(|(k, _)| k == "event_id")
+                .map(|(_, v)| v.as_str())
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1], "the same event");
+}
+
 /// SPEC §3.4, a rollback: an event committed as version 2 and asked again after the
 /// service was switched back to writing version 1 goes out as version 1 (its `pay_by`
 /// dropped, as version 1 has none), so a reader rolled back to a build of version 1 reads
@@ -676,7 +741,7 @@ async fn a_row_of_a_newer_version_is_asked_again_as_the_version_written_now() {
         &[question.order_id],
         None,
         &Reask::every(Duration::ZERO),
-        SchemaVersion::V1,
+        &EventWriter::unsigned(SchemaVersion::V1),
     )
     .await
     .expect("re-arms");
@@ -740,7 +805,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
         &orders,
         None,
         &Reask::every(Duration::ZERO),
-        SchemaVersion::NEWEST,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
     )
     .await
     .expect("re-arms");
@@ -749,7 +814,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
         &orders,
         None,
         &Reask::every(Duration::ZERO),
-        SchemaVersion::NEWEST,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
     )
     .await
     .expect("re-arms");
@@ -769,7 +834,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
         &orders,
         None,
         &Reask::every(Duration::from_secs(3600)),
-        SchemaVersion::NEWEST,
+        &EventWriter::unsigned(SchemaVersion::NEWEST),
     )
     .await
     .expect("re-arms");
@@ -808,7 +873,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
             &orders,
             None,
             &Reask::every(Duration::from_secs(3600)),
-            SchemaVersion::NEWEST,
+            &EventWriter::unsigned(SchemaVersion::NEWEST),
         )
         .await
         .expect("re-arms");
@@ -871,7 +936,7 @@ async fn a_question_waits_while_its_copy_is_queued_and_backs_off_once_delivered(
                 &[question.order_id],
                 None,
                 &reask,
-                SchemaVersion::NEWEST,
+                &EventWriter::unsigned(SchemaVersion::NEWEST),
             )
             .await
             .expect("re-arms");

@@ -1,0 +1,378 @@
+//! Authenticated events (SPEC §3.2, §4.9): each service signs the entries it writes with
+//! its own Ed25519 key; a consumer holds only the verifying keys of the service it reads
+//! from, so a compromised service still cannot forge the other's events, and a Redis user
+//! who can `XADD` cannot forge either's.
+//!
+//! The signature covers every field that has meaning, in the canonical encoding of
+//! [`signed_bytes`]: a domain tag, then `event_id`, `event_type`, `schema_version`,
+//! `order_id`, `occurred_at`, `producer`, `key_id` and `payload`, each as its name and its
+//! value, both length-prefixed (u32, big-endian), so no two entries encode alike. Only
+//! `traceparent` is left out: it is telemetry, and moves nothing. The entry carries
+//! `key_id` (the first 8 bytes of the SHA-256 of the public key, in hex) and `signature`
+//! (base64). Keys are PEM: a PKCS#8 `PRIVATE KEY` to sign with, and any number of
+//! `PUBLIC KEY` blocks (SPKI) to verify with, so a key is rotated by accepting both for a
+//! while. `openssl genpkey -algorithm ed25519` makes one too.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+use crate::fields;
+
+/// The fields a signature covers, in this order (`key_id` included: a signature names
+/// the key that made it).
+pub const SIGNED_FIELDS: [&str; 8] = [
+    fields::EVENT_ID,
+    fields::EVENT_TYPE,
+    fields::SCHEMA_VERSION,
+    fields::ORDER_ID,
+    fields::OCCURRED_AT,
+    fields::PRODUCER,
+    fields::KEY_ID,
+    fields::PAYLOAD,
+];
+
+/// What the signed bytes start with: a signature over them means nothing else.
+const DOMAIN: &[u8] = b"order-payment-streams event signature v1\n";
+
+/// The DER prefix of an Ed25519 `SubjectPublicKeyInfo`; the 32-byte key follows.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// A key that could not be read or made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
+/// Why an entry's signature does not stand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    #[error("the entry is not signed")]
+    Unsigned,
+    #[error("signed with key {0:?}, not one this service accepts")]
+    UnknownKey(String),
+    #[error("the signature of key {0:?} does not match the entry")]
+    BadSignature(String),
+    #[error("the entry cannot be checked: {0}")]
+    Malformed(String),
+}
+
+/// The bytes a signature covers: the domain tag, then each of [`SIGNED_FIELDS`] as
+/// length-prefixed name and value. A field missing, or given twice, is an error.
+pub fn signed_bytes<K: AsRef<str>, V: AsRef<[u8]>>(
+    entry: &[(K, V)],
+) -> Result<Vec<u8>, Unverified> {
+    let mut out = DOMAIN.to_vec();
+    for name in SIGNED_FIELDS {
+        let mut values = entry.iter().filter(|(k, _)| k.as_ref() == name);
+        let (Some((_, value)), None) = (values.next(), values.next()) else {
+            return Err(Unverified::Malformed(format!(
+                "field `{name}` must be there exactly once"
+            )));
+        };
+        for part in [name.as_bytes(), value.as_ref()] {
+            let len = u32::try_from(part.len())
+                .map_err(|_| Unverified::Malformed(format!("field `{name}` is too long")))?;
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    Ok(out)
+}
+
+/// The id of a public key: the first 8 bytes of its SHA-256, in hex.
+fn key_id_of(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The DER of each PEM block labelled `label` in `text`.
+fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&begin) {
+        let body = &rest[start + begin.len()..];
+        let stop = body
+            .find(&end)
+            .ok_or_else(|| KeyError(format!("a {label} block without its END line")))?;
+        let base64: String = body[..stop].split_whitespace().collect();
+        let der = STANDARD
+            .decode(base64)
+            .map_err(|e| KeyError(format!("a {label} block is not base64: {e}")))?;
+        blocks.push(der);
+        rest = &body[stop + end.len()..];
+    }
+    Ok(blocks)
+}
+
+/// `der` as a PEM block labelled `label`.
+fn pem(label: &str, der: &[u8]) -> String {
+    let base64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// A service's signing key.
+pub struct EventSigner {
+    key_id: String,
+    pair: Ed25519KeyPair,
+}
+
+impl fmt::Debug for EventSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventSigner {
+    /// The key of a PEM `PRIVATE KEY` block (PKCS#8, Ed25519).
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let blocks = pem_blocks(text, "PRIVATE KEY")?;
+        let [der] = blocks.as_slice() else {
+            return Err(KeyError(format!(
+                "expected one PRIVATE KEY block, found {}",
+                blocks.len()
+            )));
+        };
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|e| KeyError(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+        Ok(Self {
+            key_id: key_id_of(pair.public_key().as_ref()),
+            pair,
+        })
+    }
+
+    /// A new key pair, as PEM: the private key (PKCS#8) and the public key (SPKI).
+    pub fn generate_pem() -> Result<(String, String), KeyError> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| KeyError("no randomness to make a key with".into()))?;
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|e| KeyError(format!("the new key does not read back: {e}")))?;
+        let spki: Vec<u8> = SPKI_PREFIX
+            .iter()
+            .chain(pair.public_key().as_ref())
+            .copied()
+            .collect();
+        Ok((pem("PRIVATE KEY", pkcs8.as_ref()), pem("PUBLIC KEY", &spki)))
+    }
+
+    /// The key's id, as entries it signs carry it.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Signs `entry`: appends `key_id` and `signature`, replacing any there were. An
+    /// entry lacking a field the signature covers is left unsigned (the error says which).
+    pub fn sign<K: From<&'static str> + AsRef<str>, V: From<String> + AsRef<[u8]>>(
+        &self,
+        entry: &mut Vec<(K, V)>,
+    ) -> Result<(), Unverified> {
+        entry.retain(|(k, _)| k.as_ref() != fields::KEY_ID && k.as_ref() != fields::SIGNATURE);
+        entry.push((fields::KEY_ID.into(), self.key_id.clone().into()));
+        match signed_bytes(entry) {
+            Ok(bytes) => {
+                let signature = STANDARD.encode(self.pair.sign(&bytes).as_ref());
+                entry.push((fields::SIGNATURE.into(), signature.into()));
+                Ok(())
+            }
+            Err(e) => {
+                entry.pop();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The keys a consumer accepts signatures of, by id.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyingKeys(HashMap<String, Vec<u8>>);
+
+impl VerifyingKeys {
+    /// The keys of every PEM `PUBLIC KEY` block (SPKI, Ed25519) in `text`.
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let mut keys = HashMap::new();
+        for der in pem_blocks(text, "PUBLIC KEY")? {
+            let key = der
+                .strip_prefix(&SPKI_PREFIX)
+                .filter(|key| key.len() == 32)
+                .ok_or_else(|| KeyError("a PUBLIC KEY that is not an Ed25519 key".into()))?;
+            keys.insert(key_id_of(key), key.to_vec());
+        }
+        if keys.is_empty() {
+            return Err(KeyError("no PUBLIC KEY block".into()));
+        }
+        Ok(Self(keys))
+    }
+
+    /// The ids of the keys, sorted.
+    pub fn key_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Whether `entry` (as Redis returns it) is signed by one of these keys.
+    pub fn verify<K: AsRef<str>, V: AsRef<[u8]>>(
+        &self,
+        entry: &[(K, V)],
+    ) -> Result<(), Unverified> {
+        let field = |name: &str| {
+            entry
+                .iter()
+                .find(|(k, _)| k.as_ref() == name)
+                .map(|(_, v)| v.as_ref())
+        };
+        let (Some(key_id), Some(signature)) = (field(fields::KEY_ID), field(fields::SIGNATURE))
+        else {
+            return Err(Unverified::Unsigned);
+        };
+        let key_id = String::from_utf8_lossy(key_id).into_owned();
+        let key = self
+            .0
+            .get(&key_id)
+            .ok_or_else(|| Unverified::UnknownKey(key_id.clone()))?;
+        let signature = STANDARD
+            .decode(signature)
+            .map_err(|_| Unverified::BadSignature(key_id.clone()))?;
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(&signed_bytes(entry)?, &signature)
+            .map_err(|_| Unverified::BadSignature(key_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Vec<(&'static str, String)> {
+        [
+            (fields::EVENT_ID, "01937a2e-5c00-7000-8000-000000000100"),
+            (fields::EVENT_TYPE, "OrderCancelled"),
+            (fields::SCHEMA_VERSION, "1"),
+            (fields::ORDER_ID, "01937a2e-5c00-7000-8000-000000000001"),
+            (fields::OCCURRED_AT, "2026-12-02T16:00:00Z"),
+            (fields::PRODUCER, "order-service"),
+            (
+                fields::PAYLOAD,
+                r#"{"order_id":"01937a2e-5c00-7000-8000-000000000001","customer_id":"ana","reason":"x"}"#,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect()
+    }
+
+    fn keys() -> (EventSigner, VerifyingKeys) {
+        let (private, public) = EventSigner::generate_pem().expect("a key");
+        (
+            EventSigner::from_pem(&private).expect("reads"),
+            VerifyingKeys::from_pem(&public).expect("reads"),
+        )
+    }
+
+    #[test]
+    fn a_signed_entry_verifies_and_any_change_to_a_meaningful_field_breaks_it() {
+        let (signer, verifying) = keys();
+        let mut signed = entry();
+        signer.sign(&mut signed).expect("signs");
+        assert_eq!(verifying.key_ids(), [signer.key_id()]);
+        assert_eq!(verifying.verify(&signed), Ok(()));
+        for name in SIGNED_FIELDS {
+            let mut changed = signed.clone();
+            for (k, v) in &mut changed {
+                if *k == name {
+                    v.push('x');
+                }
+            }
+            assert!(verifying.verify(&changed).is_err(), "{name} changed");
+        }
+        let mut traced = signed.clone();
+        traced.push((
+            fields::TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        ));
+        assert_eq!(verifying.verify(&traced), Ok(()), "telemetry is not signed");
+    }
+
+    #[test]
+    fn unsigned_unknown_and_foreign_signatures_are_told_apart() {
+        let (signer, verifying) = keys();
+        let (other, _) = keys();
+        assert_eq!(verifying.verify(&entry()), Err(Unverified::Unsigned));
+        let mut foreign = entry();
+        other.sign(&mut foreign).expect("signs");
+        assert_eq!(
+            verifying.verify(&foreign),
+            Err(Unverified::UnknownKey(other.key_id().to_owned()))
+        );
+        // Another key's signature under this key's id.
+        let mut mislabelled = foreign.clone();
+        for (k, v) in &mut mislabelled {
+            if *k == fields::KEY_ID {
+                *v = signer.key_id().to_owned();
+            }
+        }
+        assert!(matches!(
+            verifying.verify(&mislabelled),
+            Err(Unverified::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn the_encoding_is_length_prefixed_so_fields_cannot_shift() {
+        let mut a = entry();
+        let mut b = entry();
+        a.push((fields::KEY_ID, "k".into()));
+        b.push((fields::KEY_ID, "k".into()));
+        for (k, v) in &mut a {
+            if *k == fields::ORDER_ID {
+                v.push('a');
+            }
+        }
+        for (k, v) in &mut b {
+            if *k == fields::OCCURRED_AT {
+                v.insert(0, 'a');
+            }
+        }
+        assert_ne!(signed_bytes(&a), signed_bytes(&b));
+        let mut twice = a.clone();
+        twice.push((fields::PAYLOAD, "{}".into()));
+        assert!(matches!(
+            signed_bytes(&twice),
+            Err(Unverified::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn keys_made_by_openssl_are_read() {
+        // `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` (RFC 8410's
+        // test key).
+        let private = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+        let public = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let signer = EventSigner::from_pem(private).expect("reads a PKCS#8 v1 key");
+        let verifying = VerifyingKeys::from_pem(public).expect("reads");
+        let mut signed = entry();
+        signer.sign(&mut signed).expect("signs");
+        assert_eq!(verifying.verify(&signed), Ok(()));
+        assert!(VerifyingKeys::from_pem("").is_err());
+        assert!(EventSigner::from_pem(public).is_err());
+    }
+}

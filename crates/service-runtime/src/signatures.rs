@@ -1,0 +1,104 @@
+//! Event signatures as a service is set up with them (SPEC §4.9; the scheme is the
+//! `events` crate's `signing.rs`): its signing key, the verifying keys of the service it
+//! consumes from, and what its consumer does with an entry whose signature does not stand
+//! ([`SignatureMode`]). Keys are PEM files named by settings, never part of the build.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use events::{EventSigner, EventWriter, SchemaVersion, VerifyingKeys};
+
+/// What a consumer does with an entry that is unsigned, or signed with a key it does not
+/// accept, or whose signature does not match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureMode {
+    /// Dead-letter it as forged: it has no effect. The service signs what it writes.
+    Require,
+    /// Apply it, and count it (`events_unverified_total`): the step of an upgrade in which
+    /// producers start signing while consumers still meet unsigned entries. The service
+    /// signs what it writes.
+    Report,
+    /// Neither sign nor verify (said at start-up and in `/health/ready`).
+    Off,
+}
+
+impl SignatureMode {
+    /// The setting's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Require => "require",
+            Self::Report => "report",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// A service's keys and mode, read from its settings.
+#[derive(Debug, Clone)]
+pub struct Signatures {
+    pub mode: SignatureMode,
+    signer: Option<Arc<EventSigner>>,
+    verifying: VerifyingKeys,
+}
+
+impl Signatures {
+    /// Reads the keys `mode` needs: a signing key unless `off`, verifying keys to
+    /// `require` (and to `report` if given). The error names the setting.
+    pub fn load(
+        mode: SignatureMode,
+        signing_key_file: Option<&Path>,
+        verifying_keys_file: Option<&Path>,
+    ) -> Result<Self, String> {
+        let read = |setting: &str, path: &Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))
+        };
+        if mode == SignatureMode::Off {
+            return Ok(Self::off());
+        }
+        let path = signing_key_file.ok_or(
+            "SIGNING_KEY_FILE is not set: a service signs the events it writes (SIGNATURES=off \
+             turns signing and verifying off)",
+        )?;
+        let signer = EventSigner::from_pem(&read("SIGNING_KEY_FILE", path)?)
+            .map_err(|e| format!("SIGNING_KEY_FILE {}: {e}", path.display()))?;
+        let verifying = match (verifying_keys_file, mode) {
+            (Some(path), _) => VerifyingKeys::from_pem(&read("VERIFYING_KEYS_FILE", path)?)
+                .map_err(|e| format!("VERIFYING_KEYS_FILE {}: {e}", path.display()))?,
+            (None, SignatureMode::Report) => VerifyingKeys::default(),
+            (None, _) => {
+                return Err("VERIFYING_KEYS_FILE is not set: with SIGNATURES=require a \
+                            consumer needs the public keys of the service it reads from"
+                    .to_owned());
+            }
+        };
+        Ok(Self {
+            mode,
+            signer: Some(Arc::new(signer)),
+            verifying,
+        })
+    }
+
+    /// Neither signing nor verifying.
+    pub fn off() -> Self {
+        Self {
+            mode: SignatureMode::Off,
+            signer: None,
+            verifying: VerifyingKeys::default(),
+        }
+    }
+
+    /// The service's writer: `version`, signed with its key.
+    pub fn writer(&self, version: SchemaVersion) -> EventWriter {
+        EventWriter::new(version, self.signer.clone())
+    }
+
+    /// The keys the consumer accepts.
+    pub fn verifying(&self) -> &VerifyingKeys {
+        &self.verifying
+    }
+
+    /// The id of the signing key, if any.
+    pub fn key_id(&self) -> Option<&str> {
+        self.signer.as_deref().map(EventSigner::key_id)
+    }
+}
