@@ -361,6 +361,10 @@ mod tests {
         ));
     }
 
+    const PINNED_KEY_ID: &str = "e744c0791320c328";
+    const PINNED_SIGNATURE: &str =
+        "b3LKMj97xJRAQz6hmd5w+GtDLU2cciROKwSMtLzEyQlyD8/ba8RnO9f7cleYVdOMXwpYVwdM07yyiGjj3NsGBA==";
+
     #[test]
     fn keys_made_by_openssl_are_read() {
         // `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` (RFC 8410's
@@ -372,6 +376,16 @@ mod tests {
         let mut signed = entry();
         signer.sign(&mut signed).expect("signs");
         assert_eq!(verifying.verify(&signed), Ok(()));
+        // Ed25519 is deterministic: the canonical encoding of this entry, pinned. It is
+        // the contract between builds: a change here breaks every deployed consumer.
+        let field = |name: &str| {
+            signed
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(field(fields::KEY_ID).as_deref(), Some(PINNED_KEY_ID));
+        assert_eq!(field(fields::SIGNATURE).as_deref(), Some(PINNED_SIGNATURE));
         assert!(VerifyingKeys::from_pem("").is_err());
         assert!(EventSigner::from_pem(public).is_err());
     }
