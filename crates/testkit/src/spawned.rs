@@ -83,6 +83,25 @@ pub struct Spawned {
 }
 
 impl Spawned {
+    /// The sum of the samples of counter `metric` on `GET /metrics` whose labels include
+    /// every one of `labels` (each written `name="value"`).
+    pub async fn metric(&self, metric: &str, labels: &[String]) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("answers")
+            .text()
+            .await
+            .expect("text");
+        let prefix = format!("{metric}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && labels.iter().all(|label| l.contains(label)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -24,20 +24,8 @@ async fn both(ctx: &TestContext, dbs: (&str, &str), mode: &str) -> (Spawned, Spa
 
 /// `events_unverified_total` of this test's `stream`, as `app` counts it.
 async fn unverified(app: &Spawned, ctx: &TestContext, stream: &str) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("text");
-    let stream = format!("stream=\"{}\"", ctx.stream(stream));
-    text.lines()
-        .filter(|l| l.starts_with("events_unverified_total{") && l.contains(&stream))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let labels = [format!("stream=\"{}\"", ctx.stream(stream))];
+    app.metric("events_unverified_total", &labels).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

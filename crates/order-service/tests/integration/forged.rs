@@ -55,22 +55,11 @@ fn with_field(envelope: &Envelope, name: &str, value: &str) -> Vec<(&'static str
 
 /// `events_dead_lettered_total` for this test's `payment-events` and `cause`.
 async fn dead_lettered(app: &Spawned, ctx: &TestContext, cause: &str) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("text");
-    let stream = format!("stream=\"{}\"", ctx.stream(PAYMENT_EVENTS));
-    let cause = format!("cause=\"{cause}\"");
-    text.lines()
-        .filter(|l| l.starts_with("events_dead_lettered_total{"))
-        .filter(|l| l.contains(&stream) && l.contains(&cause))
-        .filter_map(|l| l.rsplit(" ").next()?.parse::<u64>().ok())
-        .sum()
+    let labels = [
+        format!("stream=\"{}\"", ctx.stream(PAYMENT_EVENTS)),
+        format!("cause=\"{cause}\""),
+    ];
+    app.metric("events_dead_lettered_total", &labels).await
 }
 
 #[tokio::test]
