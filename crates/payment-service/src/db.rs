@@ -45,6 +45,16 @@ pub struct Payment {
     pub refunded_at: Option<OffsetDateTime>,
 }
 
+/// The columns of a payment, as [`Payment`] reads them. Named, never `*`: a column that
+/// a later release adds must not change what this release's prepared statements return,
+/// or a replica of it still running during the rolling upgrade fails on every one
+/// ("cached plan must not change result type").
+macro_rules! payment_columns {
+    () => {
+        "id, order_id, customer_id, amount_cents, currency, status, created_at, refunded_at"
+    };
+}
+
 /// The saga state of one order on this side, with the answers it gave (SPEC §4.9): a
 /// question asked again is answered from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,10 +173,14 @@ pub async fn open_and_lock_accounts(
 
 /// The payments with these ids.
 pub async fn payments_by_id(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Payment>> {
-    sqlx::query_as("SELECT * FROM payments WHERE id = ANY($1)")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
 }
 
 /// What a batch of order events decided, to be written in one statement.
@@ -280,18 +294,26 @@ pub async fn settle(
 
 /// The payment with id `id`, if any.
 pub async fn find_payment(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Payment>> {
-    sqlx::query_as("SELECT * FROM payments WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The payments of an order (at most one, by constraint).
 pub async fn payments_of_order(pool: &PgPool, order_id: Uuid) -> sqlx::Result<Vec<Payment>> {
-    sqlx::query_as("SELECT * FROM payments WHERE order_id = $1 ORDER BY created_at")
-        .bind(order_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        payment_columns!(),
+        " FROM payments WHERE order_id = $1 ORDER BY created_at"
+    ))
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
 }
 
 /// The customer's account, if it was opened.
