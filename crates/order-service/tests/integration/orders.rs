@@ -313,6 +313,19 @@ async fn health_reports_each_dependency() {
         ready["checks"],
         json!({"postgres": "ok", "redis": "ok", "migrations": "ok"})
     );
+    assert_eq!(ready["signatures"], "require", "{ready}");
+    let unsigned = ctx
+        .spawn(
+            "order-service",
+            &["--signatures", "off"],
+            order_service::start,
+        )
+        .await;
+    let (_, ready_unsigned) = unsigned.get_json("/health/ready").await;
+    assert_eq!(
+        ready_unsigned["signatures"], "off",
+        "said where an operator looks"
+    );
 
     sqlx::query(
         "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
