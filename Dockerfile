@@ -28,7 +28,7 @@ COPY . .
 # selected, so `--bin` alone (which selects every workspace member) would rebuild the
 # dependencies the test crates give other features.
 RUN cargo build --release --locked --package order-service --package payment-service \
-        --bin order-service --bin payment-service --bin event-keys \
+        --package service-runtime --bin order-service --bin payment-service --bin event-keys \
     && cp target/release/order-service target/release/payment-service \
         target/release/event-keys /usr/local/bin/
 
