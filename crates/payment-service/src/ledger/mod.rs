@@ -12,8 +12,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use events::{
-    Currency, Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
-    PaymentCompleted, PaymentFailed, PaymentRefunded, Producer,
+    Envelope, Event, FailureReason, OrderCancelled, OrderCreated, PaymentCancelled,
+    PaymentCompleted, PaymentFailed, Producer,
 };
 use time::OffsetDateTime;
 use tracing::info;
@@ -22,11 +22,12 @@ use uuid::Uuid;
 use crate::batch::OrderEvent;
 use crate::db::{Account, NewPayment, OrderPayment, Payment, Settlement};
 use crate::domain::{
-    Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, PaymentStatus, decide_charge,
-    on_order_cancelled, on_order_created,
+    Charge, OnOrderCancelled, OnOrderCreated, OrderPaymentState, decide_charge, on_order_cancelled,
+    on_order_created,
 };
 
 mod again;
+mod refund;
 
 /// Why the ledger cannot settle an event: it can never be applied as it stands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,94 +252,6 @@ impl Ledger {
         self.answer(cause, Question::Cancelled, cancellation_confirmed(cancel));
     }
 
-    /// Credits the order's payment back and publishes `PaymentRefunded`.
-    fn refund(&mut self, cause: &Envelope, cancel: &OrderCancelled) -> Result<(), LedgerError> {
-        let payment_id = self
-            .decided(cancel.order_id)
-            .and_then(|decided| decided.payment_id)
-            .ok_or(LedgerError::NoPaymentId(cancel.order_id))?;
-        let charge = self.charge(payment_id)?;
-        if let Some(made_now) = self
-            .settled
-            .settlement
-            .new_payments
-            .iter_mut()
-            .find(|p| p.id == payment_id)
-        {
-            made_now.refunded = true;
-        } else if self
-            .earlier_payments
-            .get(&payment_id)
-            .is_some_and(|p| p.status == PaymentStatus::Completed)
-        {
-            self.settled.settlement.refunded.push(payment_id);
-        } else {
-            return Err(LedgerError::NotAStandingCharge(payment_id));
-        }
-        let customer_id = &charge.customer_id;
-        let overflow = || LedgerError::BalanceOverflow(customer_id.clone());
-        if let Some(account) = self.accounts.get_mut(customer_id) {
-            account.balance_cents = account
-                .balance_cents
-                .checked_add(charge.amount_cents)
-                .ok_or_else(overflow)?;
-        }
-        let delta = self
-            .settled
-            .settlement
-            .balance_deltas
-            .entry(customer_id.clone())
-            .or_default();
-        *delta = delta
-            .checked_add(charge.amount_cents)
-            .ok_or_else(overflow)?;
-        self.decide(
-            cancel.order_id,
-            OrderPaymentState::Refunded,
-            Some(payment_id),
-        );
-        self.answer(
-            cause,
-            Question::Cancelled,
-            Event::PaymentRefunded(PaymentRefunded {
-                payment_id,
-                order_id: cancel.order_id,
-                customer_id: charge.customer_id,
-                amount_cents: charge.amount_cents,
-                currency: charge.currency,
-            }),
-        );
-        Ok(())
-    }
-
-    /// The charge of payment `payment_id`, made by this batch or loaded.
-    fn charge(&self, payment_id: Uuid) -> Result<Charged, LedgerError> {
-        if let Some(made_now) = self
-            .settled
-            .settlement
-            .new_payments
-            .iter()
-            .find(|p| p.id == payment_id)
-        {
-            return Charged::of(
-                payment_id,
-                &made_now.customer_id,
-                made_now.amount_cents,
-                &made_now.currency,
-            );
-        }
-        let earlier = self
-            .earlier_payments
-            .get(&payment_id)
-            .ok_or(LedgerError::PaymentNotLoaded(payment_id))?;
-        Charged::of(
-            payment_id,
-            &earlier.customer_id,
-            earlier.amount_cents,
-            &earlier.currency,
-        )
-    }
-
     /// Sets the order's state (and its payment, if `payment_id` is given).
     fn decide(&mut self, order_id: Uuid, state: OrderPaymentState, payment_id: Option<Uuid>) {
         let decided = self
@@ -365,29 +278,6 @@ impl Ledger {
             }
         }
         self.settled.published.push(envelope);
-    }
-}
-
-/// What a payment charged, as its answers tell it.
-struct Charged {
-    customer_id: String,
-    amount_cents: i64,
-    currency: Currency,
-}
-
-impl Charged {
-    fn of(
-        payment_id: Uuid,
-        customer_id: &str,
-        amount_cents: i64,
-        currency: &str,
-    ) -> Result<Self, LedgerError> {
-        Ok(Self {
-            customer_id: customer_id.to_owned(),
-            amount_cents,
-            currency: Currency::parse(currency)
-                .map_err(|_| LedgerError::InvalidCurrency(payment_id))?,
-        })
     }
 }
 

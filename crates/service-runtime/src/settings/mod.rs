@@ -1,7 +1,6 @@
 //! Settings both services share (SPEC §7): env vars, each also a CLI flag, validated once
 //! at start-up. A bad value is one readable line on stderr and exit code 2.
 
-use std::fmt;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -12,28 +11,11 @@ use crate::signatures::{SignatureMode, Signatures};
 use crate::http_server::HttpLimits;
 pub use crate::secret_url::SecretUrl;
 pub use crate::session_bounds::DatabaseBounds;
+pub(crate) use values::admin_token;
+pub use values::{Secret, database_url, redis_url};
+use values::{consumer_name, namespace, otlp_endpoint};
 
-/// Parses a Postgres URL.
-pub fn database_url(url: &str) -> Result<SecretUrl, String> {
-    SecretUrl::parse_with_schemes(url, &["postgres", "postgresql"])
-}
-
-/// Parses a Redis URL.
-pub fn redis_url(url: &str) -> Result<SecretUrl, String> {
-    let schemes = [
-        "redis",
-        "rediss",
-        "redis+unix",
-        "unix",
-        "redis+cluster",
-        "rediss+cluster",
-    ];
-    let url = SecretUrl::parse_with_schemes(url, &schemes)?;
-    match crate::redis_conn::cluster_nodes(url.expose()) {
-        Some(Err(reason)) => Err(reason),
-        _ => Ok(url),
-    }
-}
+mod values;
 
 /// Log output: `pretty` for people, `json` for log shippers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -223,7 +205,9 @@ impl CommonSettings {
     /// The admin token, if the admin API is on: an empty `ADMIN_TOKEN` (what a compose
     /// file passes for an unset variable) leaves it off, like an unset one.
     pub fn admin_token(&self) -> Option<Secret> {
-        self.admin_token.clone().filter(|token| !token.0.is_empty())
+        self.admin_token
+            .clone()
+            .filter(|token| !token.expose().is_empty())
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -311,67 +295,6 @@ pub trait ServiceSettings: clap::Parser + std::fmt::Debug {
     /// Refuses unsafe combinations; the default checks the common settings.
     fn check(&self) -> Result<(), String> {
         self.common().check()
-    }
-}
-
-/// A secret string (a token): `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for comparing.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-pub(crate) fn admin_token(value: &str) -> Result<Secret, String> {
-    if value.is_empty() {
-        // Off (see `CommonSettings::admin_token`).
-        return Ok(Secret(String::new()));
-    }
-    if value.len() < 16 {
-        return Err("must be at least 16 characters".into());
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces or control characters".into());
-    }
-    Ok(Secret(value.to_owned()))
-}
-
-fn otlp_endpoint(value: &str) -> Result<SecretUrl, String> {
-    match value.split_once("://") {
-        // Empty means "no exporter", as when a compose file passes an unset variable.
-        _ if value.is_empty() => Ok(SecretUrl(String::new())),
-        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(SecretUrl(value.to_owned())),
-        _ => Err("expected an http:// or https:// URL".into()),
-    }
-}
-
-fn printable(value: &str) -> Result<String, String> {
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces or control characters".into());
-    }
-    Ok(value.to_owned())
-}
-
-fn namespace(value: &str) -> Result<String, String> {
-    if value.contains(['{', '}']) {
-        return Err("must not contain { or }: the stream keys' hash tags are made of them".into());
-    }
-    printable(value)
-}
-
-fn consumer_name(value: &str) -> Result<String, String> {
-    match printable(value)? {
-        name if name.is_empty() => Err("must not be empty".into()),
-        name => Ok(name),
     }
 }
 
