@@ -130,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let cpu_before = report::cpu_now(&args.watch);
     let placed = place(&args, &run).await?;
     if placed.accepted.is_empty() {
         bail!(
@@ -139,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let settled = settle(&args, &pool, &placed.accepted).await?;
+    let cpu_loaded = report::cpu_now(&args.watch);
     let soak = match soaking {
         Some((stop, windows)) => {
             stop.cancel();
@@ -159,7 +161,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
-    let processes = report::watch_processes(&args.watch).await;
+    let processes = report::watch_processes(
+        &args.watch,
+        &cpu_before,
+        &cpu_loaded,
+        placed.accepted.len() as u64,
+    )
+    .await;
 
     let figures = Figures {
         orders: args.orders,

@@ -40,6 +40,9 @@ pub struct ProcessFigures {
     pub name: String,
     pub pid: u32,
     pub rss_mib: Option<f64>,
+    /// CPU (user and system) used from the first order placed until every order was
+    /// final, per order: a count that is stable on a noisy box, where times are not.
+    pub cpu_ms_per_order: Option<f64>,
     /// CPU used while idle for 5 s after the run, in percent of one core.
     pub idle_cpu_percent: Option<f64>,
 }
@@ -100,7 +103,13 @@ impl Figures {
             let idle = p
                 .idle_cpu_percent
                 .map_or("?".to_owned(), |c| format!("{c:.2}% of a core"));
-            println!("  {:<22} RSS {rss}, idle CPU {idle}", p.name);
+            let busy = p
+                .cpu_ms_per_order
+                .map_or("?".to_owned(), |c| format!("{c:.2} ms"));
+            println!(
+                "  {:<22} CPU per order {busy}, RSS {rss}, idle CPU {idle}",
+                p.name
+            );
         }
     }
 }
@@ -128,20 +137,41 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// Resident memory now, and CPU used over 5 idle seconds, of each watched process.
-pub async fn watch_processes(watch: &[(String, u32)]) -> Vec<ProcessFigures> {
+/// The CPU seconds each watched process has used so far.
+pub fn cpu_now(watch: &[(String, u32)]) -> Vec<Option<f64>> {
+    watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
+}
+
+/// Of each watched process: resident memory now, CPU per order between `loaded_from` and
+/// `loaded_until` (taken with [`cpu_now`] before the first of `orders` was placed and
+/// once all were final), and CPU used over 5 idle seconds.
+pub async fn watch_processes(
+    watch: &[(String, u32)],
+    loaded_from: &[Option<f64>],
+    loaded_until: &[Option<f64>],
+    orders: u64,
+) -> Vec<ProcessFigures> {
     if watch.is_empty() {
         return Vec::new();
     }
-    let before: Vec<Option<f64>> = watch.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let loaded: Vec<Option<f64>> = loaded_until
+        .iter()
+        .zip(loaded_from)
+        .map(|(until, from)| {
+            Some((until.as_ref()? - from.as_ref()?) * 1000.0 / orders.max(1) as f64)
+        })
+        .collect();
+    let before = cpu_now(watch);
     tokio::time::sleep(Duration::from_secs(5)).await; // the idle window being measured
     watch
         .iter()
         .zip(before)
-        .map(|((name, pid), before)| ProcessFigures {
+        .zip(loaded)
+        .map(|(((name, pid), before), cpu_ms_per_order)| ProcessFigures {
             name: name.clone(),
             pid: *pid,
             rss_mib: rss_mib(*pid),
+            cpu_ms_per_order,
             idle_cpu_percent: before
                 .zip(cpu_seconds(*pid))
                 .map(|(b, a)| (a - b) / 5.0 * 100.0),

@@ -156,8 +156,9 @@ impl<H: EventHandler> Consumer<H> {
 
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(entries.len());
         let mut to_apply = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            match self.plan(entry, deliveries(entry)) {
+        let verdicts = self.verdicts(entries);
+        for (i, (entry, verdict)) in entries.iter().zip(verdicts).enumerate() {
+            match self.plan(entry, deliveries(entry), verdict) {
                 Plan::Skip => outcomes.push(Some(Outcome::Skipped)),
                 Plan::DeadLetter(cause, error) => {
                     outcomes.push(Some(
