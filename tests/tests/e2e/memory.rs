@@ -136,7 +136,19 @@ async fn huge_entries_are_dead_lettered_unread_and_memory_stays_bounded() {
     let orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env(&orders_db));
     ready(&orders).await;
     assert_eq!(place_orders(&orders.base_url, 1, 1).await.failed, 0);
-    let (_, genuine) = ctx.entries(ORDER_EVENTS).await.remove(0);
+    // The relay publishes after the commit that answered the POST: wait for the entry.
+    let (_, genuine) = eventually(
+        "the order's OrderCreated published",
+        Duration::from_secs(10),
+        || async {
+            let mut entries = ctx.entries(ORDER_EVENTS).await;
+            match entries.is_empty() {
+                true => Err("order-events is empty".to_owned()),
+                false => Ok(entries.remove(0)),
+            }
+        },
+    )
+    .await;
     let padding = "x".repeat(40 * 1024 * 1024);
     for _ in 0..3 {
         let mut fields: Vec<(&str, &[u8])> = genuine
