@@ -1,6 +1,7 @@
 # Builds both services in one builder stage, with one runtime image per service:
 #   docker build --target order-service   -t order-service .
 #   docker build --target payment-service -t payment-service .
+#   docker build --target flow-view       -t flow-view .
 # (docker-compose.yml builds both this way.) The second build reuses the first's stages.
 #
 # Stages: `planner` records the dependency graph (cargo-chef recipe), `builder` compiles
@@ -22,15 +23,17 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
-    --package order-service --package payment-service
+    --package order-service --package payment-service --package flow-view
 COPY . .
 # The same package selection as the cook: features are resolved over the packages
 # selected, so `--bin` alone (which selects every workspace member) would rebuild the
 # dependencies the test crates give other features.
 RUN cargo build --release --locked --package order-service --package payment-service \
-        --package service-runtime --bin order-service --bin payment-service --bin event-keys \
+        --package service-runtime --package flow-view --bin order-service --bin payment-service \
+        --bin event-keys --bin redis-functions --bin flow-view \
     && cp target/release/order-service target/release/payment-service \
-        target/release/event-keys /usr/local/bin/
+        target/release/event-keys target/release/redis-functions target/release/flow-view \
+        /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # curl only for the health check; no compiler, no cargo.
@@ -41,8 +44,14 @@ RUN apt-get update \
     && mkdir /keys && chown app /keys
 # The event keys (a volume or a secret mounted here; `event-keys` makes demo ones).
 COPY --from=builder /usr/local/bin/event-keys /usr/local/bin/event-keys
+# The Redis Functions loader (compose's `redis-functions`).
+COPY --from=builder /usr/local/bin/redis-functions /usr/local/bin/redis-functions
 USER app
 ENV LOG_FORMAT=json
+
+FROM runtime AS flow-view
+COPY --from=builder /usr/local/bin/flow-view /usr/local/bin/flow-view
+ENTRYPOINT ["/usr/local/bin/flow-view"]
 
 FROM runtime AS payment-service
 COPY --from=builder /usr/local/bin/payment-service /usr/local/bin/payment-service

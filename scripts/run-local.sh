@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs both services on this machine against a local Postgres and Redis, without Docker.
 # Creates the databases `orders` and `payments` if they are missing, starts
-# order-service on :8080 and payment-service on :8081, and stops both on Ctrl-C.
+# order-service on :8080, payment-service on :8081 and the flow view on :8090, and stops
+# them on Ctrl-C.
 #
 #   POSTGRES_URL  server to create the databases on  (default postgres://postgres@127.0.0.1:5432)
 #   REDIS_URL     Redis                              (default redis://127.0.0.1:6379)
@@ -25,7 +26,7 @@ for db in "$orders_db" "$payments_db"; do
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
 done
 
-cargo build --profile "$profile" --bin order-service --bin payment-service --bin event-keys
+cargo build --profile "$profile" --bin order-service --bin payment-service --bin event-keys --bin flow-view
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 # Demo event keys, made once: each service signs with its own and accepts the other's.
@@ -48,7 +49,13 @@ for replica in $(seq 2 "${PAYMENT_REPLICAS:-1}"); do
   pids+=($!)
 done
 
+# The live view: an observer of the streams and the two APIs.
+env HTTP_ADDR=${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090} ORDER_SERVICE_URL="http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}" \
+  PAYMENT_SERVICE_URL="http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}" "$bin/flow-view" &
+pids+=($!)
+
+echo "flow view       -> http://${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090}"
 echo "order-service   -> http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}"
 echo "payment-service -> http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}"
-echo "Ctrl-C stops both."
+echo "Ctrl-C stops them all."
 wait -n "${pids[@]}"

@@ -65,7 +65,7 @@ pub async fn start(
         ),
         writer.clone(),
     ));
-    let reconciler = PeriodicJob::new("reconciler", after / 2, move || {
+    let reconciler = PeriodicJob::new("reconciler", reconciler.round_interval(), move || {
         let reconciler = reconciler.clone();
         async move { reconciler.run_once().await }
     });
@@ -94,6 +94,7 @@ pub async fn start(
         jobs: vec![reconciler, expirer, key_pruner],
         migrator: &MIGRATOR,
         consumes: PAYMENT_EVENTS,
+        publishes: &[ORDER_EVENTS],
         group: ORDER_SERVICE_GROUP,
         handler: PaymentEvents { writer },
         awaiting_answer: Some(orders::AWAITING_ANSWER),

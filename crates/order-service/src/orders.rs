@@ -180,6 +180,12 @@ impl Reconciler {
         }
     }
 
+    /// How often a round runs: twice per `after`, so a question is asked again at most
+    /// half a wait late.
+    pub fn round_interval(&self) -> Duration {
+        self.after / 2
+    }
+
     /// One bounded round. Returns how many events were published again.
     pub async fn run_once(&self) -> anyhow::Result<u64> {
         // Without the broker's view (Redis away), every due question is asked: its copy
@@ -196,6 +202,7 @@ impl Reconciler {
             after: self.after,
             backoff_cap: self.backoff_cap,
             still_queued,
+            looks_every: self.round_interval(),
         };
         let (from_pending, from_cancelled) =
             *self.cursors.lock().unwrap_or_else(|e| e.into_inner());

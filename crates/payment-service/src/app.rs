@@ -1,7 +1,7 @@
 //! Wiring: payment-service is its routes plus the order-events handler on top of the
 //! shared service shell. `main` and the tests both start it through [`start`].
 
-use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
+use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,7 @@ pub async fn start(
         jobs: Vec::new(),
         migrator: &MIGRATOR,
         consumes: ORDER_EVENTS,
+        publishes: &[PAYMENT_EVENTS],
         group: PAYMENT_SERVICE_GROUP,
         handler: OrderEvents {
             initial_credit_cents: settings.initial_credit_cents,

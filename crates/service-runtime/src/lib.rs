@@ -24,6 +24,7 @@ mod backoff;
 pub mod consumer;
 pub mod database;
 pub mod dead_letters;
+pub mod functions;
 pub mod health;
 pub mod http_server;
 pub mod idempotency;

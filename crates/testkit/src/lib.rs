@@ -4,7 +4,8 @@
 //! [`spawned`] starts services in-process, [`waiting`] waits with a deadline, and
 //! [`faults`] breaks things for one test only, [`cluster`] gives one test a Redis Cluster
 //! to fail over, kill and reshard, and [`tls`] gives one test servers that speak TLS with
-//! certificates it generates.
+//! certificates it generates. [`browser`] drives a headless `chromium` for tests of a
+//! page.
 //!
 //! - Backends come from `DATABASE_URL` and `REDIS_URL` when set (CI sets them); otherwise
 //!   Postgres 16 and Redis 7.2 containers are started once per test process with
@@ -16,6 +17,7 @@
 //! - Traces are made as in production; logs stay silent unless `TEST_LOG=1`.
 
 pub mod backends;
+pub mod browser;
 pub mod cluster;
 pub mod context;
 pub mod faults;

@@ -4,6 +4,7 @@
 mod chaos;
 mod cluster;
 mod deadline;
+mod flow_view;
 mod flows;
 mod gray_failures;
 mod happy_path;

@@ -1,15 +1,18 @@
 //! Least-privilege Redis: a real `redis-server` started with the ACL file the compose
 //! file ships (`deploy/redis/users.acl`), each service connecting with the credentials
 //! the compose file gives it. Both run their whole flow (a charge, a decline, a cancel
-//! and its refund) as their own users, and neither user may write the other's stream or
-//! run what no service needs (`FLUSHALL`, `KEYS`, `CONFIG`).
+//! and its refund) as their own users, with the Redis Functions library loaded by the
+//! `functions` user as compose's `redis-functions` does; neither service user may write
+//! or trim the other's stream, run Lua of its own (`EVAL`, `SCRIPT LOAD`, `FUNCTION
+//! LOAD`) or what no service needs (`FLUSHALL`, `KEYS`, `CONFIG`).
 
 use std::time::Duration;
 
 use e2e::{Outcome, assert_invariants};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
-use testkit::{PrivateRedis, TestContext};
+use service_runtime::functions::LIBRARY_NAME;
+use testkit::{ClusterOptions, PrivateRedis, RedisCluster, TestContext};
 
 use crate::flows::{final_order, order_of, post};
 use crate::packaging::{compose, repo_file, text};
@@ -67,27 +70,24 @@ async fn as_user(
         .map_err(|e| e.code().unwrap_or("other").to_owned())
 }
 
-/// The `--redis-url` of `service`: its own user on the private Redis.
-fn redis_url_of(redis: &PrivateRedis, service: &str) -> String {
-    let (user, password) = redis_user_of(service);
-    redis.url_as(&user, &password)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
-    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis/users.acl");
-    assert!(repo_file("deploy/redis/users.acl").contains("user default off"));
-    let (op_user, op_password) = operator();
-    let redis = PrivateRedis::start_with(
-        &["--aclfile", acl.to_str().expect("a UTF-8 path")],
-        Some((&op_user, &op_password)),
-    )
-    .await;
-    let ctx = TestContext::unnamespaced(&redis.url());
-    // Retention trims hard and often, so its script runs as each user too.
+/// Loads the library as compose's `redis-functions` user, runs both services as their
+/// compose users (`url_as` makes a URL of a user and password) through a charge, a
+/// decline and a cancel with its refund, and sees each producer trim its stream.
+async fn runs_the_flow_as_the_compose_users(
+    ctx: &TestContext,
+    url_as: impl Fn((String, String)) -> String,
+) {
+    let loader = url_as(redis_user_of("redis-functions"));
+    let mut loader = service_runtime::RedisConnection::connect_for_commands(&loader)
+        .await
+        .expect("the loader connects");
+    service_runtime::functions::load(&mut loader)
+        .await
+        .expect("the functions user loads the library");
+    // Retention trims hard and often, so its function runs as each user too.
     let (order_url, payment_url) = (
-        redis_url_of(&redis, "order-service"),
-        redis_url_of(&redis, "payment-service"),
+        url_as(redis_user_of("order-service")),
+        url_as(redis_user_of("payment-service")),
     );
     let orders = ctx
         .spawn(
@@ -123,8 +123,23 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
     );
     let (_, account) = payments.get_json("/accounts/uma").await;
     assert_eq!(account["balance_cents"], 100_000, "refunded");
-    // Trimmed by each consumer, as its own user.
-    trimmed_to_their_last_entry(&ctx).await;
+    // Trimmed by each producer, as its own user.
+    trimmed_to_their_last_entry(ctx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis/users.acl");
+    assert!(repo_file("deploy/redis/users.acl").contains("user default off"));
+    let (op_user, op_password) = operator();
+    let redis = PrivateRedis::start_with(
+        &["--aclfile", acl.to_str().expect("a UTF-8 path")],
+        Some((&op_user, &op_password)),
+    )
+    .await;
+    let ctx = TestContext::unnamespaced(&redis.url());
+    let url_as = |(user, password): (String, String)| redis.url_as(&user, &password);
+    runs_the_flow_as_the_compose_users(&ctx, url_as).await;
 
     let order_user = redis_user_of("order-service");
     let payment_user = redis_user_of("payment-service");
@@ -148,11 +163,31 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
         Err("NOPERM".into()),
         "payment-service may not write order-events"
     );
-    for user in [&order_user, &payment_user] {
+    for (user, other_stream) in [(&order_user, PAYMENT_EVENTS), (&payment_user, ORDER_EVENTS)] {
+        assert_eq!(
+            as_user(&redis, user, &["XTRIM", other_stream, "MAXLEN", "0"]).await,
+            Err("NOPERM".into()),
+            "{} may not trim {other_stream}, which it only reads",
+            user.0
+        );
         for command in [
             &["FLUSHALL"][..],
             &["KEYS", "*"],
             &["CONFIG", "GET", "maxmemory"],
+            &["EVAL", "while true do end", "0"],
+            &["EVAL", "return 1", "1", other_stream],
+            &["SCRIPT", "LOAD", "return 1"],
+            &[
+                "FUNCTION",
+                "LOAD",
+                "#!lua name=mine\nredis.register_function('f', function() end)",
+            ],
+            &[
+                "FUNCTION",
+                "DELETE",
+                service_runtime::functions::LIBRARY_NAME,
+            ],
+            &["FUNCTION", "FLUSH"],
         ] {
             assert_eq!(
                 as_user(&redis, user, command).await,
@@ -162,6 +197,80 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
             );
         }
     }
+    let functions_user = redis_user_of("redis-functions");
+    for command in [
+        &["XADD", ORDER_EVENTS, "*", "forged", "1"][..],
+        &["EVAL", "return 1", "0"],
+        &["FUNCTION", "FLUSH"],
+    ] {
+        assert_eq!(
+            as_user(&redis, &functions_user, command).await,
+            Err("NOPERM".into()),
+            "the functions user may not run {command:?}"
+        );
+    }
+    // The flow view's user reads the streams through the library, writes nothing.
+    let viewer = redis_user_of("flow-view");
+    let mut seen =
+        service_runtime::RedisConnection::connect_for_commands(&redis.url_as(&viewer.0, &viewer.1))
+            .await
+            .expect("flow-view connects");
+    let observed = service_runtime::functions::observe(
+        &mut seen,
+        ORDER_EVENTS,
+        &service_runtime::functions::ObserveFrom::Newest,
+        1,
+        1024,
+    )
+    .await
+    .expect("flow-view reads order-events");
+    assert_eq!(observed.len(), 1);
+    let length = |redis: service_runtime::RedisConnection| async move {
+        redis::cmd("XLEN")
+            .arg(ORDER_EVENTS)
+            .query_async::<u64>(&mut redis.clone())
+            .await
+            .expect("XLEN")
+    };
+    let before = length(seen.clone()).await;
+    for command in [
+        &["XADD", ORDER_EVENTS, "*", "forged", "1"][..],
+        &["XACK", ORDER_EVENTS, "payment-service", "0-1"],
+        &["XGROUP", "CREATE", ORDER_EVENTS, "mine", "$"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "payment-service",
+            "me",
+            "STREAMS",
+            ORDER_EVENTS,
+            ">",
+        ],
+        &["XTRIM", ORDER_EVENTS, "MAXLEN", "0"],
+        &["XDEL", ORDER_EVENTS, "0-1"],
+        &["DEL", ORDER_EVENTS],
+        &["EVAL", "return 1", "0"],
+        &["FUNCTION", "FLUSH"],
+    ] {
+        assert_eq!(
+            as_user(&redis, &viewer, command).await,
+            Err("NOPERM".into()),
+            "the flow view may not run {command:?}"
+        );
+    }
+    let trimmed = redis::cmd("FCALL")
+        .arg("streams_v1_trim_stream")
+        .arg(1)
+        .arg(ORDER_EVENTS)
+        .arg(0)
+        .query_async::<redis::Value>(&mut seen.clone())
+        .await;
+    assert!(
+        trimmed.is_err(),
+        "a function runs with the caller's rights: {trimmed:?}"
+    );
+    assert_eq!(length(seen).await, before, "nothing of order-events went");
+
     let client = redis::Client::open(format!(
         "redis://127.0.0.1:{}",
         redis.url().rsplit(':').next().expect("a port")
@@ -173,4 +282,27 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
         .expect("connects");
     let refused: Result<String, _> = redis::cmd("PING").query_async(&mut anonymous).await;
     assert!(refused.is_err(), "the default user is off");
+}
+
+/// The same users on a Redis Cluster: every node reads the shipped ACL file; the library
+/// is loaded into every master; the services find their keys' nodes as their own users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_runs_its_flow_as_its_own_redis_user_on_a_cluster() {
+    let acl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/redis/users.acl");
+    let (op_user, op_password) = operator();
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        password: Some(&op_password),
+        acl: Some((&acl, &op_user)),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let ctx = TestContext::unnamespaced(&cluster.url());
+    let url_as = |(user, password): (String, String)| cluster.url_as(&user, &password);
+    runs_the_flow_as_the_compose_users(&ctx, url_as).await;
+    for port in cluster.master_ports().await {
+        let libraries: Vec<redis::Value> = cluster
+            .command(port, &["FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME])
+            .await;
+        assert_eq!(libraries.len(), 1, "the library is on the master on {port}");
+    }
 }

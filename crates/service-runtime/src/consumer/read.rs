@@ -1,14 +1,11 @@
 //! Reading a batch, bounded whatever the stream holds (SPEC §4.9): `XREADGROUP` runs
-//! inside Redis ([`BOUNDED_READ`]), which stops at a byte budget and hands an entry over
-//! `MAX_ENTRY_BYTES` over as its id and size only; with nothing to read, the consumer
+//! inside Redis (`bounded_read` of [`crate::functions`]), which stops at a byte budget and
+//! hands an entry over `MAX_ENTRY_BYTES` over as its id and size only; with nothing to read, the consumer
 //! blocks on the stream's ticks ([`StreamKeys::ticks`](crate::keys::StreamKeys::ticks)),
 //! never on the stream, whose next entry might be huge.
 
-use std::sync::LazyLock;
-
-use redis::Script;
-
 use super::{ConsumeError, Consumer, EventHandler, ReadFrom};
+use crate::functions::BOUNDED_READ;
 use crate::stream_reply::{RawEntry, parse_entries};
 
 /// The one field an entry over `MAX_ENTRY_BYTES` is delivered with: its size in bytes.
@@ -17,46 +14,6 @@ pub(super) const OVERSIZED_FIELD: &str = "__oversized__";
 /// A read brings at most about this many times `MAX_ENTRY_BYTES` (it stops once past, and
 /// reads 16 entries at a time): 16 MiB with the default limit.
 const READ_BUDGET_ENTRIES: usize = 48;
-
-/// `XREADGROUP` in chunks of 16 until `COUNT` entries or the byte budget, inside Redis, so
-/// that what comes back to the service is bounded whatever the stream holds (SPEC §4.9):
-/// an entry over the limit is replaced by its id and size. KEYS: the stream, its ticks.
-/// ARGV: group, consumer, count, `>` or `0`, max entry bytes, budget. Returns the last
-/// tick's id and the entries, each `[id, fields or nil]` as `XREADGROUP` gives them.
-static BOUNDED_READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out, total, start = {}, 0, ARGV[4]
-local remaining, max_entry, budget = tonumber(ARGV[3]), tonumber(ARGV[5]), tonumber(ARGV[6])
-while remaining > 0 and total < budget do
-  local n = math.min(remaining, 16)
-  local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[1], start)
-  if not reply then break end
-  local entries = reply[1][2]
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    if fields then
-      local size = 0
-      for _, part in ipairs(fields) do size = size + #part end
-      if size > max_entry then
-        entry[2] = {'__oversized__', tostring(size)}
-        size = 0
-      end
-      total = total + size
-    end
-    out[#out + 1] = entry
-    if start ~= '>' then start = entry[1] end
-  end
-  remaining = remaining - #entries
-  if #entries < n then break end
-end
-local tick = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local tick_id = '0-0'
-if #tick > 0 then tick_id = tick[1][1] end
-return {tick_id, out}
-",
-    )
-});
 
 impl<H: EventHandler> Consumer<H> {
     /// Reads the next entries: this consumer's own pending ones, or new ones, waiting up to
@@ -83,15 +40,14 @@ impl<H: EventHandler> Consumer<H> {
         Ok(self.read_bounded(from).await?.1)
     }
 
-    /// One bounded `XREADGROUP` (SPEC §4.9), run inside Redis ([`BOUNDED_READ`]): at most
+    /// One bounded `XREADGROUP` (SPEC §4.9), run inside Redis (`bounded_read` of [`crate::functions`]): at most
     /// `READ_COUNT` entries and about [`READ_BUDGET_ENTRIES`] × `MAX_ENTRY_BYTES` bytes; an
     /// entry over `MAX_ENTRY_BYTES` is delivered as its id with one field,
     /// [`OVERSIZED_FIELD`], its size, so the service never holds it. Also returns the id of
     /// the stream's last tick, to block on from there.
     async fn read_bounded(&self, from: ReadFrom) -> Result<(String, Vec<RawEntry>), ConsumeError> {
         let reply: redis::Value = BOUNDED_READ
-            .key(&self.stream_key)
-            .key(&self.ticks_key)
+            .on(&[&self.stream_key, &self.ticks_key])
             .arg(self.config.group)
             .arg(&self.config.consumer)
             .arg(self.config.read_count)
@@ -105,7 +61,7 @@ impl<H: EventHandler> Consumer<H> {
                     .max_entry_bytes
                     .saturating_mul(READ_BUDGET_ENTRIES),
             )
-            .invoke_async(&mut self.redis.commands.clone())
+            .invoke(&mut self.redis.commands.clone())
             .await?;
         match reply {
             redis::Value::Array(mut parts) if parts.len() == 2 => {

@@ -19,48 +19,16 @@
 //! locks are): a holder that died, or holds it longer than its expiry, only lets the
 //! others read side by side for a while.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
 use tracing::warn;
 
+use crate::functions::{PASS_TURN, TAKE_TURN};
 use crate::redis_conn::RedisConnections;
 
 /// How long the turn outlives a holder's blocking read: time to apply a short batch. A
 /// holder that died delays the next read by at most `BLOCK` plus this.
 const TURN_SLACK: Duration = Duration::from_secs(1);
-
-/// Takes the turn if it is free or already the caller's (a restarted process under the
-/// same consumer name).
-static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
-
-/// Passes the turn if the caller still holds it, and wakes one waiting replica. The
-/// wake-up list holds at most one token and expires with the turn.
-static PASS: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('LPUSH', KEYS[2], 1)
-  redis.call('LTRIM', KEYS[2], 0, 0)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return 0
-"#,
-    )
-});
 
 /// The reading turn of one consumer in its group.
 pub(super) struct ReadTurn {
@@ -102,22 +70,22 @@ impl ReadTurn {
     }
 
     async fn try_take(&self, redis: &RedisConnections) -> redis::RedisResult<bool> {
-        TAKE.key(&self.key)
+        TAKE_TURN
+            .on(&[&self.key])
             .arg(&self.consumer)
             .arg(self.expiry())
-            .invoke_async(&mut redis.commands.clone())
+            .invoke(&mut redis.commands.clone())
             .await
     }
 
     /// Passes the turn on. If that fails, the turn expires by itself.
     pub(super) async fn pass(&self, redis: &RedisConnections, held: Held) {
         let Held(()) = held;
-        let passed: redis::RedisResult<()> = PASS
-            .key(&self.key)
-            .key(&self.wake)
+        let passed: redis::RedisResult<()> = PASS_TURN
+            .on(&[&self.key, &self.wake])
             .arg(&self.consumer)
             .arg(self.expiry())
-            .invoke_async(&mut redis.commands.clone())
+            .invoke(&mut redis.commands.clone())
             .await;
         if let Err(e) = passed {
             warn!(key = %self.key, error = %e, "could not pass the reading turn; it expires by itself");

@@ -3,7 +3,6 @@
 //! queueing answers rebuilt from a service's own record ([`enqueue_again`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use events::{Envelope, EventType, EventWriter};
@@ -26,6 +25,10 @@ pub struct Reask {
     /// group that answers ([`StillQueued`]): they are not repeated, and the wait for
     /// their answer starts over.
     pub still_queued: Option<StillQueued>,
+    /// How often the caller looks ([`republish`]). A copy seen still queued is put off
+    /// `after` plus this, since it may be delivered just after the look: so it waits at
+    /// least `after` from its delivery for its answer, however many it has to wait with.
+    pub looks_every: Duration,
 }
 
 impl Reask {
@@ -35,6 +38,7 @@ impl Reask {
             after,
             backoff_cap: after,
             still_queued: None,
+            looks_every: Duration::ZERO,
         }
     }
 }
@@ -54,19 +58,6 @@ pub struct StillQueued {
 /// may be, as far as [`StillQueued`] goes.
 const CLOCK_SKEW: Duration = Duration::from_secs(1);
 
-/// The ids of a stream's oldest and newest entries (none if it is empty or gone), without
-/// sending their fields: an entry may be huge (SPEC §4.9).
-static STREAM_ENDS: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #first == 0 then return {} end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {first[1][1], last[1][1]}
-",
-    )
-});
-
 /// Reads from Redis the [`StillQueued`] window of `stream` for `group`: `None` when the
 /// stream is gone or empty (nothing of it can be waiting there).
 pub async fn still_queued(
@@ -74,8 +65,7 @@ pub async fn still_queued(
     stream: &str,
     group: &str,
 ) -> redis::RedisResult<Option<StillQueued>> {
-    let ends: Vec<String> = STREAM_ENDS.key(stream).invoke_async(redis).await?;
-    let [first, last] = ends.as_slice() else {
+    let Some((first, last)) = crate::functions::stream_ends(redis, stream).await? else {
         return Ok(None);
     };
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
@@ -98,8 +88,8 @@ pub async fn still_queued(
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     };
     Ok(Some(StillQueued {
-        after: at(entry_ms(first).max(delivered)) + CLOCK_SKEW,
-        until: at(entry_ms(last)) + CLOCK_SKEW,
+        after: at(entry_ms(&first).max(delivered)) + CLOCK_SKEW,
+        until: at(entry_ms(&last)) + CLOCK_SKEW,
     }))
 }
 
@@ -120,9 +110,9 @@ fn entry_ms(id: &str) -> u64 {
 /// repair a broker that lost an event, or to answer a question asked again (SPEC §4.6).
 ///
 /// Each row keeps its own schedule (`rearms`, `next_rearm_at`). A row whose last copy is
-/// still queued is not repeated, and its schedule starts over at `reask.after` from now
-/// whenever it is seen queued: so the wait for an answer is counted from about when the
-/// copy was delivered, not from when it was made (after a long outage, a backlog the
+/// still queued is not repeated, and its schedule starts over at `reask.after` (plus
+/// `reask.looks_every`) from now whenever it is seen queued: so the wait for an answer is
+/// counted from when the copy was delivered, not from when it was made (after a long outage, a backlog the
 /// answering service is draining is not asked again).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
 pub async fn republish(
@@ -150,7 +140,7 @@ pub async fn republish(
          ), queued AS (
              SELECT event_id FROM asked WHERE last_copy > $5 AND last_copy <= $6
          ), put_off AS (
-             UPDATE outbox SET next_rearm_at = now() + make_interval(secs => $3)
+             UPDATE outbox SET next_rearm_at = now() + make_interval(secs => $3 + $7)
              WHERE event_id IN (SELECT event_id FROM queued)
          ), rearmed AS (
              INSERT INTO outbox_pending (event_id)
@@ -174,6 +164,7 @@ pub async fn republish(
     .bind(reask.backoff_cap.as_secs_f64())
     .bind(queued_after)
     .bind(queued_until)
+    .bind(reask.looks_every.as_secs_f64())
     .fetch_all(&mut *conn)
     .await?;
     let rows = rearmed

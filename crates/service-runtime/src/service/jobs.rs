@@ -76,6 +76,7 @@ pub(super) fn runtime_jobs(
     infra: &Infrastructure,
     settings: &CommonSettings,
     consumed: Consumed,
+    published: Vec<String>,
     awaiting: Option<AwaitingAnswer>,
 ) -> Vec<PeriodicJob> {
     let (pool, retention) = (infra.pool.clone(), settings.outbox_retention());
@@ -103,19 +104,25 @@ pub(super) fn runtime_jobs(
         async move { observability::refresh_group_gauges(redis, &stream, group).await }
     });
     let (redis, limits) = (infra.redis.commands.clone(), settings.retention.clone());
-    let consumed = std::sync::Arc::new(consumed);
+    let (consumed, published) = (
+        std::sync::Arc::new(consumed),
+        std::sync::Arc::new(published),
+    );
     let trimmer = PeriodicJob::new("stream trimmer", limits.stream_trim_interval(), move || {
         let (redis, limits, c) = (redis.clone(), limits.clone(), consumed.clone());
+        let published = published.clone();
         async move {
-            let trimmed =
-                retention::trim_stream(&redis, &c.stream, c.group, limits.stream_retention())
-                    .await?
-                    + retention::trim_dead_letters(
-                        &redis,
-                        &c.dead_letters,
-                        limits.dead_letter_retention(),
-                    )
-                    .await?;
+            let mut trimmed = 0;
+            for stream in published.iter() {
+                trimmed +=
+                    retention::trim_stream(&redis, stream, limits.stream_retention()).await?;
+            }
+            trimmed += retention::trim_dead_letters(
+                &redis,
+                &c.dead_letters,
+                limits.dead_letter_retention(),
+            )
+            .await?;
             let idle = limits.consumer_idle_delete();
             let deleted =
                 retention::delete_idle_consumers(&redis, &c.stream, c.group, idle, &c.consumer)

@@ -74,6 +74,8 @@ pub struct ServiceParts<H> {
     /// Logical stream the service consumes, and its group there.
     pub consumes: &'static str,
     pub group: &'static str,
+    /// Logical streams the service publishes: it trims them (`retention`).
+    pub publishes: &'static [&'static str],
     /// What it does with each event.
     pub handler: H,
     /// Which of its outbox rows still wait for an answer: kept by the sweeper.
@@ -212,7 +214,13 @@ pub async fn start<H: EventHandler>(
         group: parts.group,
         consumer: consumer_name.clone(),
     };
-    let runtime_jobs = jobs::runtime_jobs(&infra, settings, consumed, parts.awaiting_answer);
+    let published = parts
+        .publishes
+        .iter()
+        .map(|s| infra.keys.stream(s))
+        .collect();
+    let runtime_jobs =
+        jobs::runtime_jobs(&infra, settings, consumed, published, parts.awaiting_answer);
     for job in parts.jobs.into_iter().chain(runtime_jobs) {
         let (stop, name) = (shutdown.clone(), job.name);
         tasks.spawn(async move {

@@ -3,6 +3,7 @@
 //! and the stream runtime (replicas' reading turns included) and its retention against
 //! real Postgres and Redis.
 
+mod functions;
 mod http;
 mod read_turns;
 mod redis_connections;

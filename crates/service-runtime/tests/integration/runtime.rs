@@ -952,6 +952,7 @@ async fn a_question_waits_while_its_copy_is_queued_and_backs_off_once_delivered(
         after: Duration::from_millis(200),
         backoff_cap: Duration::from_millis(500),
         still_queued,
+        looks_every: Duration::from_millis(100),
     };
     let window = |redis: service_runtime::RedisConnection| {
         let stream = stream.clone();

@@ -36,6 +36,9 @@ pub struct RedisCluster {
     nodes: Vec<Node>,
     /// The password every node asks for (`requirepass`), if any.
     password: Option<String>,
+    /// With an ACL file: every node reads it, and the test connects as this user (with
+    /// `password`), which the nodes also replicate as.
+    acl: Option<(String, String)>,
     /// With TLS: the certificate, key and authority files every node uses.
     tls: Option<[String; 3]>,
 }
@@ -45,6 +48,9 @@ pub struct RedisCluster {
 pub struct ClusterOptions<'a> {
     /// Every node asks for this password (`requirepass`, and `masterauth` for replication).
     pub password: Option<&'a str>,
+    /// Every node reads its users from this ACL file (`--aclfile`); the test, the cluster's
+    /// creation and replication use its user `.1` (allowed everything) with `password`.
+    pub acl: Option<(&'a std::path::Path, &'a str)>,
     /// Every node also listens for TLS with these certificates, and the cluster bus and
     /// replication use TLS; clients need not present a certificate.
     pub tls: Option<&'a TestCertificates>,
@@ -65,6 +71,9 @@ impl RedisCluster {
             dir,
             nodes: vec![],
             password: options.password.map(str::to_owned),
+            acl: options
+                .acl
+                .map(|(file, user)| (path(file), user.to_owned())),
             tls: options
                 .tls
                 .map(|certs| [path(&certs.cert), path(&certs.key), path(&certs.ca)]),
@@ -88,6 +97,7 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let created = Command::new("redis-cli")
+            .args(cluster.acl.iter().flat_map(|(_, user)| ["--user", user]))
             .args(
                 cluster
                     .password
@@ -138,11 +148,14 @@ impl RedisCluster {
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.to_string_lossy()])
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|p| ["--requirepass", p, "--masterauth", p]),
-            )
+            .args(match (&self.acl, &self.password) {
+                (Some((file, user)), Some(p)) => {
+                    vec!["--aclfile", file, "--masteruser", user, "--masterauth", p]
+                }
+                (Some((file, _)), None) => vec!["--aclfile", file],
+                (None, Some(p)) => vec!["--requirepass", p, "--masterauth", p],
+                (None, None) => vec![],
+            })
             .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -178,15 +191,22 @@ impl RedisCluster {
             .and_then(|n| n.tls_port)
     }
 
+    /// `redis+cluster://` with three of the nodes as seeds, as the ACL user `name`.
+    pub fn url_as(&self, name: &str, password: &str) -> String {
+        self.url_without_password()
+            .replacen("://", &format!("://{name}:{password}@"), 1)
+    }
+
     /// The same URL without the password.
     pub fn url_without_password(&self) -> String {
         self.url().replace(&self.credentials(), "")
     }
 
     pub(super) fn credentials(&self) -> String {
+        let user = self.acl.as_ref().map_or("", |(_, user)| user);
         self.password
             .as_ref()
-            .map_or_else(String::new, |p| format!(":{p}@"))
+            .map_or_else(String::new, |p| format!("{user}:{p}@"))
     }
 
     pub(super) fn node_url(&self, port: u16) -> String {

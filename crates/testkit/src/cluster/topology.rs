@@ -29,6 +29,16 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no master serves slot {slot}: {nodes:?}"))
     }
 
+    /// The ports of the live masters that serve slots now.
+    pub async fn master_ports(&self) -> Vec<u16> {
+        self.nodes_view()
+            .await
+            .iter()
+            .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+            .map(|n| n.port)
+            .collect()
+    }
+
     /// The port of a replica of the master on `master_port`.
     pub async fn replica_of(&self, master_port: u16) -> u16 {
         let nodes = self.nodes_view().await;

@@ -1,0 +1,241 @@
+//! The view against a private `redis-server`: what it shows of entries, groups and dead
+//! letters, that every value from a stream is escaped, and that it holds nothing back
+//! (no group of its own, nothing pending, nothing written).
+
+use std::time::Duration;
+
+use clap::Parser;
+use flow_view::{FlowView, Settings, start};
+use service_runtime::RedisConnection;
+use testkit::{PrivateRedis, eventually};
+
+async fn view_of(redis: &PrivateRedis) -> FlowView {
+    let url = redis.url();
+    let settings = Settings::parse_from([
+        "flow-view",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--redis-url",
+        url.as_str(),
+        // Nothing listens there: the services are away.
+        "--order-service-url",
+        "http://127.0.0.1:9",
+        "--payment-service-url",
+        "http://127.0.0.1:9",
+        "--refresh-ms",
+        "100",
+    ]);
+    start(settings).await.expect("the view starts")
+}
+
+async fn run(redis: &RedisConnection, args: &[&str]) -> redis::Value {
+    redis::cmd(args[0])
+        .arg(&args[1..])
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The page, once it shows `wanted`.
+async fn page_showing(view: &FlowView, wanted: &str) -> String {
+    let url = format!("http://{}/", view.addr);
+    eventually(
+        &format!("the page to show {wanted}"),
+        Duration::from_secs(10),
+        || async {
+            let page = reqwest::get(&url)
+                .await
+                .map_err(|e| e.to_string())?
+                .text()
+                .await
+                .map_err(|e| e.to_string())?;
+            if page.contains(wanted) {
+                Ok(page)
+            } else {
+                Err(page)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_forged_entry_whose_fields_hold_markup_shows_as_text() {
+    let redis = PrivateRedis::start().await;
+    let conn = RedisConnection::connect_for_commands(&redis.url())
+        .await
+        .expect("connects");
+    let view = view_of(&redis).await;
+    run(
+        &conn,
+        &[
+            "XADD",
+            "order-events",
+            "*",
+            "event_type",
+            "<script>alert(1)</script>",
+            "order_id",
+            "<img src=x onerror=alert(2)>",
+        ],
+    )
+    .await;
+    run(
+        &conn,
+        &[
+            "XADD",
+            "order-events",
+            "*",
+            "event_type",
+            "OrderCreated",
+            "order_id",
+            "o-1",
+            "payload",
+            r#"{"customer_id":"<b>eve</b>","total_cents":1}"#,
+        ],
+    )
+    .await;
+
+    let page = page_showing(&view, "&lt;script&gt;alert(1)&lt;/script&gt;").await;
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(2)&gt;"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;eve&lt;/b&gt;"), "{page}");
+    for raw in ["<script>alert", "<img src=x", "<b>eve"] {
+        assert!(!page.contains(raw), "{raw} reached the page unescaped");
+    }
+    // The live fragments are the same escaped HTML.
+    let mut live = reqwest::get(format!("http://{}/events", view.addr))
+        .await
+        .expect("the live stream");
+    let mut seen = String::new();
+    while !seen.contains("event: broker") {
+        let chunk = live.chunk().await.expect("reads").expect("a first event");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("&lt;script&gt;alert(1)"), "{seen}");
+    assert!(!seen.contains("<script>alert"), "{seen}");
+    view.stop().await;
+}
+
+#[tokio::test]
+async fn it_shows_who_holds_an_entry_and_the_lag_and_holds_nothing_back() {
+    let redis = PrivateRedis::start().await;
+    let conn = RedisConnection::connect_for_commands(&redis.url())
+        .await
+        .expect("connects");
+    let order = "01937a2e-5c00-7000-8000-000000000001";
+    run(
+        &conn,
+        &[
+            "XGROUP",
+            "CREATE",
+            "order-events",
+            "payment-service",
+            "$",
+            "MKSTREAM",
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        run(
+            &conn,
+            &[
+                "XADD",
+                "order-events",
+                "*",
+                "event_type",
+                "OrderCreated",
+                "order_id",
+                order,
+                "occurred_at",
+                "2026-12-02T16:00:00Z",
+            ],
+        )
+        .await;
+    }
+    let view = view_of(&redis).await;
+    // Three entries not yet delivered: lag 3.
+    page_showing(&view, r#"<td class="lag">3</td>"#).await;
+
+    run(
+        &conn,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "payment-service",
+            "payer-1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "order-events",
+            ">",
+        ],
+    )
+    .await;
+    let page = page_showing(&view, "to payer-1, delivery 1").await;
+    assert!(page.contains(r#"<td class="lag">2</td>"#), "{page}");
+    assert!(page.contains(r#"<td class="pending">1</td>"#), "{page}");
+
+    // Only the group the test made, one entry pending, nothing written by the view.
+    let groups = run(&conn, &["XINFO", "GROUPS", "order-events"]).await;
+    assert_eq!(
+        format!("{groups:?}").matches("last-delivered-id").count(),
+        1,
+        "{groups:?}"
+    );
+    let length: u64 = redis::cmd("XLEN")
+        .arg("order-events")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XLEN");
+    assert_eq!(length, 3);
+    view.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
+    let redis = PrivateRedis::start().await;
+    let conn = RedisConnection::connect_for_commands(&redis.url())
+        .await
+        .expect("connects");
+    let view = view_of(&redis).await;
+    let huge = "x".repeat(8 * 1024 * 1024);
+    run(
+        &conn,
+        &[
+            "XADD",
+            "order-events",
+            "*",
+            "event_type",
+            "OrderCreated",
+            "order_id",
+            "o",
+            "pad",
+            &huge,
+        ],
+    )
+    .await;
+    run(
+        &conn,
+        &[
+            "XADD",
+            "{order-events}:dlq",
+            "*",
+            "event_type",
+            "OrderCreated",
+            "order_id",
+            "o-2",
+            "dlq:error",
+            "invalid event: total_cents does not match its lines",
+        ],
+    )
+    .await;
+    let page = page_showing(&view, "1 entries too big to show").await;
+    assert!(
+        !page.contains(&huge[..1000]),
+        "the huge field is not on the page"
+    );
+    page_showing(&view, "total_cents does not match its lines").await;
+    view.stop().await;
+}
