@@ -136,6 +136,32 @@ impl Rollout {
         terminate(&mut old, Duration::from_secs(15)).await;
     }
 
+    /// Waits until order-service's outbox holds no unpublished row committed as version
+    /// 2: a replica stopped between its commit and its publish leaves its rows to the
+    /// next one's relay, which sends them as stored (the runbook's `outbox_backlog`).
+    async fn no_version_2_left_to_publish(&self) {
+        let pool = PgPool::connect(&self.orders_db).await.expect("db");
+        eventually(
+            "order-service to publish every version-2 row",
+            Duration::from_secs(30),
+            || async {
+                let left: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM outbox_pending p JOIN outbox o USING (event_id)
+                     WHERE o.fields[array_position(o.fields, 'schema_version') + 1] = '2'",
+                )
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} rows"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// No dead letter on either stream, nothing parked by either group.
     async fn nothing_dead_lettered_or_parked(&self, when: &str) {
         for stream in [ORDER_EVENTS, PAYMENT_EVENTS] {
@@ -291,14 +317,15 @@ async fn a_rolling_upgrade_to_schema_version_2_and_a_rollback_lose_and_park_noth
         .nothing_dead_lettered_or_parked("writers switched")
         .await;
 
-    // 4. payment-service rolled back: writers back to 1, the version-2 entries of
-    //    order-events consumed, then the previous release.
+    // 4. payment-service rolled back: writers back to 1, the version-2 rows of
+    //    order-service's outbox published and consumed, then the previous release.
     rollout
         .roll(Service::Orders, Build::Current { writes: 1 })
         .await;
     rollout
         .roll(Service::Payments, Build::Current { writes: 1 })
         .await;
+    rollout.no_version_2_left_to_publish().await;
     rollout
         .ctx
         .drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP)
