@@ -239,3 +239,108 @@ async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
     page_showing(&view, "total_cents does not match its lines").await;
     view.stop().await;
 }
+
+/// The peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// The view as a real process, killed with the test.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_100000_orders_the_view_holds_its_window_in_under_32_mib() {
+    let redis = PrivateRedis::start().await;
+    let conn = RedisConnection::connect_for_commands(&redis.url())
+        .await
+        .expect("connects");
+    let port = testkit::free_port();
+    let view = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flow-view"))
+            .env("REDIS_URL", redis.url())
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("ORDER_SERVICE_URL", "http://127.0.0.1:9")
+            .env("PAYMENT_SERVICE_URL", "http://127.0.0.1:9")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("flow-view starts"),
+    );
+    let page = format!("http://127.0.0.1:{port}/");
+    eventually("the view to serve", Duration::from_secs(20), || async {
+        reqwest::get(&page)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+
+    // Each order: its OrderCreated, then (once the view showed the last of those) its
+    // PaymentCompleted, as the services write them.
+    const ORDERS: usize = 100_000;
+    let last = format!("01937a2e-5c00-7000-8000-{ORDERS:012}");
+    let order_id = |n: usize| format!("01937a2e-5c00-7000-8000-{n:012}");
+    for (stream, step) in [
+        ("order-events", "OrderCreated"),
+        ("payment-events", "PaymentCompleted"),
+    ] {
+        for chunk in (1..=ORDERS).collect::<Vec<_>>().chunks(1000) {
+            let mut pipe = redis::pipe();
+            for &n in chunk {
+                let payload = format!(
+                    r#"{{"order_id":"{}","customer_id":"c{}","items":[{{"sku":"book","quantity":2,"unit_price_cents":1250}}],"total_cents":2500,"currency":"EUR"}}"#,
+                    order_id(n),
+                    n % 100
+                );
+                pipe.cmd("XADD")
+                    .arg(stream)
+                    .arg("*")
+                    .arg(&[
+                        ("event_id", format!("{step}-{n}")),
+                        ("event_type", step.to_owned()),
+                        ("order_id", order_id(n)),
+                        ("occurred_at", "2026-12-02T16:00:00Z".to_owned()),
+                        ("payload", payload),
+                    ])
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn.clone())
+                .await
+                .expect("XADD");
+        }
+        eventually(
+            &format!("the view to show the last order's {step}"),
+            Duration::from_secs(120),
+            || async {
+                let text = reqwest::get(&page)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let shown = text.matches(step).count();
+                if text.contains(&last) && shown >= 30 {
+                    Ok(())
+                } else {
+                    Err(format!("{shown} {step} shown"))
+                }
+            },
+        )
+        .await;
+    }
+    let peak = peak_rss_kib(view.0.id());
+    eprintln!("flow-view peak RSS after {ORDERS} orders: {} KiB", peak);
+    assert!(peak < 32 * 1024, "peak RSS {peak} KiB");
+}

@@ -4,7 +4,6 @@
 mod chaos;
 mod cluster;
 mod deadline;
-mod flow_view;
 mod flows;
 mod gray_failures;
 mod happy_path;

@@ -39,18 +39,26 @@ impl RedisCluster {
             .collect()
     }
 
-    /// The port of a replica of the master on `master_port`.
+    /// The port of a replica of the master on `master_port`, once the node asked knows
+    /// one (on a loaded box a replica's meeting can come after the slots are settled).
     pub async fn replica_of(&self, master_port: u16) -> u16 {
-        let nodes = self.nodes_view().await;
-        let master = nodes
-            .iter()
-            .find(|n| n.port == master_port)
-            .expect("a known master");
-        nodes
-            .iter()
-            .find(|n| !n.failed && n.master_id.as_deref() == Some(&master.id))
-            .map(|n| n.port)
-            .unwrap_or_else(|| panic!("the master on {master_port} has no replica: {nodes:?}"))
+        eventually(
+            &format!("a replica of the master on {master_port}"),
+            SETTLE,
+            || async {
+                let nodes = self.nodes_view().await;
+                let master = nodes
+                    .iter()
+                    .find(|n| n.port == master_port)
+                    .ok_or_else(|| format!("no master on {master_port}: {nodes:?}"))?;
+                nodes
+                    .iter()
+                    .find(|n| !n.failed && n.master_id.as_deref() == Some(&master.id))
+                    .map(|n| n.port)
+                    .ok_or_else(|| format!("{nodes:?}"))
+            },
+        )
+        .await
     }
 
     /// Waits until every live node says `cluster_state:ok`, each live node is a master

@@ -1,7 +1,8 @@
 //! The flow view over both services, in a real browser (headless `chromium`): orders
 //! placed by filling the page's form and clicking are seen through to their end; with
 //! payment-service stopped the page shows the entries waiting (lag) and, once it is
-//! back, the lag drained, live, without a reload.
+//! back, the lag drained, live, without a reload. A test binary of its own, so that the
+//! browser never runs beside the timing-sensitive end-to-end tests.
 
 use std::time::Duration;
 
@@ -10,7 +11,20 @@ use flow_view::{FlowView, Settings};
 use testkit::browser::Browser;
 use testkit::{Spawned, TestContext};
 
-use crate::flows::{order_of, post};
+/// Places an order of `cents` for `customer` with order-service's API; its status.
+async fn post_order(orders: &Spawned, customer: &str, cents: i64) -> u16 {
+    reqwest::Client::new()
+        .post(orders.url("/orders"))
+        .json(
+            &serde_json::json!({"customer_id": customer, "currency": "EUR",
+            "items": [{"sku": "thing", "quantity": 1, "unit_price_cents": cents}]}),
+        )
+        .send()
+        .await
+        .expect("order-service answers")
+        .status()
+        .as_u16()
+}
 
 async fn view_over(ctx: &TestContext, orders: &Spawned, payments: &Spawned) -> FlowView {
     let (order_url, payment_url) = (orders.url(""), payments.url(""));
@@ -34,7 +48,7 @@ async fn view_over(ctx: &TestContext, orders: &Spawned, payments: &Spawned) -> F
 
 /// Where the browser test leaves its screenshot (the README shows a copy of one:
 /// docs/flow-view.png).
-const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/flow-view.png");
+const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/flow-view.png");
 
 /// Whether the page shows an order in `state`, `n` times.
 fn states(state: &str, n: usize) -> String {
@@ -119,8 +133,7 @@ async fn in_a_browser_a_stopped_payment_service_shows_as_lag_that_drains_when_it
     .expect("the browser opens the page");
 
     for _ in 0..3 {
-        let (status, _) = post(&orders, "/orders", &order_of("wes", 100)).await;
-        assert_eq!(status, 201);
+        assert_eq!(post_order(&orders, "wes", 100).await, 201);
     }
     browser = tokio::task::spawn_blocking(move || {
         browser.wait_until("three entries waiting", Duration::from_secs(30), &lag_is(3));
