@@ -76,14 +76,19 @@ place() { # <count>: orders of 1 EUR, 8 at a time
 
 say "up --build"
 time compose up --build -d
-within 300 "every container healthy" all_healthy 5
+# redis, two databases, the two services, the functions loader and the flow view.
+within 300 "every container healthy" all_healthy 7
 
 say "the README walkthrough"
 scripts/check-walkthrough.sh --compose
 
+say "the flow view shows the walkthrough's orders"
+shows_paid() { curl -fsS localhost:8090/ | grep -q '<b class="state">PAID</b>'; }
+within 30 "a PAID order on http://localhost:8090" shows_paid
+
 say "three payment-service consumers share the work; one stopped mid-flow loses nothing"
 compose up -d --scale payment-replica=2
-within 120 "every container healthy" all_healthy 7
+within 120 "every container healthy" all_healthy 9
 loading=$(mktemp)
 (while [ -e "$loading" ]; do place 20; done) &
 load=$!
