@@ -11,6 +11,7 @@
 #   ORDERS_DB, PAYMENTS_DB  database names           (default orders, payments)
 #   PAYMENT_REPLICAS  payment-service processes      (default 1; more listen on :8082, :8083, ...)
 #   KEYS_DIR      the services' event signing keys, made at first start (default target/event-keys)
+#   FLOW_VIEW     0 to run without the flow view                          (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,12 +50,14 @@ for replica in $(seq 2 "${PAYMENT_REPLICAS:-1}"); do
   pids+=($!)
 done
 
-# The live view: an observer of the streams and the two APIs.
-env HTTP_ADDR=${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090} ORDER_SERVICE_URL="http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}" \
-  PAYMENT_SERVICE_URL="http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}" "$bin/flow-view" &
-pids+=($!)
+# The live view: an observer of the streams and the two APIs (FLOW_VIEW=0: without it).
+if [ "${FLOW_VIEW:-1}" != 0 ]; then
+  env HTTP_ADDR=${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090} ORDER_SERVICE_URL="http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}" \
+    PAYMENT_SERVICE_URL="http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}" "$bin/flow-view" &
+  pids+=($!)
+  echo "flow view       -> http://${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090}"
+fi
 
-echo "flow view       -> http://${FLOW_VIEW_HTTP_ADDR:-127.0.0.1:8090}"
 echo "order-service   -> http://${ORDER_HTTP_ADDR:-127.0.0.1:8080}"
 echo "payment-service -> http://${PAYMENT_HTTP_ADDR:-127.0.0.1:8081}"
 echo "Ctrl-C stops them all."

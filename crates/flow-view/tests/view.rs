@@ -10,13 +10,16 @@ use service_runtime::RedisConnection;
 use testkit::{PrivateRedis, eventually};
 
 async fn view_of(redis: &PrivateRedis) -> FlowView {
-    let url = redis.url();
+    view_at(&redis.url()).await
+}
+
+async fn view_at(url: &str) -> FlowView {
     let settings = Settings::parse_from([
         "flow-view",
         "--http-addr",
         "127.0.0.1:0",
         "--redis-url",
-        url.as_str(),
+        url,
         // Nothing listens there: the services are away.
         "--order-service-url",
         "http://127.0.0.1:9",
@@ -343,4 +346,56 @@ async fn after_100000_orders_the_view_holds_its_window_in_under_32_mib() {
     let peak = peak_rss_kib(view.0.id());
     eprintln!("flow-view peak RSS after {ORDERS} orders: {} KiB", peak);
     assert!(peak < 32 * 1024, "peak RSS {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_reads_the_streams_of_a_redis_cluster() {
+    let cluster = testkit::RedisCluster::start().await;
+    let conn = RedisConnection::connect_for_commands(&cluster.url())
+        .await
+        .expect("connects");
+    let order = "01937a2e-5c00-7000-8000-000000000009";
+    run(
+        &conn,
+        &[
+            "XGROUP",
+            "CREATE",
+            "payment-events",
+            "order-service",
+            "$",
+            "MKSTREAM",
+        ],
+    )
+    .await;
+    run(
+        &conn,
+        &[
+            "XADD",
+            "order-events",
+            "*",
+            "event_type",
+            "OrderCreated",
+            "order_id",
+            order,
+        ],
+    )
+    .await;
+    run(
+        &conn,
+        &[
+            "XADD",
+            "payment-events",
+            "*",
+            "event_type",
+            "PaymentCompleted",
+            "order_id",
+            order,
+        ],
+    )
+    .await;
+    let view = view_at(&cluster.url()).await;
+    let page = page_showing(&view, "PaymentCompleted").await;
+    assert!(page.contains("OrderCreated"), "{page}");
+    assert!(page.contains(r#"<td class="lag">1</td>"#), "{page}");
+    view.stop().await;
 }
