@@ -26,6 +26,16 @@ async fn post_order(orders: &Spawned, customer: &str, cents: i64) -> u16 {
         .as_u16()
 }
 
+/// Both services in this process and the view over them.
+async fn both_services_and_the_view(ctx: &TestContext) -> (Spawned, Spawned, FlowView) {
+    let orders = ctx.spawn("order-service", &[], order_service::start).await;
+    let payments = ctx
+        .spawn("payment-service", &[], payment_service::start)
+        .await;
+    let view = view_over(ctx, &orders, &payments).await;
+    (orders, payments, view)
+}
+
 async fn view_over(ctx: &TestContext, orders: &Spawned, payments: &Spawned) -> FlowView {
     let (order_url, payment_url) = (orders.url(""), payments.url(""));
     let settings = Settings::parse_from([
@@ -67,11 +77,7 @@ fn lag_is(n: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_orders_placed_with_the_form_are_seen_through_to_their_end() {
     let ctx = TestContext::new();
-    let orders = ctx.spawn("order-service", &[], order_service::start).await;
-    let payments = ctx
-        .spawn("payment-service", &[], payment_service::start)
-        .await;
-    let view = view_over(&ctx, &orders, &payments).await;
+    let (_orders, _payments, view) = both_services_and_the_view(&ctx).await;
     let page = format!("http://{}/", view.addr);
 
     tokio::task::spawn_blocking(move || {
@@ -113,11 +119,7 @@ async fn in_a_browser_orders_placed_with_the_form_are_seen_through_to_their_end(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_a_stopped_payment_service_shows_as_lag_that_drains_when_it_returns() {
     let ctx = TestContext::new();
-    let orders = ctx.spawn("order-service", &[], order_service::start).await;
-    let payments = ctx
-        .spawn("payment-service", &[], payment_service::start)
-        .await;
-    let view = view_over(&ctx, &orders, &payments).await;
+    let (orders, payments, view) = both_services_and_the_view(&ctx).await;
     let payments_db = payments.database_url.clone();
     payments.stop().await.expect("stopped");
     let page = format!("http://{}/", view.addr);
