@@ -133,11 +133,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<FlowView> {
     tasks.spawn(observer::watch_services(
         shared.clone(),
         http.clone(),
-        vec![
-            ("order-service", base(&settings.order_service_url)),
-            ("payment-service", base(&settings.payment_service_url)),
-        ],
-        base(&settings.order_service_url),
+        (
+            base(&settings.order_service_url),
+            base(&settings.payment_service_url),
+        ),
         refresh.max(Duration::from_secs(1)),
         stop.clone(),
     ));

@@ -2,70 +2,13 @@
 //! letters, that every value from a stream is escaped, and that it holds nothing back
 //! (no group of its own, nothing pending, nothing written).
 
+mod common;
+
 use std::time::Duration;
 
-use clap::Parser;
-use flow_view::{FlowView, Settings, start};
+use common::{page_showing, run, text_of, view_at, view_of};
 use service_runtime::RedisConnection;
 use testkit::{PrivateRedis, eventually};
-
-async fn view_of(redis: &PrivateRedis) -> FlowView {
-    view_at(&redis.url()).await
-}
-
-async fn view_at(url: &str) -> FlowView {
-    let settings = Settings::parse_from([
-        "flow-view",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--redis-url",
-        url,
-        // Nothing listens there: the services are away.
-        "--order-service-url",
-        "http://127.0.0.1:9",
-        "--payment-service-url",
-        "http://127.0.0.1:9",
-        "--refresh-ms",
-        "100",
-    ]);
-    start(settings).await.expect("the view starts")
-}
-
-async fn run(redis: &RedisConnection, args: &[&str]) -> redis::Value {
-    redis::cmd(args[0])
-        .arg(&args[1..])
-        .query_async(&mut redis.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-/// What `url` answers, as text.
-async fn text_of(url: &str) -> Result<String, String> {
-    reqwest::get(url)
-        .await
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// The page, once it shows `wanted`.
-async fn page_showing(view: &FlowView, wanted: &str) -> String {
-    let url = format!("http://{}/", view.addr);
-    eventually(
-        &format!("the page to show {wanted}"),
-        Duration::from_secs(10),
-        || async {
-            let page = text_of(&url).await?;
-            if page.contains(wanted) {
-                Ok(page)
-            } else {
-                Err(page)
-            }
-        },
-    )
-    .await
-}
 
 #[tokio::test]
 async fn a_forged_entry_whose_fields_hold_markup_shows_as_text() {

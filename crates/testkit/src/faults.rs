@@ -85,6 +85,26 @@ impl PrivateRedis {
         }
     }
 
+    /// Freezes the server (`SIGSTOP`): connections stay open and nothing answers, as with
+    /// a process stopped or a host gone silent. [`PrivateRedis::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let server = self.server.as_ref().expect("the server runs");
+        let sent = std::process::Command::new("kill")
+            .args([signal, &server.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal}");
+    }
+
     /// Starts it again, empty, on the same port.
     pub async fn restart(&mut self) {
         self.kill();
