@@ -49,6 +49,18 @@ fn operator() -> (String, String) {
     (after("--user"), after("--pass"))
 }
 
+/// Asserts that `user` is refused (`NOPERM`) every one of `commands`.
+async fn refused_all(redis: &PrivateRedis, user: &(String, String), commands: &[&[&str]]) {
+    for command in commands {
+        assert_eq!(
+            as_user(redis, user, command).await,
+            Err("NOPERM".into()),
+            "{} may not run {command:?}",
+            user.0
+        );
+    }
+}
+
 /// What a command as `user` answers: `Ok` or the error code (e.g. `NOPERM`).
 async fn as_user(
     redis: &PrivateRedis,
@@ -143,72 +155,46 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
 
     let order_user = redis_user_of("order-service");
     let payment_user = redis_user_of("payment-service");
-    assert_eq!(
-        as_user(
-            &redis,
-            &order_user,
-            &["XADD", PAYMENT_EVENTS, "*", "forged", "1"]
-        )
-        .await,
-        Err("NOPERM".into()),
-        "order-service may not write payment-events"
-    );
-    assert_eq!(
-        as_user(
-            &redis,
-            &payment_user,
-            &["XADD", ORDER_EVENTS, "*", "forged", "1"]
-        )
-        .await,
-        Err("NOPERM".into()),
-        "payment-service may not write order-events"
-    );
     for (user, other_stream) in [(&order_user, PAYMENT_EVENTS), (&payment_user, ORDER_EVENTS)] {
-        assert_eq!(
-            as_user(&redis, user, &["XTRIM", other_stream, "MAXLEN", "0"]).await,
-            Err("NOPERM".into()),
-            "{} may not trim {other_stream}, which it only reads",
-            user.0
-        );
-        for command in [
-            &["FLUSHALL"][..],
-            &["KEYS", "*"],
-            &["CONFIG", "GET", "maxmemory"],
-            &["EVAL", "while true do end", "0"],
-            &["EVAL", "return 1", "1", other_stream],
-            &["SCRIPT", "LOAD", "return 1"],
+        refused_all(
+            &redis,
+            user,
             &[
-                "FUNCTION",
-                "LOAD",
-                "#!lua name=mine\nredis.register_function('f', function() end)",
+                // The other's stream: not written, not trimmed (it only reads it).
+                &["XADD", other_stream, "*", "forged", "1"],
+                &["XTRIM", other_stream, "MAXLEN", "0"],
+                &["FLUSHALL"],
+                &["KEYS", "*"],
+                &["CONFIG", "GET", "maxmemory"],
+                &["EVAL", "while true do end", "0"],
+                &["EVAL", "return 1", "1", other_stream],
+                &["SCRIPT", "LOAD", "return 1"],
+                &[
+                    "FUNCTION",
+                    "LOAD",
+                    "#!lua name=mine\nredis.register_function('f', function() end)",
+                ],
+                &[
+                    "FUNCTION",
+                    "DELETE",
+                    service_runtime::functions::LIBRARY_NAME,
+                ],
+                &["FUNCTION", "FLUSH"],
             ],
-            &[
-                "FUNCTION",
-                "DELETE",
-                service_runtime::functions::LIBRARY_NAME,
-            ],
-            &["FUNCTION", "FLUSH"],
-        ] {
-            assert_eq!(
-                as_user(&redis, user, command).await,
-                Err("NOPERM".into()),
-                "{} may not run {command:?}",
-                user.0
-            );
-        }
+        )
+        .await;
     }
     let functions_user = redis_user_of("redis-functions");
-    for command in [
-        &["XADD", ORDER_EVENTS, "*", "forged", "1"][..],
-        &["EVAL", "return 1", "0"],
-        &["FUNCTION", "FLUSH"],
-    ] {
-        assert_eq!(
-            as_user(&redis, &functions_user, command).await,
-            Err("NOPERM".into()),
-            "the functions user may not run {command:?}"
-        );
-    }
+    refused_all(
+        &redis,
+        &functions_user,
+        &[
+            &["XADD", ORDER_EVENTS, "*", "forged", "1"],
+            &["EVAL", "return 1", "0"],
+            &["FUNCTION", "FLUSH"],
+        ],
+    )
+    .await;
     // The flow view's user reads the streams through the library, writes nothing.
     let viewer = redis_user_of("flow-view");
     let mut seen =
@@ -233,31 +219,30 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
             .expect("XLEN")
     };
     let before = length(seen.clone()).await;
-    for command in [
-        &["XADD", ORDER_EVENTS, "*", "forged", "1"][..],
-        &["XACK", ORDER_EVENTS, "payment-service", "0-1"],
-        &["XGROUP", "CREATE", ORDER_EVENTS, "mine", "$"],
+    refused_all(
+        &redis,
+        &viewer,
         &[
-            "XREADGROUP",
-            "GROUP",
-            "payment-service",
-            "me",
-            "STREAMS",
-            ORDER_EVENTS,
-            ">",
+            &["XADD", ORDER_EVENTS, "*", "forged", "1"],
+            &["XACK", ORDER_EVENTS, "payment-service", "0-1"],
+            &["XGROUP", "CREATE", ORDER_EVENTS, "mine", "$"],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "payment-service",
+                "me",
+                "STREAMS",
+                ORDER_EVENTS,
+                ">",
+            ],
+            &["XTRIM", ORDER_EVENTS, "MAXLEN", "0"],
+            &["XDEL", ORDER_EVENTS, "0-1"],
+            &["DEL", ORDER_EVENTS],
+            &["EVAL", "return 1", "0"],
+            &["FUNCTION", "FLUSH"],
         ],
-        &["XTRIM", ORDER_EVENTS, "MAXLEN", "0"],
-        &["XDEL", ORDER_EVENTS, "0-1"],
-        &["DEL", ORDER_EVENTS],
-        &["EVAL", "return 1", "0"],
-        &["FUNCTION", "FLUSH"],
-    ] {
-        assert_eq!(
-            as_user(&redis, &viewer, command).await,
-            Err("NOPERM".into()),
-            "the flow view may not run {command:?}"
-        );
-    }
+    )
+    .await;
     let trimmed = redis::cmd("FCALL")
         .arg("streams_v1_trim_stream")
         .arg(1)
