@@ -139,6 +139,28 @@ async fn the_watching_loader_gives_a_redis_that_lost_the_library_it_back() {
         .await
         .expect("FUNCTION FLUSH");
     testkit::eventually("the library loaded again", Duration::from_secs(10), loaded).await;
+    // Redis frozen for longer than a command may take: the loader keeps trying, and
+    // once Redis answers again it loads what Redis lost meanwhile.
+    redis.freeze();
+    tokio::time::sleep(Duration::from_secs(8)).await; // the fault's length
+    redis.thaw();
+    run(&admin, &["FUNCTION", "FLUSH"])
+        .await
+        .expect("FUNCTION FLUSH");
+    testkit::eventually(
+        "the library loaded after the freeze",
+        Duration::from_secs(20),
+        loaded,
+    )
+    .await;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-0", &watcher.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success(),
+        "the loader is still running"
+    );
 
     std::process::Command::new("kill")
         .args(["-TERM", &watcher.0.id().to_string()])
