@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{page_showing, run, text_of, view_of, view_with_services};
+use common::{page_showing, text_of, view_of, view_with_services, xadd};
 use service_runtime::RedisConnection;
 use testkit::{PrivateRedis, eventually};
 
@@ -54,9 +54,10 @@ async fn a_frozen_order_service_leaves_only_its_own_figures_stale() {
             ("order-events", "OrderCreated"),
             ("payment-events", "PaymentCompleted"),
         ] {
-            run(
+            xadd(
                 &conn,
-                &["XADD", stream, "*", "event_type", event, "order_id", &order],
+                stream,
+                &[("event_type", event), ("order_id", &order)],
             )
             .await;
         }
@@ -96,17 +97,10 @@ async fn redis_frozen_then_gone_for_a_minute_then_back_empty_and_the_view_goes_o
     let conn = RedisConnection::connect_for_commands(&redis.url())
         .await
         .expect("connects");
-    run(
+    xadd(
         &conn,
-        &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            "before",
-        ],
+        "order-events",
+        &[("event_type", "OrderCreated"), ("order_id", "before")],
     )
     .await;
     let view = view_of(&redis).await;
@@ -156,17 +150,10 @@ async fn redis_frozen_then_gone_for_a_minute_then_back_empty_and_the_view_goes_o
     let conn = RedisConnection::connect_for_commands(&redis.url())
         .await
         .expect("connects again");
-    run(
+    xadd(
         &conn,
-        &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            "after",
-        ],
+        "order-events",
+        &[("event_type", "OrderCreated"), ("order_id", "after")],
     )
     .await;
     page_showing(&view, "after").await;

@@ -6,9 +6,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{page_showing, run, text_of, view_at, view_of};
+use common::{page_showing, text_of, view_at, view_of, xadd};
 use service_runtime::RedisConnection;
 use testkit::{PrivateRedis, eventually};
+
+/// Runs a command the test needs (a group, a read), panicking on an error.
+async fn run(redis: &RedisConnection, args: &[&str]) -> redis::Value {
+    redis::cmd(args[0])
+        .arg(&args[1..])
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
 
 #[tokio::test]
 async fn a_forged_entry_whose_fields_hold_markup_shows_as_text() {
@@ -17,31 +26,22 @@ async fn a_forged_entry_whose_fields_hold_markup_shows_as_text() {
         .await
         .expect("connects");
     let view = view_of(&redis).await;
-    run(
+    xadd(
         &conn,
+        "order-events",
         &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "<script>alert(1)</script>",
-            "order_id",
-            "<img src=x onerror=alert(2)>",
+            ("event_type", "<script>alert(1)</script>"),
+            ("order_id", "<img src=x onerror=alert(2)>"),
         ],
     )
     .await;
-    run(
+    xadd(
         &conn,
+        "order-events",
         &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            "o-1",
-            "payload",
-            r#"{"customer_id":"<b>eve</b>","total_cents":1}"#,
+            ("event_type", "OrderCreated"),
+            ("order_id", "o-1"),
+            ("payload", r#"{"customer_id":"<b>eve</b>","total_cents":1}"#),
         ],
     )
     .await;
@@ -93,18 +93,13 @@ async fn it_shows_who_holds_an_entry_and_the_lag_and_holds_nothing_back() {
     )
     .await;
     for _ in 0..3 {
-        run(
+        xadd(
             &conn,
+            "order-events",
             &[
-                "XADD",
-                "order-events",
-                "*",
-                "event_type",
-                "OrderCreated",
-                "order_id",
-                order,
-                "occurred_at",
-                "2026-12-02T16:00:00Z",
+                ("event_type", "OrderCreated"),
+                ("order_id", order),
+                ("occurred_at", "2026-12-02T16:00:00Z"),
             ],
         )
         .await;
@@ -156,33 +151,26 @@ async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
         .expect("connects");
     let view = view_of(&redis).await;
     let huge = "x".repeat(8 * 1024 * 1024);
-    run(
+    xadd(
         &conn,
+        "order-events",
         &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            "o",
-            "pad",
-            &huge,
+            ("event_type", "OrderCreated"),
+            ("order_id", "o"),
+            ("pad", &huge),
         ],
     )
     .await;
-    run(
+    xadd(
         &conn,
+        "{order-events}:dlq",
         &[
-            "XADD",
-            "{order-events}:dlq",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            "o-2",
-            "dlq:error",
-            "invalid event: total_cents does not match its lines",
+            ("event_type", "OrderCreated"),
+            ("order_id", "o-2"),
+            (
+                "dlq:error",
+                "invalid event: total_cents does not match its lines",
+            ),
         ],
     )
     .await;
@@ -314,30 +302,16 @@ async fn it_reads_the_streams_of_a_redis_cluster() {
         ],
     )
     .await;
-    run(
+    xadd(
         &conn,
-        &[
-            "XADD",
-            "order-events",
-            "*",
-            "event_type",
-            "OrderCreated",
-            "order_id",
-            order,
-        ],
+        "order-events",
+        &[("event_type", "OrderCreated"), ("order_id", order)],
     )
     .await;
-    run(
+    xadd(
         &conn,
-        &[
-            "XADD",
-            "payment-events",
-            "*",
-            "event_type",
-            "PaymentCompleted",
-            "order_id",
-            order,
-        ],
+        "payment-events",
+        &[("event_type", "PaymentCompleted"), ("order_id", order)],
     )
     .await;
     let view = view_at(&cluster.url()).await;

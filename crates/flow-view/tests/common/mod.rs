@@ -34,14 +34,6 @@ pub async fn view_with_services(url: &str, order_service: &str, payment_service:
     start(settings).await.expect("the view starts")
 }
 
-pub async fn run(redis: &RedisConnection, args: &[&str]) -> redis::Value {
-    redis::cmd(args[0])
-        .arg(&args[1..])
-        .query_async(&mut redis.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
 /// What `url` answers, as text.
 pub async fn text_of(url: &str) -> Result<String, String> {
     reqwest::get(url)
@@ -68,4 +60,15 @@ pub async fn page_showing(view: &FlowView, wanted: &str) -> String {
         },
     )
     .await
+}
+
+/// Adds an entry of `fields` to `stream`, as a producer (or a forger) would.
+pub async fn xadd(redis: &RedisConnection, stream: &str, fields: &[(&str, &str)]) {
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg(fields)
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap_or_else(|e| panic!("XADD {stream}: {e}"));
 }
