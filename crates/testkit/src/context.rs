@@ -163,20 +163,35 @@ impl TestContext {
     /// How many entries of a logical stream `group` has read but not acked, and how many
     /// it has not read yet (`XINFO GROUPS` pending and lag); `None` if there is no group.
     pub async fn group_backlog(&self, logical: &str, group: &str) -> Option<(u64, u64)> {
-        let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        let groups = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(self.stream(logical))
             .query_async(&mut self.redis().await)
             .await
             .unwrap_or_default();
-        let found = groups.into_iter().find(
-            |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
-        )?;
-        let number = |key: &str| match found.get(key) {
-            Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-            _ => u64::MAX,
-        };
-        Some((number("pending"), number("lag")))
+        backlog_of(groups, group)
+    }
+
+    /// How many entries of a logical stream `group` no longer needs (read and acked) are
+    /// still in it: its length less the group's pending and lag, read in one `MULTI` so
+    /// that a group reading in between cannot skew it. `None` if there is no group or
+    /// its lag is unknown.
+    pub async fn held_beyond(&self, logical: &str, group: &str) -> Option<u64> {
+        let key = self.stream(logical);
+        let (length, groups): (u64, Vec<GroupInfo>) = redis::pipe()
+            .atomic()
+            .cmd("XLEN")
+            .arg(&key)
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut self.redis().await)
+            .await
+            .ok()?;
+        match backlog_of(groups, group)? {
+            (_, u64::MAX) => None,
+            (pending, lag) => Some(length.saturating_sub(pending + lag)),
+        }
     }
 
     /// Waits until `group` has read and acked every entry of the logical stream.
@@ -304,4 +319,19 @@ fn init_test_logging() {
             summary_interval: None,
         })
     });
+}
+
+/// One group as `XINFO GROUPS` describes it.
+type GroupInfo = std::collections::HashMap<String, redis::Value>;
+
+/// `group`'s pending and lag among `groups` (`u64::MAX` for a lag Redis cannot tell).
+fn backlog_of(groups: Vec<GroupInfo>, group: &str) -> Option<(u64, u64)> {
+    let found = groups.into_iter().find(
+        |g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n == group.as_bytes()),
+    )?;
+    let number = |key: &str| match found.get(key) {
+        Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => u64::MAX,
+    };
+    Some((number("pending"), number("lag")))
 }
