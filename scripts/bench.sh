@@ -9,6 +9,7 @@
 #   scripts/bench.sh --orders 300 --pgbench-seconds 2 # the smoke run CI does
 #   scripts/bench.sh --rate 800 --duration 600 --quiet  # a soak: a line a minute
 #   PAYMENT_REPLICAS=2 scripts/bench.sh               # two payment-service replicas
+#   FLOW_VIEW=0 scripts/bench.sh                     # without the flow view (run-local.sh starts it)
 #   REDIS_CLUSTER=1 scripts/bench.sh                  # on a local Redis Cluster (3+3 nodes,
 #                                                     # the tests' own, started and stopped here)
 #
@@ -43,9 +44,11 @@ args=("$@")
 run() {
   order_pid=$(pgrep -f "^$bin/order-service" | head -n 1)
   payment_pid=$(pgrep -f "^$bin/payment-service" | head -n 1)
+  view_pid=$(pgrep -f "^$bin/flow-view" | head -n 1 || true)
   "$bin/loadgen" --orders-database-url "$POSTGRES_URL/$ORDERS_DB" \
     --reference-database-url "$POSTGRES_URL/postgres" \
-    --watch "order-service=$order_pid" --watch "payment-service=$payment_pid" "$@"
+    --watch "order-service=$order_pid" --watch "payment-service=$payment_pid" \
+    ${view_pid:+--watch "flow-view=$view_pid"} "$@"
 }
 export -f run
 export bin
