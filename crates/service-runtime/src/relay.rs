@@ -40,6 +40,20 @@ pub enum RelayError {
     Redis(#[from] redis::RedisError),
 }
 
+/// The poll's claim: up to `$1` rows unpublished for more than `$2` seconds, locked (others'
+/// skipped) and marked in one statement, found by their `outbox_pending` entries alone, so
+/// its cost does not grow with the published rows the outbox keeps (a plan that walked the
+/// outbox by age once did: `the_poll_touches_a_bounded_number_of_buffers_however_large_the_outbox`).
+pub const CLAIM_UNPUBLISHED: &str = "
+    DELETE FROM outbox_pending p USING outbox o
+    WHERE o.event_id = p.event_id
+      AND p.event_id IN (SELECT event_id FROM outbox_pending
+                         WHERE queued_at < now() - make_interval(secs => $2)
+                         ORDER BY event_id
+                         LIMIT $1
+                         FOR UPDATE SKIP LOCKED)
+    RETURNING o.id, o.stream, o.event_type, o.fields";
+
 /// Publishes one service's outbox.
 pub struct OutboxRelay {
     pool: PgPool,
@@ -130,20 +144,11 @@ impl OutboxRelay {
             .await?;
         // Claimed and marked in one statement; the mark commits only after the `XADD`s
         // answered, so a failed publish leaves the rows unpublished.
-        let rows = sqlx::query(
-            "DELETE FROM outbox_pending p USING outbox o
-             WHERE o.event_id = p.event_id
-               AND p.event_id IN (SELECT event_id FROM outbox_pending
-                                  WHERE queued_at < now() - make_interval(secs => $2)
-                                  ORDER BY event_id
-                                  LIMIT $1
-                                  FOR UPDATE SKIP LOCKED)
-             RETURNING o.id, o.stream, o.event_type, o.fields",
-        )
-        .bind(self.batch_size)
-        .bind(self.claim_after.as_secs_f64())
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(CLAIM_UNPUBLISHED)
+            .bind(self.batch_size)
+            .bind(self.claim_after.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(0);
         }

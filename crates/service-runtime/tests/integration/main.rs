@@ -7,6 +7,7 @@ mod functions;
 mod http;
 mod read_turns;
 mod redis_connections;
+mod relay_plan;
 mod retention;
 mod runtime;
 mod slow_clients;
