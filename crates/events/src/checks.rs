@@ -154,6 +154,39 @@ mod tests {
             Ok(())
         );
         assert_eq!(order(vec![line(1, 0)], 0).check(), Ok(()));
+        let most = (0..MAX_ITEMS).map(|_| line(1, 1)).collect();
+        assert_eq!(
+            order(most, MAX_ITEMS as i64).check(),
+            Ok(()),
+            "the most items"
+        );
+    }
+
+    #[test]
+    fn reasons_are_bounded_in_characters_and_free_of_control_characters() {
+        let cancelled = |reason: String| {
+            Event::OrderCancelled(crate::OrderCancelled {
+                order_id: Uuid::now_v7(),
+                customer_id: "alice".into(),
+                reason,
+            })
+        };
+        let longest = "é".repeat(MAX_REASON_CHARS);
+        assert_eq!(
+            cancelled(longest.clone()).check(),
+            Ok(()),
+            "counted in characters"
+        );
+        assert!(cancelled(longest + "é").check().is_err(), "one too many");
+        assert!(cancelled("changed\nmind".into()).check().is_err());
+        let failed = Event::PaymentFailed(crate::PaymentFailed {
+            order_id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+            amount_cents: 1,
+            currency: Currency::parse("EUR").expect("valid"),
+            reason: crate::FailureReason::Other("x".repeat(MAX_REASON_CHARS + 1)),
+        });
+        assert!(failed.check().is_err(), "a decline's reason too");
     }
 
     #[test]

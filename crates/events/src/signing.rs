@@ -495,4 +495,40 @@ mod tests {
         assert!(VerifyingKeys::from_pem("").is_err());
         assert!(EventSigner::from_pem(public).is_err());
     }
+
+    #[test]
+    fn signing_again_replaces_the_earlier_signature() {
+        let (first, _) = keys();
+        let (second, verifying) = keys();
+        let mut signed = entry();
+        first.sign(&mut signed).expect("signs");
+        second.sign(&mut signed).expect("signs again");
+        let count = |name: &str| signed.iter().filter(|(k, _)| *k == name).count();
+        assert_eq!((count(fields::KEY_ID), count(fields::SIGNATURE)), (1, 1));
+        assert_eq!(verifying.verify(&signed), Ok(()));
+    }
+
+    #[test]
+    fn a_signer_shows_its_key_id_and_never_its_key() {
+        let (private, _) = EventSigner::generate_pem().expect("a key");
+        let signer = EventSigner::from_pem(&private).expect("reads");
+        let shown = format!("{signer:?}");
+        assert!(shown.contains(signer.key_id()), "{shown}");
+        let secret: String = private
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(!shown.contains(&secret[16..32]), "{shown}");
+    }
+
+    #[test]
+    fn an_empty_or_unfinished_key_block_is_an_error_not_a_panic() {
+        for text in [
+            "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n",
+            "-----BEGIN PUBLIC KEY-----\nnot base64!\n-----END PUBLIC KEY-----\n",
+        ] {
+            assert!(VerifyingKeys::from_pem(text).is_err(), "{text}");
+        }
+    }
 }

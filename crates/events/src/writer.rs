@@ -51,3 +51,47 @@ impl EventWriter {
         fields
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{Event, OrderCancelled, Producer, VerifyingKeys};
+
+    fn envelope() -> Envelope {
+        Envelope::new(
+            Producer::OrderService,
+            Event::OrderCancelled(OrderCancelled {
+                order_id: Uuid::now_v7(),
+                customer_id: "ana".into(),
+                reason: "changed mind".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn a_signing_writer_writes_the_envelope_signed_with_its_key() {
+        let (private, public) = EventSigner::generate_pem().expect("a key");
+        let signer = Arc::new(EventSigner::from_pem(&private).expect("reads"));
+        let writer = EventWriter::new(SchemaVersion::NEWEST, Some(signer.clone()));
+        assert_eq!(writer.key_id(), Some(signer.key_id()));
+        let envelope = envelope();
+        let fields = writer.fields(&envelope);
+        let verifying = VerifyingKeys::from_pem(&public).expect("reads");
+        assert_eq!(verifying.verify(&fields), Ok(()));
+        let decoded = Envelope::from_fields(fields).expect("decodes");
+        assert_eq!(decoded.event_id, envelope.event_id);
+    }
+
+    #[test]
+    fn an_unsigned_writer_writes_the_envelope_as_its_version() {
+        let writer = EventWriter::unsigned(SchemaVersion::NEWEST);
+        assert_eq!(writer.key_id(), None);
+        let envelope = envelope();
+        assert_eq!(
+            writer.fields(&envelope),
+            envelope.to_fields_as(SchemaVersion::NEWEST)
+        );
+    }
+}

@@ -249,6 +249,10 @@ fn missing_fields_are_named() {
             "{name}: {err}"
         );
         assert!(!err.is_unknown_event_type());
+        assert!(
+            !err.is_invalid_content(),
+            "{name}: a missing field is not content"
+        );
     }
 }
 
@@ -378,4 +382,27 @@ fn a_payload_no_producer_writes_is_invalid_content() {
     body["total_cents"] = serde_json::json!(-1);
     let err = decode(&with(fields.clone(), "payload", &body.to_string())).expect_err("negative");
     assert!(err.is_invalid_content(), "{err}");
+}
+
+#[test]
+fn every_failure_reason_reads_back_as_itself_and_prints_its_wire_text() {
+    for (reason, text) in [
+        (FailureReason::InsufficientFunds, "insufficient_funds"),
+        (FailureReason::OrderCancelled, "order_cancelled"),
+        (FailureReason::CurrencyMismatch, "currency_mismatch"),
+        (FailureReason::PaymentExpired, "payment_expired"),
+        (FailureReason::Other("card_stolen".into()), "card_stolen"),
+    ] {
+        assert_eq!(FailureReason::from(text.to_owned()), reason, "{text}");
+        assert_eq!(reason.to_string(), text);
+    }
+}
+
+#[test]
+fn an_answer_carries_the_trace_of_its_cause() {
+    let mut cause = Envelope::new(Producer::OrderService, one_of_each().remove(0));
+    cause.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    let answer = Envelope::caused_by(&cause, Producer::PaymentService, one_of_each().remove(2));
+    assert_eq!(answer.traceparent, cause.traceparent);
+    assert_ne!(answer.event_id, cause.event_id, "a new event");
 }
