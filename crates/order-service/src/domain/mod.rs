@@ -297,16 +297,12 @@ impl PaymentOutcome {
         if settles_cancellation && order.cancellation_asked() {
             changed |= record_once(&mut order.cancellation_confirmed_at, now);
         }
-        let change = if changed {
-            Change::Details
-        } else {
-            Change::Nothing
-        };
-        if change == Change::Nothing {
+        if !changed {
             info!(order_id = %order.id, status = order.status.as_str(), trigger = ?self.trigger,
                 "the order moved on; nothing to change");
+            return Change::Nothing;
         }
-        change
+        Change::Details
     }
 }
 
@@ -412,6 +408,21 @@ mod tests {
                 currency: eur(),
             }),
         )
+    }
+
+    #[test]
+    fn a_charge_decided_at_the_deadline_itself_pays_and_one_after_it_expires() {
+        let mut in_time = order(OrderStatus::Pending);
+        let paid = completed(&in_time, Uuid::now_v7());
+        in_time.pay_by = Some(paid.decided_at);
+        assert_eq!(paid.apply(&mut in_time), Change::Status);
+        assert_eq!(in_time.status, OrderStatus::Paid);
+
+        let mut late = order(OrderStatus::Pending);
+        let paid = completed(&late, Uuid::now_v7());
+        late.pay_by = Some(paid.decided_at - time::Duration::milliseconds(1));
+        assert_eq!(paid.apply(&mut late), Change::Expired);
+        assert_eq!(late.status, OrderStatus::PaymentFailed);
     }
 
     #[test]

@@ -165,6 +165,24 @@ mod tests {
     }
 
     #[test]
+    fn the_canonical_json_is_the_same_for_the_same_order_only() {
+        let order = |quantity| NewOrder::try_from(request(vec![item("a", quantity, 150)]));
+        let one = order(2).expect("valid").canonical_json();
+        assert_eq!(one, order(2).expect("valid").canonical_json());
+        assert_ne!(one, order(3).expect("valid").canonical_json());
+        assert_eq!(one["customer_id"], "alice");
+    }
+
+    #[test]
+    fn the_total_is_not_reported_when_a_line_is_invalid_on_its_own() {
+        // 10,001 x 100,000,000 is over the most an order may total, but the quantity is
+        // what is wrong.
+        let errors =
+            NewOrder::try_from(request(vec![item("a", 10_001, 100_000_000)])).expect_err("invalid");
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["items[0].quantity"]);
+    }
+
+    #[test]
     fn reports_every_invalid_field() {
         let mut bad = request(vec![item("", 0, -1), item("ok", 10_001, 100_000_001)]);
         bad.customer_id = "x".repeat(65);

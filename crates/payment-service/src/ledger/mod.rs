@@ -308,6 +308,7 @@ mod tests {
 
     use super::*;
     use crate::batch::{accounts_of, orders_of};
+    use crate::domain::PaymentStatus;
 
     fn created(customer: &str, currency: &str, total_cents: i64) -> Envelope {
         Envelope {
@@ -454,6 +455,107 @@ mod tests {
                 .collect()
         };
         assert_eq!(told(&answered_again), told(&published));
+    }
+
+    /// `order` with its payment deadline at `pay_by`.
+    fn due_by(mut order: Envelope, pay_by: OffsetDateTime) -> Envelope {
+        if let Event::OrderCreated(created) = &mut order.event {
+            created.pay_by = Some(pay_by);
+        }
+        order
+    }
+
+    #[test]
+    fn what_is_not_charged_is_declined_for_its_reason_and_answered() {
+        let now = OffsetDateTime::now_utc();
+        let over = created("ann", "EUR", 5000);
+        let expired = due_by(created("ann", "EUR", 100), now - time::Duration::seconds(1));
+        let due = due_by(
+            created("ann", "EUR", 100),
+            now + time::Duration::minutes(15),
+        );
+        let never = created("ann", "EUR", 100);
+        let cancel_first = cancelled(&never);
+        let batch = events(&[&over, &expired, &due, &cancel_first, &never]);
+        let Settled {
+            settlement,
+            published,
+            ..
+        } = settle_for_ann(batch);
+        let told: Vec<(Uuid, String)> = published
+            .iter()
+            .map(|e| {
+                let reason = match &e.event {
+                    Event::PaymentFailed(failed) => failed.reason.to_string(),
+                    other => other.event_type().to_string(),
+                };
+                (e.order_id, reason)
+            })
+            .collect();
+        let told: Vec<(Uuid, &str)> = told.iter().map(|(id, r)| (*id, r.as_str())).collect();
+        assert_eq!(
+            told,
+            [
+                (over.order_id, "insufficient_funds"),
+                (expired.order_id, "payment_expired"),
+                (due.order_id, "PaymentCompleted"),
+                (never.order_id, "PaymentCancelled"),
+                (never.order_id, "order_cancelled"),
+            ]
+        );
+        let state = |order: &Envelope| settlement.orders[&order.order_id].state;
+        assert_eq!(state(&over), OrderPaymentState::Declined);
+        assert_eq!(state(&expired), OrderPaymentState::Declined);
+        assert_eq!(state(&due), OrderPaymentState::Paid);
+        assert_eq!(state(&never), OrderPaymentState::Cancelled);
+        assert_eq!(
+            settlement.new_payments.len(),
+            1,
+            "only the order due is charged"
+        );
+        assert_eq!(settlement.balance_deltas.get("ann"), Some(&-100));
+    }
+
+    #[test]
+    fn a_charge_of_an_earlier_batch_is_refunded_once_and_only_if_it_stands() {
+        let order = created("ann", "EUR", 700);
+        let cancel = cancelled(&order);
+        let payment = |status| Payment {
+            id: Uuid::now_v7(),
+            order_id: order.order_id,
+            customer_id: "ann".into(),
+            amount_cents: 700,
+            currency: "EUR".into(),
+            status,
+            created_at: OffsetDateTime::now_utc(),
+            refunded_at: None,
+        };
+        let settle = |earlier: Payment| {
+            let paid = OrderPayment {
+                payment_id: Some(earlier.id),
+                ..OrderPayment::new(OrderPaymentState::Paid)
+            };
+            let account = Account {
+                customer_id: "ann".into(),
+                balance_cents: 300,
+                currency: Some("EUR".into()),
+            };
+            let mut ledger = Ledger::new(
+                HashMap::from([(order.order_id, Some(paid))]),
+                vec![account],
+                vec![earlier],
+                OffsetDateTime::now_utc(),
+            );
+            let applied = ledger.apply(OrderEvent::of(&cancel).expect("order event"));
+            (applied, ledger.finish())
+        };
+        let standing = payment(PaymentStatus::Completed);
+        let (applied, settled) = settle(standing.clone());
+        assert_eq!(applied, Ok(()));
+        assert_eq!(settled.settlement.refunded, [standing.id]);
+        assert_eq!(settled.settlement.balance_deltas.get("ann"), Some(&700));
+        let (applied, _) = settle(payment(PaymentStatus::Refunded));
+        assert!(applied.is_err(), "a refunded charge is not refunded again");
     }
 
     #[test]
