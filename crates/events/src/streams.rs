@@ -11,6 +11,6 @@ pub const PAYMENT_EVENTS: &str = "payment-events";
 pub const PAYMENT_SERVICE_GROUP: &str = "payment-service";
 /// Consumer group of order-service on [`PAYMENT_EVENTS`].
 pub const ORDER_SERVICE_GROUP: &str = "order-service";
-/// Suffix of a stream's dead-letter stream, after the stream's key as a hash tag:
-/// `order-events` -> `{order-events}:dlq`.
+/// What follows a stream's key, as a hash tag, in the key of a group's dead letters
+/// (the group's name comes after it): `order-events` -> `{order-events}:dlq:payment-service`.
 pub const DEAD_LETTER_SUFFIX: &str = ":dlq";

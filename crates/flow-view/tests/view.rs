@@ -151,6 +151,15 @@ async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
         .expect("connects");
     let view = view_of(&redis).await;
     let huge = "x".repeat(8 * 1024 * 1024);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("order-events")
+        .arg("payment-service")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("a group");
     xadd(
         &conn,
         "order-events",
@@ -163,7 +172,7 @@ async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
     .await;
     xadd(
         &conn,
-        "{order-events}:dlq",
+        "{order-events}:dlq:payment-service",
         &[
             ("event_type", "OrderCreated"),
             ("order_id", "o-2"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS};
 
 use service_runtime::service::{
-    self, Infrastructure, PRUNE_INTERVAL, PeriodicJob, RunningService, ServiceParts,
+    self, Infrastructure, PRUNE_INTERVAL, PeriodicJob, RunningService, ServiceParts, Subscription,
 };
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
@@ -88,14 +88,17 @@ pub async fn start(
     });
     let parts = ServiceParts {
         name: "order-service",
+        description: "Takes orders over HTTP and follows each to its end through payment-events.",
         http_addr: settings.http_addr,
         routes,
         admin_routes: OpenApiRouter::new(),
         jobs: vec![reconciler, expirer, key_pruner],
         migrator: &MIGRATOR,
-        consumes: PAYMENT_EVENTS,
+        consumes: &[Subscription {
+            stream: PAYMENT_EVENTS,
+            group: ORDER_SERVICE_GROUP,
+        }],
         publishes: &[ORDER_EVENTS],
-        group: ORDER_SERVICE_GROUP,
         handler: PaymentEvents { writer },
         awaiting_answer: Some(orders::AWAITING_ANSWER),
     };

@@ -2,7 +2,7 @@
 //! shared service shell. `main` and the tests both start it through [`start`].
 
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
-use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts};
+use service_runtime::service::{self, Infrastructure, RunningService, ServiceParts, Subscription};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::MIGRATOR;
@@ -23,14 +23,17 @@ pub async fn start(
     };
     let parts = ServiceParts {
         name: "payment-service",
+        description: "Charges customers' accounts for the orders of order-events, and refunds them.",
         http_addr: settings.http_addr,
         routes: http::router(state.clone()),
         admin_routes: http::admin_router(state),
         jobs: Vec::new(),
         migrator: &MIGRATOR,
-        consumes: ORDER_EVENTS,
+        consumes: &[Subscription {
+            stream: ORDER_EVENTS,
+            group: PAYMENT_SERVICE_GROUP,
+        }],
         publishes: &[PAYMENT_EVENTS],
-        group: PAYMENT_SERVICE_GROUP,
         handler: OrderEvents {
             initial_credit_cents: settings.initial_credit_cents,
             writer: infra

@@ -1,5 +1,5 @@
-//! The admin API (SPEC §6.4): dead letters of the stream this service consumes, listed
-//! and replayed, plus whatever admin routes the service adds (deposits). Every route
+//! The admin API (SPEC §6.4): dead letters of the streams this service consumes, listed
+//! and replayed, plus whatever admin routes the service adds. Every route
 //! needs `Authorization: Bearer $ADMIN_TOKEN` (the scheme in any case), compared by digest
 //! in constant time; with no
 //! `ADMIN_TOKEN` configured the routes do not exist (404), so nothing is open by default.
@@ -24,25 +24,37 @@ use crate::settings::Secret;
 /// Name of the admin bearer-token scheme in the OpenAPI document.
 pub const SECURITY_SCHEME: &str = "admin_token";
 
-/// The dead letters, and the consumer that replays them.
+/// The dead letters of one consumed stream, and the consumer that replays them.
 #[derive(Clone)]
-struct DeadLetters {
-    stream: DeadLetterStream,
-    consumer: Arc<dyn Replay>,
+pub(crate) struct DeadLetters {
+    /// The logical stream they came from.
+    pub stream: &'static str,
+    pub dead_letters: DeadLetterStream,
+    pub consumer: Arc<dyn Replay>,
 }
 
-/// Puts `admin_routes` and the dead-letter routes behind the admin token; `consumer`
-/// replays dead letters.
+/// The dead letters of every consumed stream, the first one's by default.
+#[derive(Clone)]
+struct Consumed(Arc<Vec<DeadLetters>>);
+
+impl Consumed {
+    /// The dead letters of `stream`, or of the first consumed stream if none is named.
+    fn of(&self, stream: Option<&str>) -> Result<&DeadLetters, Problem> {
+        let found = match stream {
+            None => self.0.first(),
+            Some(name) => self.0.iter().find(|d| d.stream == name),
+        };
+        found.ok_or_else(|| Problem::not_found("consumed stream"))
+    }
+}
+
+/// Puts `admin_routes` and the dead-letter routes behind the admin token.
 pub(crate) fn router(
-    dead_letters: DeadLetterStream,
-    consumer: Arc<dyn Replay>,
+    dead_letters: Vec<DeadLetters>,
     admin_routes: OpenApiRouter,
     token: Option<Secret>,
 ) -> OpenApiRouter {
-    let state = DeadLetters {
-        stream: dead_letters,
-        consumer,
-    };
+    let state = Consumed(Arc::new(dead_letters));
     OpenApiRouter::new()
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
@@ -105,6 +117,15 @@ fn token_matches(presented: &str, token: &Secret) -> bool {
 struct ListQuery {
     /// At most this many (default 100, at most 1000).
     limit: Option<usize>,
+    /// Which consumed stream (logical name); the first the service consumes if absent.
+    stream: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StreamQuery {
+    /// Which consumed stream (logical name); the first the service consumes if absent.
+    stream: Option<String>,
 }
 
 fn redis_problem(error: redis::RedisError) -> Problem {
@@ -112,20 +133,24 @@ fn redis_problem(error: redis::RedisError) -> Problem {
     Problem::unavailable("Redis is unavailable")
 }
 
-/// Dead letters of the stream this service consumes, oldest first.
+/// Dead letters of a stream this service consumes, oldest first.
 #[utoipa::path(get, path = "/admin/dlq", tag = "admin", params(ListQuery), security(("admin_token" = [])),
     responses(
         (status = 200, body = Vec<DeadLetter>),
         Unauthorized,
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "Not a stream this service consumes"),
         RedisDown,
     ))]
 async fn list_dead_letters(
-    State(dead): State<DeadLetters>,
+    State(consumed): State<Consumed>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let Query(query) = query?;
+    let dead = consumed.of(query.stream.as_deref())?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(dead.stream.list(limit).await.map_err(redis_problem)?))
+    Ok(Json(
+        dead.dead_letters.list(limit).await.map_err(redis_problem)?,
+    ))
 }
 
 /// Hands a dead letter's original entry to this service's consumer, as if just delivered,
@@ -133,19 +158,22 @@ async fn list_dead_letters(
 /// keeps its `event_id`, so something applied meanwhile has no second effect), `skipped`,
 /// or `dead_lettered` again with the new error. Nothing is written to the stream.
 #[utoipa::path(post, path = "/admin/dlq/{entry_id}/replay", tag = "admin", security(("admin_token" = [])),
-    params(("entry_id" = String, Path, description = "Id of the dead letter, e.g. 1700000000000-0")),
+    params(("entry_id" = String, Path, description = "Id of the dead letter, e.g. 1700000000000-0"), StreamQuery),
     responses(
         (status = 200, body = Replayed),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Not an entry id"),
         Unauthorized,
-        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such dead letter, or not a stream this service consumes"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "Not a dead letter written by this service"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "Redis or the database is unavailable; the dead letter is kept"),
     ))]
 async fn replay_dead_letter(
-    State(dead): State<DeadLetters>,
+    State(consumed): State<Consumed>,
     Path(entry_id): Path<String>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Replayed>, Problem> {
+    let Query(query) = query?;
+    let dead = consumed.of(query.stream.as_deref())?;
     let valid_id = entry_id.split_once('-').is_some_and(|(ms, seq)| {
         !ms.is_empty()
             && !seq.is_empty()
@@ -158,7 +186,11 @@ async fn replay_dead_letter(
             "entry ids look like 1700000000000-0",
         ));
     }
-    match dead.stream.replay(&entry_id, dead.consumer.as_ref()).await {
+    match dead
+        .dead_letters
+        .replay(&entry_id, dead.consumer.as_ref())
+        .await
+    {
         Ok(replayed) => Ok(Json(replayed)),
         Err(ReplayError::NotFound) => Err(Problem::not_found("dead letter")),
         Err(e @ ReplayError::NotReplayable) => Err(Problem::new(

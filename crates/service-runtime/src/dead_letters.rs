@@ -2,7 +2,7 @@
 //! operator gets it back.
 //!
 //! An entry that cannot be decoded, that its handler rejects, or that failed its last
-//! allowed delivery is copied to `{<stream>}:dlq` with why, and only then acked: one bad
+//! allowed delivery is copied to its group's `{<stream>}:dlq:<group>` with why, and only then acked: one bad
 //! entry never blocks the ones behind it, and nothing is lost. A dead letter holds the
 //! runtime's own metadata, always the first [`fields::METADATA`] fields in that order,
 //! followed by the original entry's fields, so `redis-cli XRANGE` shows the whole story.
@@ -59,7 +59,7 @@ pub struct DeadLetterStream {
     redis: RedisConnection,
     /// Key of the consumed stream, e.g. `ns:payment-events`: where entries come from.
     source: String,
-    /// Key of the dead-letter stream, e.g. `{ns:payment-events}:dlq`.
+    /// Key of the dead-letter stream, e.g. `{ns:payment-events}:dlq:order-service`.
     key: String,
 }
 
@@ -117,12 +117,12 @@ pub enum ReplayError {
 type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl DeadLetterStream {
-    /// The dead letters of the logical stream `consumed`.
-    pub fn new(redis: RedisConnection, keys: &StreamKeys, consumed: &str) -> Self {
+    /// The dead letters `group` wrote for the logical stream `consumed`.
+    pub fn new(redis: RedisConnection, keys: &StreamKeys, consumed: &str, group: &str) -> Self {
         Self {
             redis,
             source: keys.stream(consumed),
-            key: keys.dead_letter(consumed),
+            key: keys.dead_letter(consumed, group),
         }
     }
 

@@ -61,8 +61,8 @@ pub struct Live {
 /// A loop that has not come round.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StalledLoop {
-    /// `consumer` or `relay`.
-    name: &'static str,
+    /// `relay`, `consumer`, or `consumer of <stream>` in a service that consumes several.
+    name: String,
     /// Seconds since it last came round.
     silent_seconds: u64,
 }

@@ -30,11 +30,13 @@ impl StreamKeys {
         }
     }
 
-    /// The key of a logical stream's dead-letter stream: `{ns:order-events}:dlq`. The
-    /// stream's key is its hash tag, so in a Redis Cluster both live in one slot (a key
-    /// without braces hashes whole, a tagged one hashes its tag).
-    pub fn dead_letter(&self, logical: &str) -> String {
-        format!("{{{}}}{DEAD_LETTER_SUFFIX}", self.stream(logical))
+    /// The key of the dead letters a consumer group wrote for a logical stream:
+    /// `{ns:order-events}:dlq:payment-service`. One per group, so that groups reading the
+    /// same stream never list, replay or trim each other's. The stream's key is its hash
+    /// tag, so in a Redis Cluster both live in one slot (a key without braces hashes
+    /// whole, a tagged one hashes its tag).
+    pub fn dead_letter(&self, logical: &str, group: &str) -> String {
+        format!("{{{}}}{DEAD_LETTER_SUFFIX}:{group}", self.stream(logical))
     }
 
     /// The key of a logical stream's ticks: `{ns:order-events}:ticks`, a stream of at most
@@ -69,7 +71,10 @@ mod tests {
     fn no_namespace_gives_bare_names() {
         let keys = StreamKeys::new("");
         assert_eq!(keys.stream("order-events"), "order-events");
-        assert_eq!(keys.dead_letter("order-events"), "{order-events}:dlq");
+        assert_eq!(
+            keys.dead_letter("order-events", "payment-service"),
+            "{order-events}:dlq:payment-service"
+        );
         assert_eq!(
             keys.read_turn("order-events", "payment-service"),
             "{order-events}:turn:payment-service"
@@ -81,8 +86,8 @@ mod tests {
         let keys = StreamKeys::new("ns");
         assert_eq!(keys.stream("order-events"), "ns:order-events");
         assert_eq!(
-            keys.dead_letter("payment-events"),
-            "{ns:payment-events}:dlq"
+            keys.dead_letter("payment-events", "order-service"),
+            "{ns:payment-events}:dlq:order-service"
         );
     }
 }

@@ -24,7 +24,7 @@ fn now_ms() -> u64 {
 /// One loop's last beat.
 #[derive(Debug)]
 struct Beat {
-    name: &'static str,
+    name: String,
     last_ms: AtomicU64,
 }
 
@@ -34,9 +34,9 @@ pub struct Heartbeat(Arc<Beat>);
 
 impl Heartbeat {
     /// A heartbeat nobody watches (a loop run by a test or a tool).
-    pub fn unwatched(name: &'static str) -> Self {
+    pub fn unwatched(name: impl Into<String>) -> Self {
         Self(Arc::new(Beat {
-            name,
+            name: name.into(),
             last_ms: AtomicU64::new(now_ms()),
         }))
     }
@@ -68,7 +68,7 @@ impl Liveness {
     }
 
     /// The heartbeat of a loop named `name`, watched from now on.
-    pub fn watch(&self, name: &'static str) -> Heartbeat {
+    pub fn watch(&self, name: impl Into<String>) -> Heartbeat {
         let heartbeat = Heartbeat::unwatched(name);
         self.loops
             .lock()
@@ -78,12 +78,12 @@ impl Liveness {
     }
 
     /// The loops silent for longer than the stall bound, with how long.
-    pub fn stalled(&self) -> Vec<(&'static str, Duration)> {
+    pub fn stalled(&self) -> Vec<(String, Duration)> {
         self.loops
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|h| (h.0.name, h.silent_for()))
+            .map(|h| (h.0.name.clone(), h.silent_for()))
             .filter(|(_, silent)| *silent > self.stall)
             .collect()
     }
@@ -101,7 +101,7 @@ mod tests {
         assert!(liveness.stalled().is_empty());
         std::thread::sleep(Duration::from_millis(60)); // the silence under test
         relay.beat();
-        let stalled: Vec<&str> = liveness.stalled().iter().map(|(n, _)| *n).collect();
+        let stalled: Vec<String> = liveness.stalled().into_iter().map(|(n, _)| n).collect();
         assert_eq!(stalled, ["consumer"]);
         consumer.beat();
         assert!(liveness.stalled().is_empty());

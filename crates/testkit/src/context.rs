@@ -4,6 +4,7 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use events::streams::{ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use service_runtime::{RedisConnection, StreamKeys};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
@@ -63,9 +64,15 @@ impl TestContext {
         StreamKeys::new(self.namespace.as_str()).stream(logical)
     }
 
-    /// The key of a logical stream's dead-letter stream in this test's namespace.
+    /// The key of the dead letters of the group that consumes a logical stream in these
+    /// tests (payment-service on `order-events`, order-service on `payment-events`).
     pub fn dead_letter_stream(&self, logical: &str) -> String {
-        StreamKeys::new(self.namespace.as_str()).dead_letter(logical)
+        self.dead_letter_stream_of(logical, usual_group(logical))
+    }
+
+    /// The key of the dead letters `group` wrote for a logical stream.
+    pub fn dead_letter_stream_of(&self, logical: &str, group: &str) -> String {
+        StreamKeys::new(self.namespace.as_str()).dead_letter(logical, group)
     }
 
     /// A Redis connection for the test's own commands (to one node or to a cluster, as
@@ -130,9 +137,19 @@ impl TestContext {
         self.entries_at(&self.stream(logical)).await
     }
 
-    /// Every entry of a logical stream's dead letters.
+    /// Every dead letter of a logical stream's usual group ([`dead_letter_stream`](Self::dead_letter_stream)).
     pub async fn dead_letters(&self, logical: &str) -> Vec<(String, Vec<(String, String)>)> {
         self.entries_at(&self.dead_letter_stream(logical)).await
+    }
+
+    /// Every dead letter `group` wrote for a logical stream.
+    pub async fn dead_letters_of(
+        &self,
+        logical: &str,
+        group: &str,
+    ) -> Vec<(String, Vec<(String, String)>)> {
+        self.entries_at(&self.dead_letter_stream_of(logical, group))
+            .await
     }
 
     async fn entries_at(&self, key: &str) -> Vec<(String, Vec<(String, String)>)> {
@@ -251,6 +268,14 @@ impl TestContext {
     }
 }
 
+/// The group that consumes `logical` in most tests.
+fn usual_group(logical: &str) -> &'static str {
+    match logical {
+        PAYMENT_EVENTS => ORDER_SERVICE_GROUP,
+        _ => PAYMENT_SERVICE_GROUP,
+    }
+}
+
 /// Builds a statement from a runtime string (test-only DDL with generated names).
 trait IntoSql {
     fn into_sql(self) -> sqlx::AssertSqlSafe<String>;
@@ -267,7 +292,7 @@ impl Drop for TestContext {
     /// runtime, since `Drop` cannot await.
     fn drop(&mut self) {
         let databases = std::mem::take(self.databases.get_mut().unwrap_or_else(|e| e.into_inner()));
-        // The streams (`ns:…`) and their dead letters (`{ns:…}:dlq`).
+        // The streams (`ns:…`) and their dead letters (`{ns:…}:dlq:<group>`).
         let patterns = [
             format!("{}:*", self.namespace),
             format!("{{{}:*", self.namespace),

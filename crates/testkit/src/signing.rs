@@ -1,6 +1,7 @@
 //! The event keys of the tests' services: one Ed25519 key pair per service, made once per
 //! test process in a folder of its own (PEM files, as a deployment has them), so each
-//! service signs with its own key and accepts only the other's, as in production.
+//! service signs with its own key and accepts only those of the services it reads, as in
+//! production.
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -9,16 +10,27 @@ use events::EventSigner;
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 
 /// The services that have keys.
-const SERVICES: [&str; 2] = ["order-service", "payment-service"];
+const SERVICES: [&str; 3] = ["order-service", "payment-service", "shipping-service"];
 
-/// The folder of the keys: `<service>.key` (private) and `<service>.pub` (public).
+/// The folder of the keys: `<service>.key` (private), `<service>.pub` (public) and
+/// `<service>.accepts` (the public keys of the services it reads).
 static KEYS: LazyLock<PathBuf> = LazyLock::new(|| {
     let dir = std::env::temp_dir().join(format!("testkit-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a folder for the test keys");
+    let mut public_keys = Vec::new();
     for service in SERVICES {
         let (private, public) = EventSigner::generate_pem().expect("a key pair");
         std::fs::write(dir.join(format!("{service}.key")), private).expect("writes the key");
-        std::fs::write(dir.join(format!("{service}.pub")), public).expect("writes the key");
+        std::fs::write(dir.join(format!("{service}.pub")), &public).expect("writes the key");
+        public_keys.push((service, public));
+    }
+    for service in SERVICES {
+        let accepted: String = public_keys
+            .iter()
+            .filter(|(producer, _)| producers_for(service).contains(producer))
+            .map(|(_, public)| public.as_str())
+            .collect();
+        std::fs::write(dir.join(format!("{service}.accepts")), accepted).expect("writes keys");
     }
     dir
 });
@@ -28,26 +40,22 @@ pub fn signing_key_file(service: &str) -> PathBuf {
     KEYS.join(format!("{service}.key"))
 }
 
-/// The public key file of `service`: what its consumers accept.
-pub fn public_key_file(service: &str) -> PathBuf {
-    KEYS.join(format!("{service}.pub"))
-}
-
-/// The service whose events `service` consumes.
-fn producer_for(service: &str) -> Option<&'static str> {
+/// The services whose events `service` consumes.
+fn producers_for(service: &str) -> &'static [&'static str] {
     match service {
-        "order-service" => Some("payment-service"),
-        "payment-service" => Some("order-service"),
-        _ => None,
+        "order-service" => &["payment-service"],
+        "payment-service" => &["order-service"],
+        "shipping-service" => &["order-service", "payment-service"],
+        _ => &[],
     }
 }
 
 /// `SIGNING_KEY_FILE` and `VERIFYING_KEYS_FILE` of `service` (none for another name), as
 /// environment variables.
 pub fn signing_env(service: &str) -> Vec<(&'static str, String)> {
-    let Some(producer) = producer_for(service) else {
+    if producers_for(service).is_empty() {
         return Vec::new();
-    };
+    }
     vec![
         (
             "SIGNING_KEY_FILE",
@@ -55,7 +63,9 @@ pub fn signing_env(service: &str) -> Vec<(&'static str, String)> {
         ),
         (
             "VERIFYING_KEYS_FILE",
-            public_key_file(producer).display().to_string(),
+            KEYS.join(format!("{service}.accepts"))
+                .display()
+                .to_string(),
         ),
     ]
 }

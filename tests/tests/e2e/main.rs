@@ -16,4 +16,5 @@ mod recovery;
 mod redis_acl;
 mod retention;
 mod rolling_upgrade;
+mod shipping;
 mod signatures;

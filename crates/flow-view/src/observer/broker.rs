@@ -164,8 +164,26 @@ async fn read_stream_state(
         ..StreamState::default()
     };
     let mut pending_entries = Vec::new();
+    let mut recent_dead_letters = Vec::new();
     for group in groups {
         let name = text(&group, "name");
+        let dead_letters = flow.keys.dead_letter(flow.logical, &name);
+        let count: u64 = redis::cmd("XLEN")
+            .arg(&dead_letters)
+            .query_async(redis)
+            .await?;
+        state.dead_letters += count;
+        if count > 0 {
+            let recent = observe(
+                redis,
+                &dead_letters,
+                &ObserveFrom::Newest,
+                DEAD_LETTERS_SHOWN,
+                MAX_ENTRY_BYTES,
+            )
+            .await?;
+            recent_dead_letters.extend(recent.iter().map(dead_letter));
+        }
         let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(&flow.key)
@@ -206,22 +224,23 @@ async fn read_stream_state(
                 .collect(),
         });
     }
-    state.dead_letters = redis::cmd("XLEN")
-        .arg(&flow.dead_letters)
-        .query_async(redis)
-        .await?;
-    if state.dead_letters > 0 {
-        let recent = observe(
-            redis,
-            &flow.dead_letters,
-            &ObserveFrom::Newest,
-            DEAD_LETTERS_SHOWN,
-            MAX_ENTRY_BYTES,
-        )
-        .await?;
-        state.recent_dead_letters = recent.iter().map(dead_letter).collect();
-    }
+    // The newest of every group's, newest first.
+    recent_dead_letters.sort_by(|a: &DeadLetter, b| newest_first(&a.id, &b.id));
+    recent_dead_letters.truncate(DEAD_LETTERS_SHOWN);
+    state.recent_dead_letters = recent_dead_letters;
     Ok((state, pending_entries))
+}
+
+/// Orders entry ids `ms-seq` newest first.
+fn newest_first(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(b).cmp(&parse(a))
 }
 
 fn dead_letter(entry: &Observed) -> DeadLetter {

@@ -34,7 +34,8 @@ pub struct Flow {
     pub logical: &'static str,
     pub key: String,
     pub ticks: String,
-    pub dead_letters: String,
+    /// The keys of the namespace, for the dead letters of each group found on it.
+    pub keys: StreamKeys,
 }
 
 /// The two streams of the order/payment flow under `keys`' namespace.
@@ -45,7 +46,7 @@ pub fn flows(keys: &StreamKeys) -> Vec<Flow> {
             logical,
             key: keys.stream(logical),
             ticks: keys.ticks(logical),
-            dead_letters: keys.dead_letter(logical),
+            keys: keys.clone(),
         })
         .collect()
 }

@@ -111,6 +111,29 @@ pub trait EventHandler: Send + Sync + 'static {
     }
 }
 
+/// One handler shared by the consumers of several streams.
+impl<H: EventHandler> EventHandler for std::sync::Arc<H> {
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
+        self.as_ref().handle(tx, events)
+    }
+
+    fn partition_key(&self, envelope: &Envelope) -> String {
+        self.as_ref().partition_key(envelope)
+    }
+
+    fn on_duplicate(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
+        self.as_ref().on_duplicate(tx, envelope)
+    }
+}
+
 /// Why a handler did not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
@@ -273,7 +296,12 @@ impl<H: EventHandler> Consumer<H> {
             stream_key: keys.stream(config.stream),
             ticks_key: keys.ticks(config.stream),
             parked_key: keys.parked(config.stream, config.group),
-            dead_letters: DeadLetterStream::new(redis.commands.clone(), keys, config.stream),
+            dead_letters: DeadLetterStream::new(
+                redis.commands.clone(),
+                keys,
+                config.stream,
+                config.group,
+            ),
             pool,
             redis,
             config,

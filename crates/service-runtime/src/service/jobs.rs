@@ -58,7 +58,7 @@ impl PeriodicJob {
     }
 }
 
-/// The stream a service consumes, as the jobs that watch and trim it need it.
+/// A stream a service consumes, as the jobs that watch and trim it need it.
 pub(super) struct Consumed {
     /// Key of the stream.
     pub stream: String,
@@ -75,7 +75,7 @@ pub(super) struct Consumed {
 pub(super) fn runtime_jobs(
     infra: &Infrastructure,
     settings: &CommonSettings,
-    consumed: Consumed,
+    consumed: Vec<Consumed>,
     published: Vec<String>,
     awaiting: Option<AwaitingAnswer>,
 ) -> Vec<PeriodicJob> {
@@ -94,22 +94,21 @@ pub(super) fn runtime_jobs(
         let pool = pool.clone();
         async move { observability::refresh_outbox_gauges(&pool).await }
     });
-    let (redis, stream, group) = (
-        infra.redis.commands.clone(),
-        consumed.stream.clone(),
-        consumed.group,
-    );
+    let consumed = std::sync::Arc::new(consumed);
+    let (redis, groups) = (infra.redis.commands.clone(), consumed.clone());
     let group_gauges = PeriodicJob::new("consumer group gauges", GAUGE_REFRESH, move || {
-        let (redis, stream) = (redis.clone(), stream.clone());
-        async move { observability::refresh_group_gauges(redis, &stream, group).await }
+        let (redis, groups) = (redis.clone(), groups.clone());
+        async move {
+            for c in groups.iter() {
+                observability::refresh_group_gauges(redis.clone(), &c.stream, c.group).await?;
+            }
+            Ok(0)
+        }
     });
     let (redis, limits) = (infra.redis.commands.clone(), settings.retention.clone());
-    let (consumed, published) = (
-        std::sync::Arc::new(consumed),
-        std::sync::Arc::new(published),
-    );
+    let published = std::sync::Arc::new(published);
     let trimmer = PeriodicJob::new("stream trimmer", limits.stream_trim_interval(), move || {
-        let (redis, limits, c) = (redis.clone(), limits.clone(), consumed.clone());
+        let (redis, limits, consumed) = (redis.clone(), limits.clone(), consumed.clone());
         let published = published.clone();
         async move {
             let mut trimmed = 0;
@@ -117,18 +116,20 @@ pub(super) fn runtime_jobs(
                 trimmed +=
                     retention::trim_stream(&redis, stream, limits.stream_retention()).await?;
             }
-            trimmed += retention::trim_dead_letters(
-                &redis,
-                &c.dead_letters,
-                limits.dead_letter_retention(),
-            )
-            .await?;
-            let idle = limits.consumer_idle_delete();
-            let deleted =
-                retention::delete_idle_consumers(&redis, &c.stream, c.group, idle, &c.consumer)
-                    .await?;
-            retention::measure_streams(&redis, &[&c.stream, &c.dead_letters]).await?;
-            Ok(trimmed + deleted)
+            for c in consumed.iter() {
+                trimmed += retention::trim_dead_letters(
+                    &redis,
+                    &c.dead_letters,
+                    limits.dead_letter_retention(),
+                )
+                .await?;
+                let idle = limits.consumer_idle_delete();
+                trimmed +=
+                    retention::delete_idle_consumers(&redis, &c.stream, c.group, idle, &c.consumer)
+                        .await?;
+                retention::measure_streams(&redis, &[&c.stream, &c.dead_letters]).await?;
+            }
+            Ok(trimmed)
         }
     });
     let memory = PeriodicJob::new("memory release", memory::RELEASE_INTERVAL, || async {

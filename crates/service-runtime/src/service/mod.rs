@@ -57,10 +57,22 @@ const RELAY_CLAIM_AFTER: Duration = Duration::from_secs(3);
 /// Outbox rows per relay pass.
 const RELAY_BATCH_SIZE: usize = 500;
 
+/// A stream a service reads, as a consumer group of its own there: every group reads
+/// every entry of the stream once, whatever other groups read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Logical stream name.
+    pub stream: &'static str,
+    /// The service's consumer group on it.
+    pub group: &'static str,
+}
+
 /// What a service brings to the shell.
 pub struct ServiceParts<H> {
     /// The service's name, the title of its OpenAPI document.
     pub name: &'static str,
+    /// One sentence of what it does, the description of its OpenAPI document.
+    pub description: &'static str,
     /// Where HTTP listens; port 0 picks a free one.
     pub http_addr: SocketAddr,
     /// The service's own routes with their OpenAPI operations, state applied.
@@ -71,9 +83,9 @@ pub struct ServiceParts<H> {
     pub jobs: Vec<PeriodicJob>,
     /// The migrations readiness checks for.
     pub migrator: &'static Migrator,
-    /// Logical stream the service consumes, and its group there.
-    pub consumes: &'static str,
-    pub group: &'static str,
+    /// The streams the service consumes: one consumer each, all handing their events to
+    /// `handler`.
+    pub consumes: &'static [Subscription],
     /// Logical streams the service publishes: it trims them (`retention`).
     pub publishes: &'static [&'static str],
     /// What it does with each event.
@@ -83,12 +95,10 @@ pub struct ServiceParts<H> {
 }
 
 /// Completes a service's OpenAPI document: title, version, the admin token scheme.
-fn document(name: &str, mut openapi: OpenApi) -> OpenApi {
+fn document(name: &str, description: &str, mut openapi: OpenApi) -> OpenApi {
     openapi.info.title = name.to_owned();
     openapi.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    openapi.info.description = Some(format!(
-        "{name}: part of the order/payment services over Redis Streams."
-    ));
+    openapi.info.description = Some(description.to_owned());
     openapi
         .components
         .get_or_insert_with(Default::default)
@@ -128,14 +138,18 @@ pub async fn start<H: EventHandler>(
     };
     let liveness = Liveness::new(settings.liveness_stall());
     let consumer_name = settings.stream.consumer_name();
-    let consumer = Arc::new(
-        Consumer::new(
-            infra.pool.clone(),
-            infra.redis.clone(),
-            &infra.keys,
-            ConsumerConfig {
-                stream: parts.consumes,
-                group: parts.group,
+    let handler = Arc::new(parts.handler);
+    let consumers: Vec<(Subscription, Arc<Consumer<Arc<H>>>)> = parts
+        .consumes
+        .iter()
+        .map(|&subscription| {
+            let heartbeat = match parts.consumes {
+                [_] => "consumer".to_owned(),
+                _ => format!("consumer of {}", subscription.stream),
+            };
+            let config = ConsumerConfig {
+                stream: subscription.stream,
+                group: subscription.group,
                 consumer: consumer_name.clone(),
                 read_count: settings.stream.read_count as usize,
                 block: Duration::from_millis(settings.stream.read_block_ms),
@@ -145,31 +159,48 @@ pub async fn start<H: EventHandler>(
                 max_entry_bytes: settings.stream.max_entry_bytes as usize,
                 contention_budget: settings.database_bounds.longest_lock_hold(),
                 transaction_deadline: settings.database_bounds.transaction_deadline(),
-            },
-            parts.handler,
-            infra.relay_queue.clone(),
-        )
-        .with_heartbeat(liveness.watch("consumer"))
-        .with_verification(Verification {
-            mode: infra.signatures.mode,
-            keys: infra.signatures.verifying().clone(),
-        }),
-    );
+            };
+            let consumer = Consumer::new(
+                infra.pool.clone(),
+                infra.redis.clone(),
+                &infra.keys,
+                config,
+                handler.clone(),
+                infra.relay_queue.clone(),
+            )
+            .with_heartbeat(liveness.watch(heartbeat))
+            .with_verification(Verification {
+                mode: infra.signatures.mode,
+                keys: infra.signatures.verifying().clone(),
+            });
+            (subscription, Arc::new(consumer))
+        })
+        .collect();
 
-    let dead_letters =
-        DeadLetterStream::new(infra.redis.commands.clone(), &infra.keys, parts.consumes);
+    let dead_letters = consumers
+        .iter()
+        .map(|(subscription, consumer)| admin::DeadLetters {
+            stream: subscription.stream,
+            dead_letters: DeadLetterStream::new(
+                infra.redis.commands.clone(),
+                &infra.keys,
+                subscription.stream,
+                subscription.group,
+            ),
+            consumer: consumer.clone(),
+        })
+        .collect();
     let (routes, openapi) = OpenApiRouter::new()
         .merge(parts.routes)
         .merge(admin::router(
             dead_letters,
-            consumer.clone(),
             parts.admin_routes,
             settings.admin_token(),
         ))
         .merge(health::router(readiness, liveness.clone()))
         .merge(observability::router())
         .split_for_parts();
-    let openapi = Arc::new(document(parts.name, openapi));
+    let openapi = Arc::new(document(parts.name, parts.description, openapi));
     let app = routes
         .route(
             "/openapi.json",
@@ -203,17 +234,24 @@ pub async fn start<H: EventHandler>(
         relay.run(stop).await;
         "outbox relay"
     });
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        consumer.run(stop).await;
-        "consumer"
-    });
-    let consumed = Consumed {
-        stream: infra.keys.stream(parts.consumes),
-        dead_letters: infra.keys.dead_letter(parts.consumes),
-        group: parts.group,
-        consumer: consumer_name.clone(),
-    };
+    let consumed = consumers
+        .iter()
+        .map(|(subscription, _)| Consumed {
+            stream: infra.keys.stream(subscription.stream),
+            dead_letters: infra
+                .keys
+                .dead_letter(subscription.stream, subscription.group),
+            group: subscription.group,
+            consumer: consumer_name.clone(),
+        })
+        .collect();
+    for (_, consumer) in consumers {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            consumer.run(stop).await;
+            "consumer"
+        });
+    }
     let published = parts
         .publishes
         .iter()
@@ -228,7 +266,12 @@ pub async fn start<H: EventHandler>(
             name
         });
     }
-    info!(%addr, consumer = %consumer_name, stream = %infra.keys.stream(parts.consumes), "service started");
+    let streams: Vec<String> = parts
+        .consumes
+        .iter()
+        .map(|s| infra.keys.stream(s.stream))
+        .collect();
+    info!(%addr, consumer = %consumer_name, ?streams, "service started");
     Ok(RunningService {
         addr,
         shutdown,

@@ -387,7 +387,7 @@ async fn a_stuck_consumer_turns_liveness_red_and_an_idle_one_keeps_it_green() {
         Duration::from_secs(10),
         || async {
             match liveness.stalled().as_slice() {
-                [("consumer", silent)] if *silent > stall => Ok(()),
+                [(name, silent)] if name == "consumer" && *silent > stall => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },

@@ -236,7 +236,7 @@ async fn an_entry_failing_its_last_allowed_delivery_is_dead_lettered() {
         report.dead_lettered, 1,
         "failing the 5th delivery (MAX_DELIVERIES=5) dead-letters: {report:?}"
     );
-    let dead = ctx.dead_letters(STREAM).await;
+    let dead = ctx.dead_letters_of(STREAM, GROUP).await;
     let count = dead[0]
         .1
         .iter()
@@ -1101,7 +1101,7 @@ async fn an_event_of_a_newer_schema_version_is_parked_once_not_dead_lettered() {
         Some((0, 0)),
         "all acked"
     );
-    assert!(ctx.dead_letters(STREAM).await.is_empty());
+    assert!(ctx.dead_letters_of(STREAM, GROUP).await.is_empty());
     assert_eq!(parked(&ctx).await, 1, "one copy per event_id");
 
     // This build cannot read it: it stays parked, however often the consumer comes round.

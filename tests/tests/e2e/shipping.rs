@@ -1,0 +1,183 @@
+//! A third service joins the flow without changing the other two: shipping-service
+//! (`examples/shipping-service`) reads `payment-events` and `order-events` as a group of
+//! its own. Every entry is read by both groups of each stream, once each; the producers'
+//! trimming waits for the slower group; and every paid, uncancelled order has one
+//! shipment, every other order none being prepared (beside the §4.8 invariants).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use e2e::{assert_invariants, place_orders};
+use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
+use shipping_service::GROUP as SHIPPING;
+use sqlx::PgPool;
+use testkit::{Spawned, TestContext};
+use uuid::Uuid;
+
+use crate::chaos::QUIET;
+use crate::retention::TRIM_HARD;
+
+/// Each order's status and payment, as order-service has it.
+async fn orders_of(orders: &PgPool) -> BTreeMap<Uuid, (String, Option<Uuid>)> {
+    sqlx::query_as::<_, (Uuid, String, Option<Uuid>)>("SELECT id, status, payment_id FROM orders")
+        .fetch_all(orders)
+        .await
+        .expect("orders")
+        .into_iter()
+        .map(|(id, status, payment)| (id, (status, payment)))
+        .collect()
+}
+
+/// The event ids in `db`'s outbox (what it published) or inbox (what it applied).
+async fn event_ids(db: &PgPool, table: &str) -> BTreeSet<Uuid> {
+    let query = match table {
+        "outbox" => "SELECT event_id FROM outbox",
+        _ => "SELECT event_id FROM inbox",
+    };
+    sqlx::query_scalar(query)
+        .fetch_all(db)
+        .await
+        .expect("event ids")
+        .into_iter()
+        .collect()
+}
+
+/// Cancels every third of `placed`: some still pending (never charged), some paid
+/// (refunded); an order already decided otherwise answers 409, which is fine.
+async fn cancel_every_third(orders: &Spawned, placed: &[serde_json::Value]) {
+    for order in placed.iter().step_by(3) {
+        let id = order["id"].as_str().expect("an id");
+        let url = orders.url(&format!("/orders/{id}/cancel"));
+        let status = orders
+            .http
+            .post(url)
+            .send()
+            .await
+            .expect("answers")
+            .status();
+        assert!(
+            [200, 409].contains(&status.as_u16()),
+            "cancel {id}: {status}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled_order() {
+    let ctx = TestContext::new();
+    let orders = ctx
+        .spawn("order-service", TRIM_HARD, order_service::start)
+        .await;
+    let payments = ctx
+        .spawn("payment-service", TRIM_HARD, payment_service::start)
+        .await;
+    let shipping_db = ctx.database().await;
+    let shipping = ctx
+        .spawn_on(
+            "shipping-service",
+            &shipping_db,
+            &[],
+            shipping_service::start,
+        )
+        .await;
+
+    let first = place_orders(&orders.url(""), 90, 8).await;
+    assert_eq!(first.failed, 0);
+    cancel_every_third(&orders, &first.accepted).await;
+    assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+
+    // The slower group: shipping-service is down while the flow goes on and both
+    // producers trim as hard as they may (every 50 ms, no retention).
+    shipping
+        .stop()
+        .await
+        .expect("shipping-service stops cleanly");
+    let second = place_orders(&orders.url(""), 60, 8).await;
+    assert_eq!(second.failed, 0);
+    cancel_every_third(&orders, &second.accepted).await;
+    assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    ctx.drained(PAYMENT_EVENTS, ORDER_SERVICE_GROUP).await;
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+    for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
+        let (_, unread) = ctx
+            .group_backlog(stream, SHIPPING)
+            .await
+            .expect("its group");
+        assert!(unread > 0, "shipping-service has {stream} entries to read");
+        // What it read last stays as the trim's bound; nothing before it, nothing after.
+        let held = ctx.held_beyond(stream, SHIPPING).await;
+        assert!(
+            matches!(held, Some(0 | 1)),
+            "{stream} is trimmed to what shipping-service has not read, no further: {held:?}"
+        );
+    }
+
+    let shipping = ctx
+        .spawn_on(
+            "shipping-service",
+            &shipping_db,
+            &[],
+            shipping_service::start,
+        )
+        .await;
+    for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
+        ctx.drained(stream, SHIPPING).await;
+    }
+
+    // Every event reached both of its readers: shipping-service applied every event
+    // either producer published, and the other service every event of its stream.
+    let from_orders = event_ids(&orders.pool, "outbox").await;
+    let from_payments = event_ids(&payments.pool, "outbox").await;
+    let shipped_from: BTreeSet<Uuid> = event_ids(&shipping.pool, "inbox").await;
+    assert_eq!(
+        shipped_from,
+        from_orders.union(&from_payments).copied().collect(),
+        "shipping-service applied every event of both streams"
+    );
+    assert_eq!(event_ids(&payments.pool, "inbox").await, from_orders);
+    assert_eq!(event_ids(&orders.pool, "inbox").await, from_payments);
+    // ... once: no group was handed an entry twice, none is left pending.
+    for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
+        for group in [SHIPPING, ORDER_SERVICE_GROUP, PAYMENT_SERVICE_GROUP] {
+            if let Some((pending, unread)) = ctx.group_backlog(stream, group).await {
+                assert_eq!((pending, unread), (0, 0), "{group} on {stream}");
+            }
+        }
+    }
+
+    // One shipment per paid, uncancelled order; none being prepared for any other.
+    let shipments: BTreeMap<Uuid, (String, Option<Uuid>)> =
+        sqlx::query_as::<_, (Uuid, String, Option<Uuid>)>(
+            "SELECT order_id, status, payment_id FROM shipments",
+        )
+        .fetch_all(&shipping.pool)
+        .await
+        .expect("shipments")
+        .into_iter()
+        .map(|(order, status, payment)| (order, (status, payment)))
+        .collect();
+    let all = orders_of(&orders.pool).await;
+    assert_eq!(all.len(), 150);
+    let mut paid = 0;
+    for (id, (status, payment)) in &all {
+        let shipment = shipments.get(id).map(|(s, p)| (s.as_str(), *p));
+        match status.as_str() {
+            "PAID" => {
+                paid += 1;
+                assert_eq!(shipment, Some(("PREPARING", *payment)), "paid order {id}");
+            }
+            _ => assert!(
+                !matches!(shipment, Some(("PREPARING", _))),
+                "{status} order {id} has a shipment being prepared"
+            ),
+        }
+    }
+    assert!(paid >= 50, "most orders are paid ({paid})");
+    assert!(
+        shipments.keys().all(|id| all.contains_key(id)),
+        "no shipment of an order that does not exist"
+    );
+
+    for service in [orders, payments, shipping] {
+        service.stop().await.expect("stops cleanly");
+    }
+}
