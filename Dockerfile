@@ -2,6 +2,7 @@
 #   docker build --target order-service   -t order-service .
 #   docker build --target payment-service -t payment-service .
 #   docker build --target flow-view       -t flow-view .
+#   docker build --target shipping-service -t shipping-service .   (the example third service)
 # (docker-compose.yml builds both this way.) The second build reuses the first's stages.
 #
 # Stages: `planner` records the dependency graph (cargo-chef recipe), `builder` compiles
@@ -23,17 +24,18 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
-    --package order-service --package payment-service --package flow-view
+    --package order-service --package payment-service --package flow-view --package shipping-service
 COPY . .
 # The same package selection as the cook: features are resolved over the packages
 # selected, so `--bin` alone (which selects every workspace member) would rebuild the
 # dependencies the test crates give other features.
 RUN cargo build --release --locked --package order-service --package payment-service \
-        --package service-runtime --package flow-view --bin order-service --bin payment-service \
+        --package service-runtime --package flow-view --package shipping-service \
+        --bin order-service --bin payment-service --bin shipping-service \
         --bin event-keys --bin redis-functions --bin flow-view \
     && cp target/release/order-service target/release/payment-service \
-        target/release/event-keys target/release/redis-functions target/release/flow-view \
-        /usr/local/bin/
+        target/release/shipping-service target/release/event-keys \
+        target/release/redis-functions target/release/flow-view /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # curl only for the health check; no compiler, no cargo.
@@ -52,6 +54,10 @@ ENV LOG_FORMAT=json
 FROM runtime AS flow-view
 COPY --from=builder /usr/local/bin/flow-view /usr/local/bin/flow-view
 ENTRYPOINT ["/usr/local/bin/flow-view"]
+
+FROM runtime AS shipping-service
+COPY --from=builder /usr/local/bin/shipping-service /usr/local/bin/shipping-service
+ENTRYPOINT ["/usr/local/bin/shipping-service"]
 
 FROM runtime AS payment-service
 COPY --from=builder /usr/local/bin/payment-service /usr/local/bin/payment-service

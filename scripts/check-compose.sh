@@ -7,7 +7,9 @@
 # 3. `--scale payment-replica=2`: three payment-service consumers in one group, each doing
 #    some of the work; one of them `docker stop`ped mid-flow loses nothing: every order ends
 #    final, with one standing payment exactly for each PAID one;
-# 4. `down -v`.
+# 4. `--profile shipping`: a third service joins late, as a group of its own, and ships
+#    every PAID order from what the streams still hold;
+# 5. `down -v`.
 # Needs a Docker engine and the images Compose names (scripts/docker-standins.sh makes
 # local stand-ins where no registry is reachable), curl and jq.
 set -euo pipefail
@@ -26,11 +28,11 @@ finish() {
     compose ps >&2 || true
     compose logs --tail 30 >&2 || true
   fi
-  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  compose --profile shipping down -v --remove-orphans >/dev/null 2>&1 || true
   exit $status
 }
 trap finish EXIT
-compose down -v --remove-orphans >/dev/null 2>&1 || true
+compose --profile shipping down -v --remove-orphans >/dev/null 2>&1 || true
 
 # Retries a command until it succeeds, for up to <seconds>.
 within() { # <seconds> <what> <command...>
@@ -53,6 +55,7 @@ all_healthy() { # <containers expected>
 }
 orders_sql() { compose exec -T orders-db psql -U orders -d orders -Atc "$1"; }
 payments_sql() { compose exec -T payments-db psql -U payments -d payments -Atc "$1"; }
+shipping_sql() { compose exec -T shipping-db psql -U shipping -d shipping -Atc "$1"; }
 redis() {
   compose exec -T redis redis-cli --user operator --pass operator-redis-demo --no-auth-warning "$@"
 }
@@ -110,4 +113,10 @@ charged=$(payments_sql "SELECT count(*) FROM payments WHERE status = 'COMPLETED'
 echo "orders: $orders, PAID: $paid, standing payments: $charged"
 [ "$paid" = "$charged" ] || { echo "PAID orders and standing payments differ" >&2; exit 1; }
 
+say "a third service joins late: shipping-service ships each PAID order once"
+time compose --profile shipping up -d --build shipping-service
+preparing() { shipping_sql "SELECT count(*) FROM shipments WHERE status = 'PREPARING'" 2>/dev/null; }
+shipped_each_paid() { [ "$(preparing)" = "$paid" ]; }
+within 180 "a shipment for each of the $paid PAID orders" shipped_each_paid
+echo "shipments being prepared: $(preparing), PAID orders: $paid"
 say "down -v"

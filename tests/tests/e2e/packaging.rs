@@ -142,6 +142,22 @@ fn payment_service_in_compose_matches_the_code() {
 }
 
 #[test]
+fn shipping_service_in_compose_matches_the_code_and_waits_for_its_profile() {
+    check_service(
+        "shipping-service",
+        shipping_service::Settings::command(),
+        8082,
+    );
+    for name in ["shipping-service", "shipping-db"] {
+        assert_eq!(
+            compose()["services"][name]["profiles"][0].as_str(),
+            Some("shipping"),
+            "{name} starts only with --profile shipping"
+        );
+    }
+}
+
+#[test]
 fn payment_replicas_are_payment_service_unpublished_and_off_by_default() {
     let compose = compose();
     let (first, replica) = (

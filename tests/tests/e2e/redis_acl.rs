@@ -2,9 +2,11 @@
 //! file ships (`deploy/redis/users.acl`), each service connecting with the credentials
 //! the compose file gives it. Both run their whole flow (a charge, a decline, a cancel
 //! and its refund) as their own users, with the Redis Functions library loaded by the
-//! `functions` user as compose's `redis-functions` does; neither service user may write
-//! or trim the other's stream, run Lua of its own (`EVAL`, `SCRIPT LOAD`, `FUNCTION
-//! LOAD`) or what no service needs (`FLUSHALL`, `KEYS`, `CONFIG`).
+//! `functions` user as compose's `redis-functions` does, and shipping-service (compose's
+//! `shipping` profile) follows the same flow as a third group; neither service user may
+//! write or trim the other's stream, run Lua of its own (`EVAL`, `SCRIPT LOAD`, `FUNCTION
+//! LOAD`) or what no service needs (`FLUSHALL`, `KEYS`, `CONFIG`), and shipping-service's
+//! may write neither stream nor touch another group's dead letters, parked events or turn.
 
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use e2e::{Outcome, assert_invariants};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
 use service_runtime::functions::LIBRARY_NAME;
-use testkit::{ClusterOptions, PrivateRedis, RedisCluster, TestContext};
+use testkit::{ClusterOptions, PrivateRedis, RedisCluster, TestContext, eventually};
+use uuid::Uuid;
 
 use crate::flows::{final_order, order_of, post};
 use crate::packaging::{compose, repo_file, text};
@@ -97,9 +100,10 @@ async fn runs_the_flow_as_the_compose_users(
         .await
         .expect("the functions user loads the library");
     // Retention trims hard and often, so its function runs as each user too.
-    let (order_url, payment_url) = (
+    let (order_url, payment_url, shipping_url) = (
         url_as(redis_user_of("order-service")),
         url_as(redis_user_of("payment-service")),
+        url_as(redis_user_of("shipping-service")),
     );
     let orders = ctx
         .spawn(
@@ -113,6 +117,13 @@ async fn runs_the_flow_as_the_compose_users(
             "payment-service",
             &[&["--redis-url", payment_url.as_str()][..], TRIM_HARD].concat(),
             payment_service::start,
+        )
+        .await;
+    let shipping = ctx
+        .spawn(
+            "shipping-service",
+            &["--redis-url", shipping_url.as_str()],
+            shipping_service::start,
         )
         .await;
 
@@ -135,6 +146,26 @@ async fn runs_the_flow_as_the_compose_users(
     );
     let (_, account) = payments.get_json("/accounts/uma").await;
     assert_eq!(account["balance_cents"], 100_000, "refunded");
+    // shipping-service followed it too: prepared, then cancelled with the refund.
+    let path = format!("/shipments/{paid}");
+    eventually(
+        "the shipment cancelled",
+        Duration::from_secs(15),
+        || async {
+            match shipping.get_json(&path).await {
+                (200, shipment) if shipment["status"] == "CANCELLED" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let shipment: Option<Uuid> =
+        sqlx::query_scalar("SELECT payment_id FROM shipments WHERE order_id = $1::uuid")
+            .bind(&paid)
+            .fetch_one(&shipping.pool)
+            .await
+            .expect("the shipment");
+    assert!(shipment.is_some(), "it was prepared for the payment first");
     // Trimmed by each producer, as its own user.
     trimmed_to_their_last_entry(ctx).await;
 }
@@ -184,6 +215,26 @@ async fn each_service_runs_its_flow_as_its_own_redis_user_and_no_more() {
         )
         .await;
     }
+    let shipping_user = redis_user_of("shipping-service");
+    refused_all(
+        &redis,
+        &shipping_user,
+        &[
+            // It only reads: no stream is written or trimmed by it.
+            &["XADD", ORDER_EVENTS, "*", "forged", "1"],
+            &["XADD", PAYMENT_EVENTS, "*", "forged", "1"],
+            &["XTRIM", ORDER_EVENTS, "MAXLEN", "0"],
+            &["XDEL", PAYMENT_EVENTS, "0-1"],
+            // Another group's dead letters, parked events and turn are not its own.
+            &["XADD", "{order-events}:dlq:payment-service", "*", "f", "1"],
+            &["XDEL", "{payment-events}:dlq:order-service", "0-1"],
+            &["HSET", "{order-events}:parked:payment-service", "f", "1"],
+            &["SET", "{payment-events}:turn:order-service", "me"],
+            &["EVAL", "return 1", "0"],
+            &["FUNCTION", "FLUSH"],
+        ],
+    )
+    .await;
     let functions_user = redis_user_of("redis-functions");
     refused_all(
         &redis,
