@@ -20,14 +20,17 @@ use std::time::Duration;
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use events::{Envelope, Event, EventType, EventWriter, OrderCancelled, Producer};
 use service_runtime::RedisConnection;
-use service_runtime::observability::{
-    ORDER_TIME_TO_FINAL, ORDERS_EXPIRED, REASK_EXAMINED, REASK_REPUBLISHED,
-};
+use service_runtime::observability::{REASK_EXAMINED, REASK_REPUBLISHED};
 use service_runtime::outbox::{self, AwaitingAnswer, Reask, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
+
+/// Orders expired unpaid at their payment deadline.
+const ORDERS_EXPIRED: &str = "orders_expired_total";
+/// Seconds from an order's creation to its final state, by `status`.
+const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
 
 use crate::db::{self, ScanFrom};
 use crate::domain::{Order, OrderStatus, OrderTrigger, Transition, transition};

@@ -65,7 +65,7 @@ pub struct DeadLetterStream {
 
 /// Who gave up on an entry, and why.
 #[derive(Debug, Clone, Copy)]
-pub struct Verdict<'a> {
+pub(crate) struct Verdict<'a> {
     pub group: &'a str,
     pub consumer: &'a str,
     pub deliveries: u64,
@@ -75,12 +75,19 @@ pub struct Verdict<'a> {
 /// One dead letter as the admin API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
+    /// Its id in the dead-letter stream (what a replay names).
     pub id: String,
+    /// The entry's id in the consumed stream.
     pub original_id: Option<String>,
+    /// The key of the consumed stream.
     pub stream: Option<String>,
+    /// The group that gave up on it.
     pub group: Option<String>,
+    /// The consumer that gave up on it.
     pub consumer: Option<String>,
+    /// How often it had been delivered.
     pub delivery_count: Option<u64>,
+    /// Why it was given up on.
     pub error: Option<String>,
     /// The original entry's fields.
     pub fields: BTreeMap<String, String>,
@@ -102,14 +109,19 @@ pub struct Replayed {
 /// Why a dead letter was not replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// No dead letter has that id.
     #[error("no such dead letter")]
     NotFound,
+    /// It lacks the metadata this runtime writes first.
     #[error("the entry is not a dead letter written by this service")]
     NotReplayable,
+    /// The event could not be settled now; it is kept to be replayed later.
     #[error("the event could not be applied now (is the database down?); the dead letter is kept")]
     Unfinished,
+    /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The consumer could not process it.
     #[error("{0}")]
     Consume(#[from] ConsumeError),
 }

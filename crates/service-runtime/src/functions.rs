@@ -145,12 +145,18 @@ pub enum ObserveFrom {
 /// limit [`observe`] was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
+    /// An entry within the limit.
     Entry {
+        /// Its id.
         id: String,
+        /// Its fields, values as lossy UTF-8.
         fields: Vec<(String, String)>,
     },
+    /// An entry over the limit, not read.
     Oversized {
+        /// Its id.
         id: String,
+        /// The bytes of its fields.
         bytes: u64,
     },
 }

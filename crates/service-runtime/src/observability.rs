@@ -33,7 +33,7 @@ pub const EVENTS_SKIPPED: &str = "events_skipped_total";
 pub const EVENTS_FAILED: &str = "events_failed_total";
 /// Entries moved to the dead-letter stream, by `stream` and `cause`: `undecodable`,
 /// `invalid_content` (decodes but fails the content checks: forged or corrupted),
-/// `rejected` (its handler refused it, e.g. a payment that contradicts its order) or
+/// `rejected` (its handler refused it: it contradicts what the service knows) or
 /// `exhausted` (failed on `MAX_DELIVERIES` deliveries).
 pub const EVENTS_DEAD_LETTERED: &str = "events_dead_lettered_total";
 /// Waits before a retry, by `loop`: `consumer` (a read or group failed), `event_in_place`
@@ -68,17 +68,14 @@ pub const CONSUMERS_DELETED: &str = "stream_consumers_deleted_total";
 pub const ROWS_PRUNED: &str = "rows_pruned_total";
 /// Rows a periodic re-asking loop looked at in a round (each round is bounded), by `job`.
 pub const REASK_EXAMINED: &str = "reask_examined_total";
-/// Events published again by a re-asking loop, by `job` (`reconciler`: order-service asking
-/// again; `answers`: payment-service answering a repeated question) and `event_type`.
+/// Events published again by a re-asking loop, by `job` (the loop's name: here
+/// `reconciler`, a question asked again, and `answers`, an answer given again) and
+/// `event_type`.
 pub const REASK_REPUBLISHED: &str = "reask_republished_total";
 /// Entries whose signature does not stand, by `stream` and `reason` (`unsigned`,
 /// `unknown_key`, `bad_signature`, `malformed`): dead-lettered as forged with
 /// `SIGNATURES=require`, applied and counted with `report`.
 pub const EVENTS_UNVERIFIED: &str = "events_unverified_total";
-/// Orders expired unpaid at their payment deadline (order-service).
-pub const ORDERS_EXPIRED: &str = "orders_expired_total";
-/// Seconds from an order's creation to its final state, by `status` (order-service).
-pub const ORDER_TIME_TO_FINAL: &str = "order_time_to_final_seconds";
 
 /// How often the gauges that cost a query are refreshed.
 pub const GAUGE_REFRESH: Duration = Duration::from_secs(5);

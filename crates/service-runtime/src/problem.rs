@@ -14,10 +14,15 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// What kind of problem: `/problems/<kind>`, a URI reference relative to the service
+    /// that answered (RFC 9457 §3.1.1), so the runtime names no domain of its own.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The status's reason phrase.
     pub title: String,
+    /// The HTTP status.
     pub status: u16,
+    /// What went wrong, for a person.
     pub detail: String,
     /// Messages per invalid field, for validation errors.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -32,7 +37,7 @@ impl Problem {
     /// A problem with `status`, a short `kind` slug (becomes `type`) and a detail.
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
-            kind: format!("https://problems.order-payment.dev/{kind}"),
+            kind: format!("/problems/{kind}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: detail.into(),

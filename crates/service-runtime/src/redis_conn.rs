@@ -13,7 +13,7 @@
 //! `rediss+cluster://`) connect to a cluster through those seed nodes with redis-rs's
 //! cluster client, which routes each command to the master of its key's slot and follows
 //! `MOVED`, `ASK` and failovers. Every command the runtime sends names one key, or keys
-//! of one slot (a stream and its dead letters share a hash tag, see [`crate::keys`]).
+//! of one slot (a stream and its dead letters share a hash tag, see [`StreamKeys`](crate::StreamKeys)).
 
 use std::time::Duration;
 
@@ -38,7 +38,9 @@ const CLUSTER_SCHEMES: [(&str, &str); 2] =
 /// A connection to one Redis node or to a Redis Cluster; clones share it.
 #[derive(Clone)]
 pub enum RedisConnection {
+    /// One Redis server.
     Node(ConnectionManager),
+    /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 

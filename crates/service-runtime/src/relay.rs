@@ -35,8 +35,10 @@ use crate::redis_conn::RedisConnection;
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("database: {0}")]
+    /// The outbox could not be read or marked.
     Database(#[from] sqlx::Error),
     #[error("redis: {0}")]
+    /// An entry could not be added.
     Redis(#[from] redis::RedisError),
 }
 

@@ -27,14 +27,17 @@ pub struct DatabaseBounds {
 }
 
 impl DatabaseBounds {
+    /// `DB_STATEMENT_TIMEOUT_MS`.
     pub fn statement_timeout(&self) -> Duration {
         Duration::from_millis(self.db_statement_timeout_ms)
     }
 
+    /// `DB_LOCK_TIMEOUT_MS`.
     pub fn lock_timeout(&self) -> Duration {
         Duration::from_millis(self.db_lock_timeout_ms)
     }
 
+    /// `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS`.
     pub fn idle_in_transaction_timeout(&self) -> Duration {
         Duration::from_millis(self.db_idle_in_transaction_timeout_ms)
     }

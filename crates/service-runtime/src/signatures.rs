@@ -36,6 +36,7 @@ impl SignatureMode {
 /// A service's keys and mode, read from its settings.
 #[derive(Debug, Clone)]
 pub struct Signatures {
+    /// What the consumer does with an entry whose signature does not stand.
     pub mode: SignatureMode,
     signer: Option<Arc<EventSigner>>,
     verifying: VerifyingKeys,

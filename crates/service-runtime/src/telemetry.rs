@@ -2,7 +2,7 @@
 //!
 //! - Logs: `RUST_LOG` filters (default `info`), `LOG_FORMAT` picks pretty or JSON lines.
 //!   It filters only what is printed: spans are traced at `info` whatever it says.
-//!   Repeated warnings and errors are summarised ([`log_summary`](crate::log_summary)).
+//!   Repeated warnings and errors are summarised (`log_summary.rs`).
 //!   A request's and an event's log lines carry their span's fields (`request_id`,
 //!   `event_id`, ...).
 //! - Traces: every span also becomes an OpenTelemetry span. Trace context crosses the
@@ -36,7 +36,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// How a process reports.
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
+    /// The `service.name` of its traces and logs.
     pub service_name: &'static str,
+    /// Pretty or JSON logs.
     pub log_format: LogFormat,
     /// Print log lines at all (tests keep them quiet unless `TEST_LOG=1`).
     pub print_logs: bool,

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use service_runtime::RedisConnection;
 use service_runtime::functions::{LIBRARY_NAME, is_loaded, load};
-use service_runtime::secret_url::SecretUrl;
 use service_runtime::service::shutdown_signal;
+use service_runtime::settings::SecretUrl;
 use service_runtime::settings::redis_url;
 
 const USAGE: &str =

@@ -2,7 +2,7 @@
 //! (inbox records of all its events in one statement, then the handler's effects of the
 //! new ones, set-based) → commit → `XACK` the batch (SPEC §4.2, §4.4). A few statements
 //! and one commit per batch rather than per event is what lets the consumers keep up with
-//! the rate at which orders are created.
+//! the rate at which events are published.
 //!
 //! Guarantees kept here:
 //! - an entry is acked only after the transaction holding its effect and its inbox row
@@ -13,7 +13,7 @@
 //! - an unknown `event_type` is acked and skipped (tolerant reader);
 //! - an event of a newer `schema_version` than this build reads is parked (one copy per
 //!   `event_id`) and acked, never dead-lettered, and applied from there by a consumer of a
-//!   build that reads it ([`park`]);
+//!   build that reads it (`park.rs`);
 //! - an event that fails undoes only itself: the batch is redone one event at a time, a
 //!   savepoint each, and the rest of it commits;
 //! - while the database is unreachable (or the event lost a deadlock) nothing of it is
@@ -34,13 +34,13 @@
 //!   spent) for as long as a session of the service can hold a lock, and a batch
 //!   transaction has a deadline of its own (see [`crate::settings::DatabaseBounds`]).
 //!
-//! Replicas of a service take turns reading new entries ([`turn`]), so that a second one
+//! Replicas of a service take turns reading new entries (`turn.rs`), so that a second one
 //! does not split the batches one would read whole.
 //!
 //! Here: the handler contract, the settings and the run loop. A batch from read to ack
-//! is in [`batch`] (what each entry needs decided in [`plan`]), the database side of it in
-//! [`apply`], reading in [`read`], reclaiming in [`reclaim`], the reading turn in [`turn`],
-//! parked events in [`park`], and dead letters in [`crate::dead_letters`].
+//! is in `batch.rs` (what each entry needs decided in `plan.rs`), the database side of it
+//! in `apply.rs`, reading in `read.rs`, reclaiming in `reclaim.rs`, the reading turn in
+//! `turn.rs`, parked events in `park.rs`, and dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
@@ -99,8 +99,9 @@ pub trait EventHandler: Send + Sync + 'static {
     }
 
     /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
-    /// applied before (a redelivery or a re-publish), in a transaction of its own. The
-    /// default does nothing; a service may re-publish what it answered back then, for a
+    /// applied before (a redelivery or a re-publish), in the same transaction as the
+    /// batch's new events (after `handle`), so an error undoes the batch and it is redone
+    /// one event at a time, as for `handle`. The default does nothing; a service may re-publish what it answered back then, for a
     /// producer that lost the answer (SPEC §4.6), returning the rows it re-armed.
     fn on_duplicate(
         &self,
@@ -150,8 +151,10 @@ pub enum HandleError {
 /// pending.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
+    /// Redis failed or refused the command.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
+    /// Redis answered something the consumer cannot read.
     #[error("unexpected reply: {0}")]
     Reply(String),
 }
@@ -195,6 +198,7 @@ impl<H: EventHandler> Replay for Consumer<H> {
 pub struct ConsumerConfig {
     /// Logical stream name, e.g. `order-events`.
     pub stream: &'static str,
+    /// The consumer group it reads as.
     pub group: &'static str,
     /// Unique within the group (SPEC §3.1).
     pub consumer: String,
@@ -263,7 +267,9 @@ pub struct Consumer<H> {
 /// becomes of an entry they do not verify ([`SignatureMode`]).
 #[derive(Debug, Clone)]
 pub struct Verification {
+    /// What becomes of an entry the keys do not verify.
     pub mode: SignatureMode,
+    /// The producers' verifying keys.
     pub keys: VerifyingKeys,
 }
 
@@ -278,6 +284,10 @@ impl Verification {
 }
 
 impl<H: EventHandler> Consumer<H> {
+    /// A consumer of `config.stream` as `config.group`, applying its events with
+    /// `handler` on `pool` and handing the rows they wrote to `relay`. Verifies nothing
+    /// and beats no watched heartbeat until told to ([`with_verification`](Self::with_verification),
+    /// [`with_heartbeat`](Self::with_heartbeat)).
     pub fn new(
         pool: PgPool,
         redis: RedisConnections,

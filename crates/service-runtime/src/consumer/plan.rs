@@ -36,7 +36,7 @@ pub(super) enum DeadLetterCause {
     Undecodable,
     /// It decodes but fails the content checks: forged, or corrupted on the way.
     InvalidContent,
-    /// Its handler refused it (e.g. a payment contradicting its order).
+    /// Its handler refused it (it contradicts what the service knows).
     Rejected,
     /// It failed on its last allowed delivery.
     Exhausted,

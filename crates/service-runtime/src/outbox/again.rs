@@ -20,6 +20,7 @@ pub struct Reask {
     /// twice as long as the one before (with ±25 % jitter, so that the orders of one
     /// burst do not ask again in step), up to `backoff_cap`.
     pub after: Duration,
+    /// The longest wait between two re-asks of one row.
     pub backoff_cap: Duration,
     /// Copies made in this window are still in the stream, not yet delivered to the
     /// group that answers ([`StillQueued`]): they are not repeated, and the wait for
@@ -50,7 +51,9 @@ impl Reask {
 /// it was delivered, or lost with the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StillQueued {
+    /// Queued again no earlier than this.
     pub after: time::OffsetDateTime,
+    /// And no later than this.
     pub until: time::OffsetDateTime,
 }
 
@@ -103,7 +106,7 @@ fn entry_ms(id: &str) -> u64 {
 
 /// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
 /// waiting for the relay that are due by `reask`: all of them, or only those of
-/// `event_types`, each as `writer` would write it now where it differs ([`written_as`]).
+/// `event_types`, each as `writer` would write it now where it differs (`written_as`).
 /// Returns their rows,
 /// oldest first, for the [`RelayQueue`](super::RelayQueue) once the
 /// transaction committed. A consumer's inbox absorbs the repeat; a producer uses this to
@@ -219,7 +222,7 @@ async fn written_as(
 /// did, with the `event_id`s they were first published under (SPEC §4.6, §4.9): so a
 /// question asked again is answered whatever the outbox's retention. Where the outbox
 /// still holds an event, that row goes out again as it was committed, byte for byte (or
-/// rewritten where `writer` writes it differently now: [`written_as`]); where the
+/// rewritten where `writer` writes it differently now: `written_as`); where the
 /// sweeper deleted it, the rebuilt one takes its place. An event already waiting
 /// for the relay is not queued twice. Returns the rows queued, in the order given, for
 /// the [`RelayQueue`](super::RelayQueue) once the transaction committed.

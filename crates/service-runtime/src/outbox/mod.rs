@@ -82,9 +82,13 @@ impl RelayQueue {
 /// event_type, order_id, fields)`, in that order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
+    /// The event's id, the same on every publish.
     pub event_id: Uuid,
+    /// The logical stream it goes to.
     pub stream: String,
+    /// Its `event_type`.
     pub event_type: &'static str,
+    /// The order it is about (the envelope's `order_id`).
     pub order_id: Uuid,
     /// The stream entry's field list: name, value, name, value...
     pub fields: Vec<String>,

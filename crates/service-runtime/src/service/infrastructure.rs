@@ -18,8 +18,11 @@ use crate::signatures::{SignatureMode, Signatures};
 /// The connections a service runs on, made and migrated.
 #[derive(Clone)]
 pub struct Infrastructure {
+    /// The service's database, migrated.
     pub pool: PgPool,
+    /// Its Redis connections (commands, and the blocking reads).
     pub redis: RedisConnections,
+    /// Its stream keys, under `STREAM_NAMESPACE`.
     pub keys: StreamKeys,
     /// The service's relay queue: the code that commits outbox rows hands them over after
     /// the commit.

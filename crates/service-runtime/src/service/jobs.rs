@@ -1,4 +1,4 @@
-//! Periodic jobs: the service's own (the order reconciler) and the runtime's (retention,
+//! Periodic jobs: the service's own (order-service's reconciler, say) and the runtime's (retention,
 //! the gauges), each run every so often until shutdown.
 
 use std::future::Future;
@@ -20,7 +20,7 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 type JobFuture = Pin<Box<dyn Future<Output = anyhow::Result<u64>> + Send>>;
 
-/// A job run every `every` until shutdown (the outbox sweeper, the order reconciler).
+/// A job run every `every` until shutdown (the outbox sweeper, a service's reconciler).
 /// Each run returns how many things it did, logged when not zero.
 pub struct PeriodicJob {
     pub(super) name: &'static str,

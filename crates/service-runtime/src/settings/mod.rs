@@ -20,7 +20,9 @@ mod values;
 /// Log output: `pretty` for people, `json` for log shippers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Pretty,
+    /// One JSON object per line.
     Json,
 }
 
@@ -100,22 +102,27 @@ pub struct RetentionSettings {
 }
 
 impl RetentionSettings {
+    /// `STREAM_RETENTION_MS`.
     pub fn stream_retention(&self) -> Duration {
         Duration::from_millis(self.stream_retention_ms)
     }
 
+    /// `STREAM_TRIM_INTERVAL_MS`.
     pub fn stream_trim_interval(&self) -> Duration {
         Duration::from_millis(self.stream_trim_interval_ms)
     }
 
+    /// `DLQ_RETENTION_HOURS`.
     pub fn dead_letter_retention(&self) -> Duration {
         Duration::from_secs(self.dlq_retention_hours * 3600)
     }
 
+    /// `INBOX_RETENTION_HOURS`.
     pub fn inbox_retention(&self) -> Duration {
         Duration::from_secs(self.inbox_retention_hours * 3600)
     }
 
+    /// `CONSUMER_IDLE_DELETE_MS`.
     pub fn consumer_idle_delete(&self) -> Duration {
         Duration::from_millis(self.consumer_idle_delete_ms)
     }
@@ -131,17 +138,20 @@ pub struct CommonSettings {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
     #[command(flatten)]
+    /// How long a statement, a lock wait and an idle transaction may take (SPEC §4.9).
     pub database_bounds: DatabaseBounds,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", value_parser = redis_url)]
     pub redis_url: SecretUrl,
     #[command(flatten)]
+    /// How the consumer reads its streams.
     pub stream: StreamSettings,
     /// Published outbox rows are kept this long (hours), so they can be re-published
     /// after a broker loss, then deleted.
     #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub outbox_retention_hours: u64,
     #[command(flatten)]
+    /// How long each store keeps what it no longer needs.
     pub retention: RetentionSettings,
     /// The `schema_version` this service writes its events as (SPEC §3.4): every reader of
     /// them must read it. In a rolling upgrade, switch it only once every replica of every
@@ -163,7 +173,7 @@ pub struct CommonSettings {
     /// signing); `off`: nothing signed or verified.
     #[arg(long, env = "SIGNATURES", value_enum, default_value = "require")]
     pub signatures: SignatureMode,
-    /// Bearer token of the admin API (dead letters, deposits); unset or empty, those
+    /// Bearer token of the admin API (dead letters, and the service's own admin routes); unset or empty, those
     /// routes answer 404 (see [`admin_token`](Self::admin_token)).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
     pub admin_token: Option<Secret>,
@@ -193,7 +203,7 @@ pub struct CommonSettings {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
     /// A warning or error repeated from one place in the code is printed once per this
-    /// many ms, then summarised with a count (see [`crate::log_summary`]).
+    /// many ms, then summarised with a count (`log_summary.rs`).
     #[arg(long, env = "LOG_SUMMARY_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub log_summary_interval_ms: u64,
     /// OTLP/HTTP collector for traces (e.g. `http://jaeger:4318`); none when unset or empty.
@@ -210,10 +220,12 @@ impl CommonSettings {
             .filter(|token| !token.expose().is_empty())
     }
 
+    /// `SHUTDOWN_TIMEOUT_MS`.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
 
+    /// `REQUEST_TIMEOUT_MS`.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -227,10 +239,12 @@ impl CommonSettings {
         }
     }
 
+    /// `OUTBOX_RETENTION_HOURS`.
     pub fn outbox_retention(&self) -> Duration {
         Duration::from_secs(self.outbox_retention_hours * 3600)
     }
 
+    /// `LIVENESS_STALL_MS`.
     pub fn liveness_stall(&self) -> Duration {
         Duration::from_millis(self.liveness_stall_ms)
     }
