@@ -8,63 +8,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders, ready, start_process, terminate};
+use e2e::{
+    ORDER_ARGS, PAYMENT_ARGS, QUIET, assert_invariants, order_service, orders_at_least,
+    payment_service, place_orders, published, ready, start_process, terminate,
+};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use serde_json::Value;
 use sqlx::PgPool;
-use testkit::{FaultProxy, PrivateRedis, Spawned, TestContext, backends, eventually, host_port};
-
-/// Fast failure detection for tests: reclaim after 1 s idle, re-publish after 1.5 s.
-pub(crate) const ORDER_ARGS: &[&str] = &[
-    "--claim-min-idle-ms",
-    "1000",
-    "--pending-republish-after-ms",
-    "1500",
-];
-pub(crate) const PAYMENT_ARGS: &[&str] = &["--claim-min-idle-ms", "1000"];
-pub(crate) const QUIET: Duration = Duration::from_secs(60);
-
-pub(crate) async fn order_service(ctx: &TestContext) -> Spawned {
-    ctx.spawn("order-service", ORDER_ARGS, order_service::start)
-        .await
-}
-
-pub(crate) async fn payment_service(ctx: &TestContext) -> Spawned {
-    ctx.spawn("payment-service", PAYMENT_ARGS, payment_service::start)
-        .await
-}
-
-pub(crate) async fn published(ctx: &TestContext, logical: &str, n: usize) {
-    eventually(
-        &format!("{n} entries on {logical}"),
-        Duration::from_secs(10),
-        || async {
-            let found = ctx.entries(logical).await.len();
-            if found >= n {
-                Ok(())
-            } else {
-                Err(format!("{found} entries"))
-            }
-        },
-    )
-    .await;
-}
-
-/// Waits until at least `n` orders are in the order database.
-pub(crate) async fn orders_at_least(orders: &PgPool, n: i64) {
-    eventually("the flow to get going", Duration::from_secs(30), || async {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(orders)
-            .await
-            .map_err(|e| e.to_string())?;
-        if count >= n {
-            Ok(())
-        } else {
-            Err(format!("{count} orders"))
-        }
-    })
-    .await;
-}
+use testkit::{FaultProxy, PrivateRedis, TestContext, backends, eventually, host_port};
 
 async fn xpending_of(ctx: &TestContext, logical: &str, group: &str, consumer: &str) -> usize {
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -391,7 +342,7 @@ async fn duplicated_and_reordered_deliveries_have_no_second_effect() {
     let flow = async {
         let placed = place_orders(&orders.url(""), 60, 4).await;
         let cancelled: Vec<Value> = placed.accepted.iter().step_by(3).cloned().collect();
-        crate::recovery::cancel_all(&orders, &cancelled).await;
+        e2e::cancel_all(&orders, &cancelled).await;
         let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (placed.accepted.len(), cancelled.len(), outcome)

@@ -9,15 +9,14 @@
 
 use std::time::Duration;
 
-use e2e::{Outcome, assert_invariants, place_orders};
+use e2e::{
+    ORDER_ARGS, Outcome, PAYMENT_ARGS, QUIET, assert_invariants, cancel_all, final_order, order_of,
+    orders_at_least, place_orders, post,
+};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
 use testkit::{RedisCluster, Spawned, TestContext, eventually};
 use tokio::sync::Mutex;
-
-use crate::chaos::{ORDER_ARGS, PAYMENT_ARGS, QUIET, orders_at_least};
-use crate::flows::{final_order, order_of, post};
-use crate::recovery::cancel_all;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 

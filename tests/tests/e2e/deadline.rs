@@ -7,11 +7,9 @@
 
 use std::time::Duration;
 
-use e2e::assert_invariants;
+use e2e::{assert_invariants, final_order, order_of, post};
 use serde_json::json;
 use testkit::{Spawned, TestContext};
-
-use crate::flows::{final_order, order_of, post};
 
 /// The payments of `customer`, as (status, amount).
 async fn payments_of(payments: &Spawned, customer: &str) -> Vec<(String, i64)> {

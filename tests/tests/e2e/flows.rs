@@ -4,44 +4,10 @@
 
 use std::time::Duration;
 
-use e2e::{Outcome, assert_invariants, order_body};
+use e2e::{Outcome, assert_invariants, final_order, order_body, order_of, post};
 use futures::future::join_all;
-use serde_json::{Value, json};
-use testkit::{ADMIN_TOKEN, Spawned, TestContext, eventually};
-
-pub(crate) async fn post(app: &Spawned, path: &str, body: &Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url(path))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body)
-        .send()
-        .await
-        .expect("answers");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-pub(crate) async fn final_order(orders: &Spawned, id: &str) -> Value {
-    let path = format!("/orders/{id}");
-    eventually(
-        &format!("{path} to be decided"),
-        Duration::from_secs(10),
-        || async {
-            let (_, order) = orders.get_json(&path).await;
-            if order["status"] != "PENDING" {
-                Ok(order)
-            } else {
-                Err(order.to_string())
-            }
-        },
-    )
-    .await
-}
-
-pub(crate) fn order_of(customer: &str, cents: i64) -> Value {
-    json!({"customer_id": customer, "currency": "EUR", "items": [{"sku": "thing", "quantity": 1, "unit_price_cents": cents}]})
-}
+use serde_json::json;
+use testkit::{ADMIN_TOKEN, TestContext, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_customer_deposits_and_then_orders_successfully() {

@@ -9,15 +9,13 @@
 
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders};
+use e2e::{QUIET, assert_invariants, place_orders};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use events::{EventWriter, SchemaVersion};
 use order_service::orders;
 use service_runtime::outbox::RelayQueue;
 use sqlx::PgPool;
 use testkit::{Spawned, TestContext, backends, eventually};
-
-use crate::chaos::QUIET;
 
 /// Deliveries are few and reclaiming is quick: an outage that spent deliveries would
 /// dead-letter within a second or two.

@@ -8,20 +8,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::CommandFactory;
+use e2e::{compose, repo_file, text};
 use serde::Deserialize;
 use serde_yaml::Value;
-
-pub(crate) fn repo_file(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-pub(crate) fn compose() -> Value {
-    let mut compose: Value =
-        serde_yaml::from_str(&repo_file("docker-compose.yml")).expect("valid YAML");
-    compose.apply_merge().expect("merge keys resolve");
-    compose
-}
 
 /// Environment variables a service reads: its settings, plus what tracing reads.
 fn variables_read(command: clap::Command) -> BTreeSet<String> {
@@ -32,14 +21,6 @@ fn variables_read(command: clap::Command) -> BTreeSet<String> {
         .collect();
     read.insert("RUST_LOG".to_owned());
     read
-}
-
-pub(crate) fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        other => panic!("expected a scalar, got {other:?}"),
-    }
 }
 
 fn check_service(name: &str, command: clap::Command, default_port: u16) {

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders};
+use e2e::{
+    ORDER_ARGS, PAYMENT_ARGS, QUIET, assert_invariants, cancel_all, order_service, payment_service,
+    place_orders, published,
+};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::Value;
 use sqlx::PgPool;
 use testkit::{PrivateRedis, Spawned, TestContext, eventually};
-
-use crate::chaos::{ORDER_ARGS, PAYMENT_ARGS, QUIET, order_service, payment_service, published};
 
 /// Places `n` orders and waits until every one is paid.
 async fn paid_orders(orders: &Spawned, payments: &Spawned, n: usize) -> Vec<Value> {
@@ -20,20 +21,6 @@ async fn paid_orders(orders: &Spawned, payments: &Spawned, n: usize) -> Vec<Valu
     let outcome = assert_invariants(&orders.pool, &payments.pool, QUIET).await;
     assert_eq!(outcome.paid, n, "every order paid before the fault");
     placed.accepted
-}
-
-/// Cancels every order through the API.
-pub(crate) async fn cancel_all(orders: &Spawned, placed: &[Value]) {
-    for order in placed {
-        let id = order["id"].as_str().expect("an id");
-        let response = orders
-            .http
-            .post(orders.url(&format!("/orders/{id}/cancel")))
-            .send()
-            .await
-            .expect("answers");
-        assert_eq!(response.status(), 200, "order {id} cancelled");
-    }
 }
 
 /// How many of the cancelled orders have had their cancellation confirmed.

@@ -10,16 +10,15 @@
 
 use std::time::Duration;
 
-use e2e::{Outcome, assert_invariants};
+use e2e::{
+    Outcome, TRIM_HARD, assert_invariants, compose, final_order, order_of, post, repo_file, text,
+    trimmed_to_their_last_entry,
+};
 use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS};
 use serde_json::json;
 use service_runtime::functions::LIBRARY_NAME;
 use testkit::{ClusterOptions, PrivateRedis, RedisCluster, TestContext, eventually};
 use uuid::Uuid;
-
-use crate::flows::{final_order, order_of, post};
-use crate::packaging::{compose, repo_file, text};
-use crate::retention::{TRIM_HARD, trimmed_to_their_last_entry};
 
 /// `(user, password)` of `REDIS_URL` as docker-compose.yml gives it to `service`.
 fn redis_user_of(service: &str) -> (String, String) {

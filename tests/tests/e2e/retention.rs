@@ -3,27 +3,9 @@
 
 use std::time::Duration;
 
-use e2e::{assert_invariants, place_orders};
-use events::streams::{ORDER_EVENTS, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
-use testkit::{TestContext, eventually};
-
-use crate::chaos::QUIET;
-
-/// Trim as hard and as often as the groups allow.
-pub(crate) const TRIM_HARD: &[&str] = &[
-    "--stream-retention-ms",
-    "0",
-    "--stream-trim-interval-ms",
-    "50",
-];
-
-async fn length(ctx: &TestContext, logical: &str) -> u64 {
-    redis::cmd("XLEN")
-        .arg(ctx.stream(logical))
-        .query_async(&mut ctx.redis().await)
-        .await
-        .expect("XLEN")
-}
+use e2e::{QUIET, TRIM_HARD, assert_invariants, place_orders, trimmed_to_their_last_entry};
+use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
+use testkit::TestContext;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_stay_bounded_under_load_and_every_order_still_ends_exact() {
@@ -58,21 +40,4 @@ async fn streams_stay_bounded_under_load_and_every_order_still_ends_exact() {
          and acknowledged were still in it"
     );
     trimmed_to_their_last_entry(&ctx).await;
-}
-
-/// Waits until both streams are trimmed to their last delivered entry.
-pub(crate) async fn trimmed_to_their_last_entry(ctx: &TestContext) {
-    for logical in [ORDER_EVENTS, PAYMENT_EVENTS] {
-        eventually(
-            &format!("{logical} trimmed to its last delivered entry"),
-            Duration::from_secs(10),
-            || async {
-                match length(ctx, logical).await {
-                    1 => Ok(()),
-                    n => Err(format!("{n} entries")),
-                }
-            },
-        )
-        .await;
-    }
 }

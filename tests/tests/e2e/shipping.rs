@@ -6,15 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use e2e::{assert_invariants, place_orders};
+use e2e::{QUIET, TRIM_HARD, assert_invariants, place_orders};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use shipping_service::GROUP as SHIPPING;
 use sqlx::PgPool;
 use testkit::{Spawned, TestContext};
 use uuid::Uuid;
-
-use crate::chaos::QUIET;
-use crate::retention::TRIM_HARD;
 
 /// Each order's status and payment, as order-service has it.
 async fn orders_of(orders: &PgPool) -> BTreeMap<Uuid, (String, Option<Uuid>)> {

@@ -1,0 +1,213 @@
+//! The services as processes of their own: started, awaited, stopped, frozen.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use testkit::{eventually, free_port};
+
+/// A service binary running as a process of its own.
+pub struct Process {
+    pub child: Child,
+    pub base_url: String,
+}
+
+impl Drop for Process {
+    /// A process a test leaves behind (it failed half-way) dies with it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `binary` with exactly `env` (plus a free `HTTP_ADDR`, `RUST_LOG=warn`, and the
+/// event keys of the service it is, [`testkit::signing`], which `env` may override).
+pub fn start_process(binary: &str, env: &[(&str, String)]) -> Process {
+    spawn_process(binary, env, Stdio::null())
+}
+
+/// Like [`start_process`], its log lines (warnings and errors) written to `log`.
+pub fn start_logging_process(binary: &str, env: &[(&str, String)], log: &std::fs::File) -> Process {
+    spawn_process(binary, env, log.try_clone().expect("the log file").into())
+}
+
+fn spawn_process(binary: &str, env: &[(&str, String)], stdout: Stdio) -> Process {
+    let port = free_port();
+    let service = ["order-service", "payment-service"]
+        .into_iter()
+        .find(|service| binary.ends_with(service));
+    let child = Command::new(binary)
+        .env_clear()
+        .envs(
+            service
+                .map(testkit::signing::signing_env)
+                .unwrap_or_default(),
+        )
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    Process {
+        child,
+        base_url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Waits until the process answers `/health/ready` with 200.
+pub async fn ready(process: &Process) {
+    let url = format!("{}/health/ready", process.base_url);
+    eventually(
+        "the process to be ready",
+        Duration::from_secs(20),
+        || async {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status() == 200 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Sends SIGTERM and waits (up to `within`) for the process to exit; returns how it
+/// exited.
+pub async fn terminate(process: &mut Process, within: Duration) -> std::process::ExitStatus {
+    sigterm(process);
+    eventually("the process to exit", within, || {
+        let status = process.child.try_wait();
+        async move {
+            match status {
+                Ok(Some(status)) => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+}
+
+/// Sends SIGTERM.
+pub fn sigterm(process: &Process) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(process.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// A process stopped with `SIGSTOP` (a GC pause, a VM freeze, a half-open connection, as
+/// the rest of the system sees it); resumed with `SIGCONT` when dropped.
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Frozen {
+    /// Freezes `process` now.
+    pub fn now(process: &Process) -> Self {
+        signal(process.child.id(), "STOP");
+        Self {
+            pid: process.child.id(),
+        }
+    }
+
+    /// Freezes `process` at an instant when one of its Postgres sessions is inside an open
+    /// transaction whose last statement matches the regular expression `statement` (so it
+    /// holds that statement's locks), and checks that the transaction is still open once the
+    /// process is stopped; retried until that happens (at most 30 s).
+    pub async fn inside_transaction(process: &Process, db: &PgPool, statement: &str) -> Self {
+        let pid = process.child.id();
+        eventually(
+            "to freeze the process inside a transaction",
+            Duration::from_secs(30),
+            || async {
+                let ports = postgres_client_ports(pid);
+                let open = open_transaction(db, &ports, statement).await?;
+                let frozen = Self::now(process);
+                // Stopped: is that transaction still open (same backend, same start)?
+                match open_transaction(db, &ports, statement).await {
+                    Ok(still) if still == open => Ok(frozen),
+                    other => Err(format!("it ended before the stop took effect: {other:?}")),
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.pid, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// `(backend pid, transaction start)` of a session from one of `ports` inside a
+/// transaction whose last statement matches `statement`.
+async fn open_transaction(
+    db: &PgPool,
+    ports: &[i32],
+    statement: &str,
+) -> Result<(i32, String), String> {
+    sqlx::query_as(
+        "SELECT pid, xact_start::text FROM pg_stat_activity
+          WHERE client_port = ANY($1) AND xact_start IS NOT NULL AND query ~* $2
+          ORDER BY xact_start LIMIT 1",
+    )
+    .bind(ports)
+    .bind(statement)
+    .fetch_optional(db)
+    .await
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| "no session of the process is inside such a transaction".to_owned())
+}
+
+/// The local ports of the process's TCP connections to Postgres (port 5432), from its file
+/// descriptors' socket inodes and `/proc/net/tcp{,6}`.
+fn postgres_client_ports(pid: u32) -> Vec<i32> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    Some(inode.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(9))
+            else {
+                continue;
+            };
+            let port = |address: &str| {
+                address
+                    .rsplit_once(':')
+                    .and_then(|(_, hex)| i32::from_str_radix(hex, 16).ok())
+            };
+            if port(remote) == Some(5432) && inodes.iter().any(|i| i == inode) {
+                ports.extend(port(local));
+            }
+        }
+    }
+    ports
+}
