@@ -4,10 +4,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use service_runtime::outbox::OutboxRow;
+use service_runtime::outbox::{BindOutboxRows, OutboxRow};
 use sqlx::migrate::Migrator;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -50,62 +50,59 @@ pub async fn insert_orders_with_events<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     orders: &[NewOrderRow<'_>],
 ) -> sqlx::Result<Vec<Order>> {
-    let mut query = QueryBuilder::new(
-        "WITH given AS (
-             SELECT * FROM unnest(",
+    /// The `OrderCreated` rows queued (`$1`-`$5`), then the orders (`$6`-`$11`) with their
+    /// deadlines, in one statement that returns them as stored.
+    const INSERT: &str = concat!(
+        "WITH ",
+        service_runtime::queue_outbox_rows!(),
+        "given AS (
+             SELECT * FROM unnest($6::uuid[], $7::text[], $8::jsonb[], $9::bigint[], $10::text[],
+                                  $11::timestamptz[])
+                 AS g(id, customer_id, items, total_cents, currency, pay_by)
+         ), o AS (
+             INSERT INTO orders (id, customer_id, items, total_cents, currency)
+             SELECT id, customer_id, items, total_cents, currency FROM given
+             RETURNING *
+         ), d AS (
+             INSERT INTO order_deadlines (order_id, pay_by)
+             SELECT id, pay_by FROM given
+             RETURNING order_id, pay_by
+         )
+         SELECT ",
+        order_columns!(),
+        " FROM o JOIN d ON d.order_id = o.id"
     );
-    query
-        .push_bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(
+    let events: Vec<&OutboxRow> = orders.iter().map(|o| o.event).collect();
+    let mut placed: Vec<Order> = sqlx::query_as(INSERT)
+        .bind_outbox_rows(&events)
+        .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
+        .bind(
             orders
                 .iter()
                 .map(|o| o.order.customer_id.as_str())
                 .collect::<Vec<_>>(),
         )
-        .push("::text[], ")
-        .push_bind(
+        .bind(
             orders
                 .iter()
                 .map(|o| Json(&o.order.items))
                 .collect::<Vec<_>>(),
         )
-        .push("::jsonb[], ")
-        .push_bind(
+        .bind(
             orders
                 .iter()
                 .map(|o| o.order.total_cents)
                 .collect::<Vec<_>>(),
         )
-        .push("::bigint[], ")
-        .push_bind(
+        .bind(
             orders
                 .iter()
                 .map(|o| o.order.currency.as_str())
                 .collect::<Vec<_>>(),
         )
-        .push("::text[], ")
-        .push_bind(orders.iter().map(|o| o.pay_by).collect::<Vec<_>>())
-        .push(
-            "::timestamptz[]) AS g(id, customer_id, items, total_cents, currency, pay_by)
-             ), o AS (
-                 INSERT INTO orders (id, customer_id, items, total_cents, currency)
-                 SELECT id, customer_id, items, total_cents, currency FROM given
-                 RETURNING *
-             ), d AS (
-                 INSERT INTO order_deadlines (order_id, pay_by)
-                 SELECT id, pay_by FROM given
-                 RETURNING order_id, pay_by
-             ), ",
-        );
-    let events: Vec<&OutboxRow> = orders.iter().map(|o| o.event).collect();
-    OutboxRow::push_queue_all(&events, &mut query);
-    query.push(concat!(
-        " SELECT ",
-        order_columns!(),
-        " FROM o JOIN d ON d.order_id = o.id"
-    ));
-    let mut placed: Vec<Order> = query.build_query_as().fetch_all(conn).await?;
+        .bind(orders.iter().map(|o| o.pay_by).collect::<Vec<_>>())
+        .fetch_all(conn)
+        .await?;
     let position = |order: &Order| orders.iter().position(|o| o.id == order.id);
     placed.sort_by_key(position);
     Ok(placed)

@@ -6,9 +6,9 @@ use std::sync::LazyLock;
 
 use events::FailureReason;
 use serde::Serialize;
-use service_runtime::outbox::OutboxRow;
+use service_runtime::outbox::{BindOutboxRows, OutboxRow};
 use sqlx::migrate::Migrator;
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -216,79 +216,76 @@ pub async fn settle(
     settlement: &Settlement,
     answers: &[OutboxRow],
 ) -> sqlx::Result<()> {
+    /// The answers queued (`$1`-`$5`), the new payments (`$6`-`$11`), the refunds
+    /// (`$12`), the balance changes (`$13`-`$14`) and the orders' new states
+    /// (`$15`-`$20`), in one statement.
+    const SETTLE: &str = concat!(
+        "WITH ",
+        service_runtime::queue_outbox_rows!(),
+        "new_payments AS (
+             INSERT INTO payments (id, order_id, customer_id, amount_cents, currency, status, refunded_at)
+             SELECT id, order_id, customer_id, amount_cents, currency,
+                    CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
+                    CASE WHEN refunded THEN now() END
+             FROM unnest($6::uuid[], $7::uuid[], $8::text[], $9::bigint[], $10::text[], $11::bool[])
+                  AS t(id, order_id, customer_id, amount_cents, currency, refunded)
+         ), refunds AS (
+             UPDATE payments SET status = 'REFUNDED', refunded_at = now()
+             WHERE id = ANY($12) AND status = 'COMPLETED'
+         ), balances AS (
+             UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
+             FROM unnest($13::text[], $14::bigint[]) AS t(customer_id, delta)
+             WHERE a.customer_id = t.customer_id
+         )
+         UPDATE order_payments o
+         SET state = t.state, payment_id = t.payment_id, created_answer_id = t.created,
+             cancelled_answer_id = t.cancelled, decline_reason = t.reason, updated_at = now()
+         FROM unnest($15::uuid[], $16::text[], $17::uuid[], $18::uuid[], $19::uuid[], $20::text[])
+              AS t(order_id, state, payment_id, created, cancelled, reason)
+         WHERE o.order_id = t.order_id"
+    );
     let payments = &settlement.new_payments;
     let (order_ids, orders): (Vec<Uuid>, Vec<&OrderPayment>) = settlement.orders.iter().unzip();
-    let mut query = QueryBuilder::new("WITH ");
-    if !answers.is_empty() {
-        OutboxRow::push_queue_all(&answers.iter().collect::<Vec<_>>(), &mut query);
-        query.push(", ");
-    }
-    query
-        .push(
-            "new_payments AS (
-                 INSERT INTO payments (id, order_id, customer_id, amount_cents, currency, status, refunded_at)
-                 SELECT id, order_id, customer_id, amount_cents, currency,
-                        CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
-                        CASE WHEN refunded THEN now() END
-                 FROM unnest(",
+    let deltas = &settlement.balance_deltas;
+    sqlx::query(SETTLE)
+        .bind_outbox_rows(&answers.iter().collect::<Vec<_>>())
+        .bind(payments.iter().map(|p| p.id).collect::<Vec<_>>())
+        .bind(payments.iter().map(|p| p.order_id).collect::<Vec<_>>())
+        .bind(
+            payments
+                .iter()
+                .map(|p| p.customer_id.as_str())
+                .collect::<Vec<_>>(),
         )
-        .push_bind(payments.iter().map(|p| p.id).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(payments.iter().map(|p| p.order_id).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(payments.iter().map(|p| p.customer_id.as_str()).collect::<Vec<_>>())
-        .push("::text[], ")
-        .push_bind(payments.iter().map(|p| p.amount_cents).collect::<Vec<_>>())
-        .push("::bigint[], ")
-        .push_bind(payments.iter().map(|p| p.currency.as_str()).collect::<Vec<_>>())
-        .push("::text[], ")
-        .push_bind(payments.iter().map(|p| p.refunded).collect::<Vec<_>>())
-        .push(
-            "::bool[]) AS t(id, order_id, customer_id, amount_cents, currency, refunded)
-             ), refunds AS (
-                 UPDATE payments SET status = 'REFUNDED', refunded_at = now()
-                 WHERE id = ANY(",
+        .bind(payments.iter().map(|p| p.amount_cents).collect::<Vec<_>>())
+        .bind(
+            payments
+                .iter()
+                .map(|p| p.currency.as_str())
+                .collect::<Vec<_>>(),
         )
-        .push_bind(&settlement.refunded)
-        .push(
-            ") AND status = 'COMPLETED'
-             ), balances AS (
-                 UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
-                 FROM unnest(",
+        .bind(payments.iter().map(|p| p.refunded).collect::<Vec<_>>())
+        .bind(&settlement.refunded)
+        .bind(deltas.keys().map(String::as_str).collect::<Vec<_>>())
+        .bind(deltas.values().copied().collect::<Vec<_>>())
+        .bind(order_ids)
+        .bind(orders.iter().map(|o| o.state.as_str()).collect::<Vec<_>>())
+        .bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
+        .bind(orders.iter().map(|o| o.created_answer).collect::<Vec<_>>())
+        .bind(
+            orders
+                .iter()
+                .map(|o| o.cancelled_answer)
+                .collect::<Vec<_>>(),
         )
-        .push_bind(settlement.balance_deltas.keys().map(String::as_str).collect::<Vec<_>>())
-        .push("::text[], ")
-        .push_bind(settlement.balance_deltas.values().copied().collect::<Vec<_>>())
-        .push(
-            "::bigint[]) AS t(customer_id, delta)
-                 WHERE a.customer_id = t.customer_id
-             )
-             UPDATE order_payments o
-             SET state = t.state, payment_id = t.payment_id, created_answer_id = t.created,
-                 cancelled_answer_id = t.cancelled, decline_reason = t.reason, updated_at = now()
-             FROM unnest(",
-        )
-        .push_bind(order_ids)
-        .push("::uuid[], ")
-        .push_bind(orders.iter().map(|o| o.state.as_str()).collect::<Vec<_>>())
-        .push("::text[], ")
-        .push_bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(orders.iter().map(|o| o.created_answer).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(orders.iter().map(|o| o.cancelled_answer).collect::<Vec<_>>())
-        .push("::uuid[], ")
-        .push_bind(
+        .bind(
             orders
                 .iter()
                 .map(|o| o.decline_reason.as_ref().map(FailureReason::as_str))
                 .collect::<Vec<_>>(),
         )
-        .push(
-            "::text[]) AS t(order_id, state, payment_id, created, cancelled, reason)
-             WHERE o.order_id = t.order_id",
-        );
-    query.build().execute(conn).await?;
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

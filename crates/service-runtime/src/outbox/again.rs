@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use events::{Envelope, EventType, EventWriter};
-use sqlx::{PgConnection, QueryBuilder};
+use sqlx::PgConnection;
 use tracing::warn;
 use uuid::Uuid;
 
-use super::OutboxRow;
+use super::{BindOutboxRows, OutboxRow};
 
 /// When an event may be published again (SPEC §4.9: re-asking is bounded whatever the
 /// outage).
@@ -242,10 +242,10 @@ pub async fn enqueue_again(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut query = QueryBuilder::new("WITH stored AS (");
-    OutboxRow::push_insert(&rows.iter().collect::<Vec<_>>(), &mut query);
     // `DO UPDATE` rather than `DO NOTHING`, so the stored row is returned as it stands.
-    query.push(
+    const STORE_AND_QUEUE: &str = concat!(
+        "WITH stored AS (",
+        crate::insert_outbox_rows!(),
         " ON CONFLICT (event_id) DO UPDATE SET rearmed_at = now()
          RETURNING id, event_id, stream, event_type, order_id, fields
      ), queued AS (
@@ -254,10 +254,10 @@ pub async fn enqueue_again(
          RETURNING event_id
      )
      SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields
-     FROM stored s JOIN queued USING (event_id)",
+     FROM stored s JOIN queued USING (event_id)"
     );
-    let queued = query
-        .build()
+    let queued = sqlx::query(STORE_AND_QUEUE)
+        .bind_outbox_rows(&rows.iter().collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?
         .iter()

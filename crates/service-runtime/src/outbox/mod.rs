@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::{Envelope, EventType, EventWriter};
-use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use sqlx::postgres::PgArguments;
+use sqlx::query::{Query, QueryAs};
+use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -139,47 +141,6 @@ impl OutboxRow {
         )
     }
 
-    /// Appends the two common table expressions that queue `rows`, in the order given:
-    /// `outbox_rows AS (INSERT INTO outbox ...)` and `outbox_waiting AS (INSERT INTO
-    /// outbox_pending ...)`, joined by a comma, to follow `WITH` or another expression's
-    /// comma. For a service that writes its rows in the same statement as its change.
-    pub fn push_queue_all(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
-        query.push("outbox_rows AS (");
-        Self::push_insert(rows, query);
-        query.push("), outbox_waiting AS (INSERT INTO outbox_pending (event_id) SELECT unnest(");
-        query
-            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-            .push("::uuid[]))");
-    }
-
-    /// Appends `INSERT INTO outbox ... SELECT` of `rows`, in the order given.
-    fn push_insert(rows: &[&OutboxRow], query: &mut QueryBuilder<Postgres>) {
-        // A field list per row: Postgres arrays of arrays must be rectangular, so each list
-        // travels as a JSON array and becomes a `text[]` again in the statement.
-        let fields: Vec<serde_json::Value> =
-            rows.iter().map(|r| serde_json::json!(r.fields)).collect();
-        query.push(
-            "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
-             SELECT event_id, stream, event_type, order_id,
-                    ARRAY(SELECT jsonb_array_elements_text(fields))
-             FROM unnest(",
-        );
-        query
-            .push_bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-            .push("::uuid[], ")
-            .push_bind(rows.iter().map(|r| r.stream.clone()).collect::<Vec<_>>())
-            .push("::text[], ")
-            .push_bind(rows.iter().map(|r| r.event_type).collect::<Vec<_>>())
-            .push("::text[], ")
-            .push_bind(rows.iter().map(|r| r.order_id).collect::<Vec<_>>())
-            .push("::uuid[], ")
-            .push_bind(fields)
-            .push(
-                "::jsonb[]) WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
-             ORDER BY n",
-            );
-    }
-
     /// The row as `SELECT event_id, stream, event_type, order_id, fields` returns it.
     fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
         let event_type: &str = row.try_get("event_type")?;
@@ -236,11 +197,100 @@ pub async fn enqueue_all(
         .iter()
         .map(|e| OutboxRow::new(stream, writer, e))
         .collect();
-    let mut query = QueryBuilder::new("WITH ");
-    OutboxRow::push_queue_all(&rows.iter().collect::<Vec<_>>(), &mut query);
-    query.push(" SELECT 1");
-    query.build().execute(conn).await?;
+    const QUEUE: &str = concat!(
+        "WITH outbox_rows AS (",
+        crate::insert_outbox_rows!(),
+        ") INSERT INTO outbox_pending (event_id) SELECT unnest($1::uuid[])"
+    );
+    sqlx::query(QUEUE)
+        .bind_outbox_rows(&rows.iter().collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(rows)
+}
+
+/// `INSERT INTO outbox ... SELECT` of the rows bound as `$1` to `$5`
+/// ([`BindOutboxRows::bind_outbox_rows`]), in the order given. A statement that uses it
+/// numbers its own binds from `$6`.
+#[macro_export]
+macro_rules! insert_outbox_rows {
+    () => {
+        // A field list per row: Postgres arrays of arrays must be rectangular, so each
+        // list travels as a JSON array and becomes a `text[]` again here.
+        "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+         SELECT event_id, stream, event_type, order_id,
+                ARRAY(SELECT jsonb_array_elements_text(fields))
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+              WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
+         ORDER BY n"
+    };
+}
+
+/// The two common table expressions that queue the rows bound as `$1` to `$5`
+/// (`outbox_rows`, `outbox_waiting`), each followed by a comma: for a service that writes
+/// its rows in the very statement that makes its change,
+/// `concat!("WITH ", queue_outbox_rows!(), "changed AS (...) ...")`, its own binds from `$6`.
+/// No rows is fine: the two insert nothing.
+#[macro_export]
+macro_rules! queue_outbox_rows {
+    () => {
+        concat!(
+            "outbox_rows AS (",
+            $crate::insert_outbox_rows!(),
+            "), outbox_waiting AS (
+                 INSERT INTO outbox_pending (event_id) SELECT unnest($1::uuid[])
+             ), "
+        )
+    };
+}
+
+/// Binds outbox rows as `$1` to `$5` of a statement written with [`queue_outbox_rows!`]
+/// or [`insert_outbox_rows!`](crate::insert_outbox_rows): bind them first, then the
+/// statement's own.
+pub trait BindOutboxRows {
+    /// The query with `rows` bound, in the order given.
+    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self;
+}
+
+/// The columns of `rows`, as the five binds of [`insert_outbox_rows!`] take them.
+type Columns = (
+    Vec<Uuid>,
+    Vec<String>,
+    Vec<&'static str>,
+    Vec<Uuid>,
+    Vec<serde_json::Value>,
+);
+
+fn columns(rows: &[&OutboxRow]) -> Columns {
+    (
+        rows.iter().map(|r| r.event_id).collect(),
+        rows.iter().map(|r| r.stream.clone()).collect(),
+        rows.iter().map(|r| r.event_type).collect(),
+        rows.iter().map(|r| r.order_id).collect(),
+        rows.iter().map(|r| serde_json::json!(r.fields)).collect(),
+    )
+}
+
+impl BindOutboxRows for Query<'_, Postgres, PgArguments> {
+    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
+        let (ids, streams, types, orders, fields) = columns(rows);
+        self.bind(ids)
+            .bind(streams)
+            .bind(types)
+            .bind(orders)
+            .bind(fields)
+    }
+}
+
+impl<O> BindOutboxRows for QueryAs<'_, Postgres, O, PgArguments> {
+    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
+        let (ids, streams, types, orders, fields) = columns(rows);
+        self.bind(ids)
+            .bind(streams)
+            .bind(types)
+            .bind(orders)
+            .bind(fields)
+    }
 }
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an
