@@ -1,15 +1,15 @@
 //! `loadgen`: the benchmark of the whole system against the limit of its box.
 //!
-//! Every order must commit at least once in Postgres, so the reference is the rate at
-//! which this Postgres commits order-service's create statement (insert order + insert
-//! outbox row, durable commit), one order per commit. In one run, `loadgen`:
+//! The system is measured against what this box's Postgres commits alone: one order's
+//! write, the design's writes one order at a time, and the same writes batched, the
+//! limit of this design on this box ([`reference`]). In one run, `loadgen`:
 //!
 //! 1. places `--orders` orders against a running order-service, `--concurrency` at a
 //!    time or at a fixed `--rate`, and times each `POST /orders`;
 //! 2. waits until every accepted order is final, and reads created -> final latencies
 //!    from the order database;
-//! 3. runs pgbench with the order-create statement at the same concurrency against the
-//!    same Postgres (a scratch database with the real schema), for the reference rate;
+//! 3. runs pgbench with each reference at the same concurrency against the same Postgres
+//!    (a scratch database each), for the reference rates;
 //! 4. reports memory and idle CPU of the service processes it is told to watch;
 //! 5. prints the figures, writes them as JSON, and draws the latency CDFs as SVG.
 //!
@@ -149,18 +149,24 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    let reference_tps = if args.pgbench_seconds > 0 {
-        Some(
-            reference::pgbench_order_create(
+    let mut references = Vec::new();
+    if args.pgbench_seconds > 0 {
+        for reference in &reference::REFERENCES {
+            let rate = reference::orders_per_second(
+                reference,
                 &args.reference_database_url,
                 args.concurrency,
                 args.pgbench_seconds,
             )
-            .await?,
-        )
-    } else {
-        None
-    };
+            .await?;
+            references.push(report::ReferenceRate {
+                name: reference.name,
+                what: reference.what,
+                orders_per_second: rate,
+                ratio: settled.completed_per_second / rate,
+            });
+        }
+    }
     let processes = report::watch_processes(
         &args.watch,
         &cpu_before,
@@ -180,8 +186,7 @@ async fn main() -> anyhow::Result<()> {
         post_latency_ms: Percentiles::of(&placed.latencies_ms),
         created_to_final_ms: Percentiles::of(&settled.latencies_ms),
         final_statuses: settled.statuses,
-        pgbench_order_create_tps: reference_tps,
-        ratio_to_pgbench: reference_tps.map(|tps| settled.completed_per_second / tps),
+        references,
         processes,
         soak,
     };

@@ -47,6 +47,15 @@ pub struct ProcessFigures {
     pub idle_cpu_percent: Option<f64>,
 }
 
+/// What a reference committed, and the system's completed orders as a ratio to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceRate {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub orders_per_second: f64,
+    pub ratio: f64,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
@@ -60,8 +69,8 @@ pub struct Figures {
     pub post_latency_ms: Percentiles,
     pub created_to_final_ms: Percentiles,
     pub final_statuses: std::collections::BTreeMap<String, u64>,
-    pub pgbench_order_create_tps: Option<f64>,
-    pub ratio_to_pgbench: Option<f64>,
+    /// The references, in [`crate::reference::REFERENCES`]' order (none if skipped).
+    pub references: Vec<ReferenceRate>,
     pub processes: Vec<ProcessFigures>,
     /// A soak's windows (empty unless `--duration`).
     pub soak: Vec<crate::soak::Window>,
@@ -94,9 +103,20 @@ impl Figures {
         row("POST /orders", &self.post_latency_ms);
         row("created -> final", &self.created_to_final_ms);
         println!("  final states           {:?}", self.final_statuses);
-        if let (Some(tps), Some(ratio)) = (self.pgbench_order_create_tps, self.ratio_to_pgbench) {
-            println!("  pgbench order-create   {tps:>10.1} tx/s (same concurrency, same Postgres)");
-            println!("  completed / pgbench    {ratio:>10.2}");
+        if !self.references.is_empty() {
+            println!("  references (pgbench, same concurrency, same Postgres), orders/s:");
+        }
+        for r in &self.references {
+            println!(
+                "    {:<28} {:>10.1}   completed / it {:>6.2}   ({})",
+                r.name, r.orders_per_second, r.ratio, r.what
+            );
+        }
+        if let Some(batched) = self.references.last() {
+            println!(
+                "  completed / the design's writes batched {:>6.2}",
+                batched.ratio
+            );
         }
         for p in &self.processes {
             let rss = p.rss_mib.map_or("?".to_owned(), |m| format!("{m:.1} MiB"));
