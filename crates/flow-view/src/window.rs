@@ -11,7 +11,7 @@ const MAX_TEXT: usize = 120;
 /// The most steps kept per order (a normal order has three to six).
 const MAX_STEPS: usize = 12;
 
-/// `text` cut to [`MAX_TEXT`] characters.
+/// `text` cut to `MAX_TEXT` characters.
 pub fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_TEXT) {
         Some((at, _)) => format!("{}…", &text[..at]),

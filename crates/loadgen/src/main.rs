@@ -2,7 +2,7 @@
 //!
 //! The system is measured against what this box's Postgres commits alone: one order's
 //! write, the design's writes one order at a time, and the same writes batched, the
-//! limit of this design on this box ([`reference`]). In one run, `loadgen`:
+//! limit of this design on this box ([`reference`](mod@reference)). In one run, `loadgen`:
 //!
 //! 1. places `--orders` orders against a running order-service, `--concurrency` at a
 //!    time or at a fixed `--rate`, and times each `POST /orders`;

@@ -31,7 +31,7 @@ impl TestContext {
         Self::with_redis(&backends().redis_url)
     }
 
-    /// A new context on another Redis (a [`PrivateRedis`] that a test may wipe or kill).
+    /// A new context on another Redis (a [`PrivateRedis`](crate::PrivateRedis) that a test may wipe or kill).
     pub fn with_redis(redis_url: &str) -> Self {
         init_test_logging();
         Self {

@@ -1,6 +1,6 @@
 //! Test harness: real Postgres and real Redis, isolated per test.
 //!
-//! [`backends`] finds the servers, [`context`] gives each test its slice of them,
+//! [`backends`](mod@backends) finds the servers, [`context`] gives each test its slice of them,
 //! [`spawned`] starts services in-process, [`waiting`] waits with a deadline, and
 //! [`faults`] breaks things for one test only, [`cluster`] gives one test a Redis Cluster
 //! to fail over, kill and reshard, and [`tls`] gives one test servers that speak TLS with

@@ -5,7 +5,7 @@
 //!
 //! One reader per concern, each a loop that fills the shared [`View`] and bounds every
 //! wait, so a frozen or absent Redis or service only leaves its part of the page stale:
-//! [`tail`] follows a stream, [`broker`] reads the groups and dead letters, [`services`]
+//! [`tail`] follows a stream, `broker` reads the groups and dead letters, `services`
 //! reads the services' figures and orders' states.
 
 mod broker;

@@ -21,7 +21,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Follows `flow`'s stream: the newest `initial` entries first, then each new one as it
 /// comes (woken by the stream's ticks, never blocking on the stream itself, and at least
-/// every [`BLOCK`]), from its start again when the stream was recreated (Redis restarted
+/// every `BLOCK`), from its start again when the stream was recreated (Redis restarted
 /// empty). Every wait is bounded: a Redis away or frozen is retried every second.
 pub async fn tail(
     shared: Arc<Shared>,

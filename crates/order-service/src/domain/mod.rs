@@ -1,5 +1,5 @@
 //! Orders: the states they move through (SPEC §5.1), what a payment outcome does to
-//! one, and (in [`order_request`]) what a valid new order is (SPEC §6.1). Pure: no I/O,
+//! one, and (in `order_request.rs`) what a valid new order is (SPEC §6.1). Pure: no I/O,
 //! every rule unit-tested.
 
 mod order_request;

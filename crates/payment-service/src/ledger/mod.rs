@@ -7,7 +7,7 @@
 //! Every answer is recorded on the order's saga row (its `event_id`, and the reason of a
 //! decline), so a question asked again is answered from that record and the payment,
 //! with the same `event_id`, however long ago the outbox forgot the answer (SPEC §4.9). That
-//! rebuilding is in [`again`].
+//! rebuilding is in `again.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 
