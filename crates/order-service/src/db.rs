@@ -50,14 +50,14 @@ pub async fn insert_orders_with_events<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     orders: &[NewOrderRow<'_>],
 ) -> sqlx::Result<Vec<Order>> {
-    /// The `OrderCreated` rows queued (`$1`-`$5`), then the orders (`$6`-`$11`) with their
+    /// The `OrderCreated` rows queued (`$1`-`$6`), then the orders (`$7`-`$12`) with their
     /// deadlines, in one statement that returns them as stored.
     const INSERT: &str = concat!(
         "WITH ",
         service_runtime::queue_outbox_rows!(),
         "given AS (
-             SELECT * FROM unnest($6::uuid[], $7::text[], $8::jsonb[], $9::bigint[], $10::text[],
-                                  $11::timestamptz[])
+             SELECT * FROM unnest($7::uuid[], $8::text[], $9::jsonb[], $10::bigint[], $11::text[],
+                                  $12::timestamptz[])
                  AS g(id, customer_id, items, total_cents, currency, pay_by)
          ), o AS (
              INSERT INTO orders (id, customer_id, items, total_cents, currency)

@@ -214,8 +214,11 @@ impl Reconciler {
             db::stale_pending_orders(&mut tx, self.after, from_pending, REASK_BATCH).await?;
         let cancelled =
             db::unconfirmed_cancellations(&mut tx, self.after, from_cancelled, REASK_BATCH).await?;
-        let ids =
-            |rows: &[(OffsetDateTime, Uuid)]| rows.iter().map(|(_, id)| *id).collect::<Vec<_>>();
+        let ids = |rows: &[(OffsetDateTime, Uuid)]| {
+            rows.iter()
+                .map(|(_, id)| id.to_string())
+                .collect::<Vec<_>>()
+        };
         let mut rearmed = outbox::republish(
             &mut tx,
             &ids(&pending),

@@ -216,9 +216,9 @@ pub async fn settle(
     settlement: &Settlement,
     answers: &[OutboxRow],
 ) -> sqlx::Result<()> {
-    /// The answers queued (`$1`-`$5`), the new payments (`$6`-`$11`), the refunds
-    /// (`$12`), the balance changes (`$13`-`$14`) and the orders' new states
-    /// (`$15`-`$20`), in one statement.
+    /// The answers queued (`$1`-`$6`), the new payments (`$7`-`$12`), the refunds
+    /// (`$13`), the balance changes (`$14`-`$15`) and the orders' new states
+    /// (`$16`-`$21`), in one statement.
     const SETTLE: &str = concat!(
         "WITH ",
         service_runtime::queue_outbox_rows!(),
@@ -227,20 +227,20 @@ pub async fn settle(
              SELECT id, order_id, customer_id, amount_cents, currency,
                     CASE WHEN refunded THEN 'REFUNDED' ELSE 'COMPLETED' END,
                     CASE WHEN refunded THEN now() END
-             FROM unnest($6::uuid[], $7::uuid[], $8::text[], $9::bigint[], $10::text[], $11::bool[])
+             FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::bigint[], $11::text[], $12::bool[])
                   AS t(id, order_id, customer_id, amount_cents, currency, refunded)
          ), refunds AS (
              UPDATE payments SET status = 'REFUNDED', refunded_at = now()
-             WHERE id = ANY($12) AND status = 'COMPLETED'
+             WHERE id = ANY($13) AND status = 'COMPLETED'
          ), balances AS (
              UPDATE accounts a SET balance_cents = a.balance_cents + t.delta, updated_at = now()
-             FROM unnest($13::text[], $14::bigint[]) AS t(customer_id, delta)
+             FROM unnest($14::text[], $15::bigint[]) AS t(customer_id, delta)
              WHERE a.customer_id = t.customer_id
          )
          UPDATE order_payments o
          SET state = t.state, payment_id = t.payment_id, created_answer_id = t.created,
              cancelled_answer_id = t.cancelled, decline_reason = t.reason, updated_at = now()
-         FROM unnest($15::uuid[], $16::text[], $17::uuid[], $18::uuid[], $19::uuid[], $20::text[])
+         FROM unnest($16::uuid[], $17::text[], $18::uuid[], $19::uuid[], $20::uuid[], $21::text[])
               AS t(order_id, state, payment_id, created, cancelled, reason)
          WHERE o.order_id = t.order_id"
     );

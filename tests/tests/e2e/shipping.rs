@@ -132,6 +132,41 @@ async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled
     );
     assert_eq!(event_ids(&payments.pool, "inbox").await, from_orders);
     assert_eq!(event_ids(&orders.pool, "inbox").await, from_payments);
+    // Each under the partition key its service chose: the order, but payment-service's
+    // inbox, which partitions by customer (a customer's account is locked by one batch).
+    let keyed = |sql: &'static str, db: &PgPool| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .expect("counts")
+        }
+    };
+    let by_order =
+        "SELECT count(*) FROM outbox WHERE partition_key IS DISTINCT FROM order_id::text";
+    let inbox_by_order =
+        "SELECT count(*) FROM inbox WHERE partition_key IS DISTINCT FROM order_id::text";
+    for db in [&orders.pool, &payments.pool, &shipping.pool] {
+        assert_eq!(
+            keyed(by_order, db).await,
+            0,
+            "outbox rows keyed by their order"
+        );
+    }
+    for db in [&orders.pool, &shipping.pool] {
+        assert_eq!(
+            keyed(inbox_by_order, db).await,
+            0,
+            "inbox rows keyed by their order"
+        );
+    }
+    let by_customer = "SELECT count(*) FROM inbox WHERE partition_key <> ALL('{ana,ben,cho,dev}')";
+    assert_eq!(
+        keyed(by_customer, &payments.pool).await,
+        0,
+        "keyed by customer"
+    );
     // ... once: no group was handed an entry twice, none is left pending.
     for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
         for group in [SHIPPING, ORDER_SERVICE_GROUP, PAYMENT_SERVICE_GROUP] {

@@ -178,7 +178,11 @@ impl<H: EventHandler> Consumer<H> {
         conn: &mut PgConnection,
         envelopes: &[&Envelope],
     ) -> Result<(Vec<Outcome>, Vec<OutboxRow>), HandleError> {
-        let first_time = inbox::record(conn, envelopes).await?;
+        let keys: Vec<String> = envelopes
+            .iter()
+            .map(|e| self.handler.partition_key(e))
+            .collect();
+        let first_time = inbox::record(conn, envelopes, &keys).await?;
         let (fresh, repeated): (Vec<_>, Vec<_>) = envelopes
             .iter()
             .zip(&first_time)

@@ -104,7 +104,8 @@ fn entry_ms(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Publishes again, with the same `event_id`s, the events of `order_ids` no longer
+/// Publishes again, with the same `event_id`s, the events of partition `keys` (their
+/// [`OutboxRow::partition_key`]: for order-service, its orders' ids) no longer
 /// waiting for the relay that are due by `reask`: all of them, or only those of
 /// `event_types`, each as `writer` would write it now where it differs (`written_as`).
 /// Returns their rows,
@@ -117,15 +118,15 @@ fn entry_ms(id: &str) -> u64 {
 /// `reask.looks_every`) from now whenever it is seen queued: so the wait for an answer is
 /// counted from when the copy was delivered, not from when it was made (after a long outage, a backlog the
 /// answering service is draining is not asked again).
-#[tracing::instrument(level = "debug", skip_all, fields(orders = order_ids.len()))]
+#[tracing::instrument(level = "debug", skip_all, fields(keys = keys.len()))]
 pub async fn republish(
     conn: &mut PgConnection,
-    order_ids: &[Uuid],
+    keys: &[String],
     event_types: Option<&[EventType]>,
     reask: &Reask,
     writer: &EventWriter,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    if order_ids.is_empty() {
+    if keys.is_empty() {
         return Ok(Vec::new());
     }
     let types: Option<Vec<&str>> = event_types.map(|t| t.iter().map(|t| t.as_str()).collect());
@@ -138,7 +139,8 @@ pub async fn republish(
                              COALESCE(rearmed_at, created_at) + make_interval(secs => $3))
                         <= now() AS due
              FROM outbox
-             WHERE order_id = ANY($1)
+             -- A row written before partition keys were stored is its order's.
+             WHERE (partition_key = ANY($1) OR (partition_key IS NULL AND order_id = ANY($8)))
                AND ($2::text[] IS NULL OR event_type = ANY($2))
          ), queued AS (
              SELECT event_id FROM asked WHERE last_copy > $5 AND last_copy <= $6
@@ -157,17 +159,23 @@ pub async fn republish(
                      least($4, $3 * power(2, least(rearms, 30))) * (0.75 + random() * 0.5))
              WHERE event_id IN (SELECT event_id FROM rearmed)
          )
-         SELECT o.event_id, o.stream, o.event_type, o.order_id, o.fields
+         SELECT o.event_id, o.stream, o.event_type, o.order_id, o.fields,
+                coalesce(o.partition_key, o.order_id::text) AS partition_key
          FROM outbox o JOIN rearmed USING (event_id)
          ORDER BY o.id",
     )
-    .bind(order_ids)
+    .bind(keys)
     .bind(types)
     .bind(reask.after.as_secs_f64())
     .bind(reask.backoff_cap.as_secs_f64())
     .bind(queued_after)
     .bind(queued_until)
     .bind(reask.looks_every.as_secs_f64())
+    .bind(
+        keys.iter()
+            .filter_map(|k| Uuid::parse_str(k).ok())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *conn)
     .await?;
     let rows = rearmed
@@ -247,13 +255,14 @@ pub async fn enqueue_again(
         "WITH stored AS (",
         crate::insert_outbox_rows!(),
         " ON CONFLICT (event_id) DO UPDATE SET rearmed_at = now()
-         RETURNING id, event_id, stream, event_type, order_id, fields
+         RETURNING id, event_id, stream, event_type, order_id, fields,
+                   coalesce(partition_key, order_id::text) AS partition_key
      ), queued AS (
          INSERT INTO outbox_pending (event_id) SELECT event_id FROM stored
          ON CONFLICT DO NOTHING
          RETURNING event_id
      )
-     SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields
+     SELECT s.event_id, s.stream, s.event_type, s.order_id, s.fields, s.partition_key
      FROM stored s JOIN queued USING (event_id)"
     );
     let queued = sqlx::query(STORE_AND_QUEUE)

@@ -81,7 +81,7 @@ impl RelayQueue {
 }
 
 /// The values of one outbox row: the columns of `INSERT INTO outbox (event_id, stream,
-/// event_type, order_id, fields)`, in that order.
+/// event_type, order_id, fields, partition_key)`, in that order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     /// The event's id, the same on every publish.
@@ -94,6 +94,9 @@ pub struct OutboxRow {
     pub order_id: Uuid,
     /// The stream entry's field list: name, value, name, value...
     pub fields: Vec<String>,
+    /// The key [`republish`] finds the row by, chosen by the service that writes it: the
+    /// order id (as text) unless it says otherwise ([`keyed_by`](Self::keyed_by)).
+    pub partition_key: String,
 }
 
 impl OutboxRow {
@@ -110,8 +113,15 @@ impl OutboxRow {
             stream: stream.to_owned(),
             event_type: envelope.event_type().as_str(),
             order_id: envelope.order_id,
+            partition_key: envelope.order_id.to_string(),
             fields: flat_fields(writer, &envelope),
         }
+    }
+
+    /// The row with `key` as its partition key instead of its order's id.
+    pub fn keyed_by(mut self, key: impl Into<String>) -> Self {
+        self.partition_key = key.into();
+        self
     }
 
     /// The value of the row's field `name`.
@@ -141,7 +151,9 @@ impl OutboxRow {
         )
     }
 
-    /// The row as `SELECT event_id, stream, event_type, order_id, fields` returns it.
+    /// The row as `SELECT event_id, stream, event_type, order_id, fields, partition_key`
+    /// returns it; a row written before partition keys were stored is its order's, so
+    /// the select says `coalesce(partition_key, order_id::text) AS partition_key`.
     fn from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
         let event_type: &str = row.try_get("event_type")?;
         Ok(Self {
@@ -152,6 +164,7 @@ impl OutboxRow {
                 .as_str(),
             order_id: row.try_get("order_id")?,
             fields: row.try_get("fields")?,
+            partition_key: row.try_get("partition_key")?,
         })
     }
 }
@@ -209,27 +222,27 @@ pub async fn enqueue_all(
     Ok(rows)
 }
 
-/// `INSERT INTO outbox ... SELECT` of the rows bound as `$1` to `$5`
+/// `INSERT INTO outbox ... SELECT` of the rows bound as `$1` to `$6`
 /// ([`BindOutboxRows::bind_outbox_rows`]), in the order given. A statement that uses it
-/// numbers its own binds from `$6`.
+/// numbers its own binds from `$7`.
 #[macro_export]
 macro_rules! insert_outbox_rows {
     () => {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each
         // list travels as a JSON array and becomes a `text[]` again here.
-        "INSERT INTO outbox (event_id, stream, event_type, order_id, fields)
+        "INSERT INTO outbox (event_id, stream, event_type, order_id, fields, partition_key)
          SELECT event_id, stream, event_type, order_id,
-                ARRAY(SELECT jsonb_array_elements_text(fields))
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
-              WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, n)
+                ARRAY(SELECT jsonb_array_elements_text(fields)), partition_key
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::text[])
+              WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, partition_key, n)
          ORDER BY n"
     };
 }
 
-/// The two common table expressions that queue the rows bound as `$1` to `$5`
+/// The two common table expressions that queue the rows bound as `$1` to `$6`
 /// (`outbox_rows`, `outbox_waiting`), each followed by a comma: for a service that writes
 /// its rows in the very statement that makes its change,
-/// `concat!("WITH ", queue_outbox_rows!(), "changed AS (...) ...")`, its own binds from `$6`.
+/// `concat!("WITH ", queue_outbox_rows!(), "changed AS (...) ...")`, its own binds from `$7`.
 /// No rows is fine: the two insert nothing.
 #[macro_export]
 macro_rules! queue_outbox_rows {
@@ -244,7 +257,7 @@ macro_rules! queue_outbox_rows {
     };
 }
 
-/// Binds outbox rows as `$1` to `$5` of a statement written with [`queue_outbox_rows!`]
+/// Binds outbox rows as `$1` to `$6` of a statement written with [`queue_outbox_rows!`]
 /// or [`insert_outbox_rows!`](crate::insert_outbox_rows): bind them first, then the
 /// statement's own.
 pub trait BindOutboxRows {
@@ -252,13 +265,14 @@ pub trait BindOutboxRows {
     fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self;
 }
 
-/// The columns of `rows`, as the five binds of [`insert_outbox_rows!`] take them.
+/// The columns of `rows`, as the six binds of [`insert_outbox_rows!`] take them.
 type Columns = (
     Vec<Uuid>,
     Vec<String>,
     Vec<&'static str>,
     Vec<Uuid>,
     Vec<serde_json::Value>,
+    Vec<String>,
 );
 
 fn columns(rows: &[&OutboxRow]) -> Columns {
@@ -268,28 +282,31 @@ fn columns(rows: &[&OutboxRow]) -> Columns {
         rows.iter().map(|r| r.event_type).collect(),
         rows.iter().map(|r| r.order_id).collect(),
         rows.iter().map(|r| serde_json::json!(r.fields)).collect(),
+        rows.iter().map(|r| r.partition_key.clone()).collect(),
     )
 }
 
 impl BindOutboxRows for Query<'_, Postgres, PgArguments> {
     fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
-        let (ids, streams, types, orders, fields) = columns(rows);
+        let (ids, streams, types, orders, fields, keys) = columns(rows);
         self.bind(ids)
             .bind(streams)
             .bind(types)
             .bind(orders)
             .bind(fields)
+            .bind(keys)
     }
 }
 
 impl<O> BindOutboxRows for QueryAs<'_, Postgres, O, PgArguments> {
     fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
-        let (ids, streams, types, orders, fields) = columns(rows);
+        let (ids, streams, types, orders, fields, keys) = columns(rows);
         self.bind(ids)
             .bind(streams)
             .bind(types)
             .bind(orders)
             .bind(fields)
+            .bind(keys)
     }
 }
 

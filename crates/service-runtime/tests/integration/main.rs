@@ -5,6 +5,7 @@
 
 mod functions;
 mod http;
+mod partition_keys;
 mod read_turns;
 mod redis_connections;
 mod relay_plan;

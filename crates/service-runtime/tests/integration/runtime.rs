@@ -692,7 +692,7 @@ async fn a_row_committed_unsigned_is_asked_again_signed() {
     let mut tx = pool.begin().await.expect("begins");
     let again = outbox::republish(
         &mut tx,
-        &[question.order_id],
+        &[question.order_id.to_string()],
         None,
         &Reask::every(Duration::ZERO),
         &writer,
@@ -738,7 +738,7 @@ async fn a_row_of_a_newer_version_is_asked_again_as_the_version_written_now() {
     let mut tx = pool.begin().await.expect("begins");
     let again = outbox::republish(
         &mut tx,
-        &[question.order_id],
+        &[question.order_id.to_string()],
         None,
         &Reask::every(Duration::ZERO),
         &EventWriter::unsigned(SchemaVersion::V1),
@@ -797,7 +797,7 @@ async fn republishing_rearms_published_rows_once_and_leaves_waiting_rows_to_the_
     let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
     assert_eq!(relay.relay_once().await.expect("relays"), 1);
     enqueue(&pool, &waiting).await;
-    let orders = [published.order_id, waiting.order_id];
+    let orders = [published.order_id.to_string(), waiting.order_id.to_string()];
 
     let mut tx = pool.begin().await.expect("begins");
     let rearmed = outbox::republish(
@@ -933,7 +933,7 @@ async fn a_question_waits_while_its_copy_is_queued_and_backs_off_once_delivered(
             let mut tx = pool.begin().await.expect("begins");
             let rows = outbox::republish(
                 &mut tx,
-                &[question.order_id],
+                &[question.order_id.to_string()],
                 None,
                 &reask,
                 &EventWriter::unsigned(SchemaVersion::NEWEST),
