@@ -19,6 +19,6 @@ pub use processes::{
 };
 pub use repo::{compose, repo_file, text};
 pub use services::{
-    ORDER_ARGS, PAYMENT_ARGS, QUIET, TRIM_HARD, order_service, orders_at_least, payment_service,
-    published, trimmed_to_their_last_entry,
+    ORDER_ARGS, PAYMENT_ARGS, QUIET, TRIM_HARD, both_services, order_service, orders_at_least,
+    payment_service, published, trimmed_to_their_last_entry,
 };

@@ -22,6 +22,15 @@ pub async fn order_service(ctx: &TestContext) -> Spawned {
         .await
 }
 
+/// Both services on fresh databases, each given `args` (e.g. [`TRIM_HARD`]).
+pub async fn both_services(ctx: &TestContext, args: &[&str]) -> (Spawned, Spawned) {
+    let orders = ctx.spawn("order-service", args, order_service::start).await;
+    let payments = ctx
+        .spawn("payment-service", args, payment_service::start)
+        .await;
+    (orders, payments)
+}
+
 pub async fn payment_service(ctx: &TestContext) -> Spawned {
     ctx.spawn("payment-service", PAYMENT_ARGS, payment_service::start)
         .await

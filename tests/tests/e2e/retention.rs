@@ -3,19 +3,16 @@
 
 use std::time::Duration;
 
-use e2e::{QUIET, TRIM_HARD, assert_invariants, place_orders, trimmed_to_their_last_entry};
+use e2e::{
+    QUIET, TRIM_HARD, assert_invariants, both_services, place_orders, trimmed_to_their_last_entry,
+};
 use events::streams::{ORDER_EVENTS, PAYMENT_SERVICE_GROUP};
 use testkit::TestContext;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_stay_bounded_under_load_and_every_order_still_ends_exact() {
     let ctx = TestContext::new();
-    let orders = ctx
-        .spawn("order-service", TRIM_HARD, order_service::start)
-        .await;
-    let payments = ctx
-        .spawn("payment-service", TRIM_HARD, payment_service::start)
-        .await;
+    let (orders, payments) = both_services(&ctx, TRIM_HARD).await;
     // What the stream holds beyond what its group still needs (not yet delivered, or
     // pending): trimming keeps it to about a batch plus what flows between two trims,
     // however long the load runs; untrimmed it would end near every order placed.

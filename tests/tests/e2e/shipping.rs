@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use e2e::{QUIET, TRIM_HARD, assert_invariants, place_orders};
+use e2e::{QUIET, TRIM_HARD, assert_invariants, both_services, place_orders};
 use events::streams::{ORDER_EVENTS, ORDER_SERVICE_GROUP, PAYMENT_EVENTS, PAYMENT_SERVICE_GROUP};
 use shipping_service::GROUP as SHIPPING;
 use sqlx::PgPool;
@@ -58,24 +58,18 @@ async fn cancel_every_third(orders: &Spawned, placed: &[serde_json::Value]) {
     }
 }
 
+/// shipping-service on the database `url` (a restart keeps it).
+async fn shipping_on(ctx: &TestContext, url: &str) -> Spawned {
+    ctx.spawn_on("shipping-service", url, &[], shipping_service::start)
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled_order() {
     let ctx = TestContext::new();
-    let orders = ctx
-        .spawn("order-service", TRIM_HARD, order_service::start)
-        .await;
-    let payments = ctx
-        .spawn("payment-service", TRIM_HARD, payment_service::start)
-        .await;
+    let (orders, payments) = both_services(&ctx, TRIM_HARD).await;
     let shipping_db = ctx.database().await;
-    let shipping = ctx
-        .spawn_on(
-            "shipping-service",
-            &shipping_db,
-            &[],
-            shipping_service::start,
-        )
-        .await;
+    let shipping = shipping_on(&ctx, &shipping_db).await;
 
     let first = place_orders(&orders.url(""), 90, 8).await;
     assert_eq!(first.failed, 0);
@@ -108,14 +102,7 @@ async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled
         );
     }
 
-    let shipping = ctx
-        .spawn_on(
-            "shipping-service",
-            &shipping_db,
-            &[],
-            shipping_service::start,
-        )
-        .await;
+    let shipping = shipping_on(&ctx, &shipping_db).await;
     for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
         ctx.drained(stream, SHIPPING).await;
     }

@@ -286,29 +286,27 @@ fn columns(rows: &[&OutboxRow]) -> Columns {
     )
 }
 
-impl BindOutboxRows for Query<'_, Postgres, PgArguments> {
-    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
-        let (ids, streams, types, orders, fields, keys) = columns(rows);
-        self.bind(ids)
-            .bind(streams)
-            .bind(types)
-            .bind(orders)
-            .bind(fields)
-            .bind(keys)
-    }
+/// The same six binds for each kind of query (`bind` is each one's own, not a trait's).
+macro_rules! impl_bind_outbox_rows {
+    ($([$($generic:ident)?] $query:ty),+) => {$(
+        impl<$($generic)?> BindOutboxRows for $query {
+            fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
+                let (ids, streams, types, orders, fields, keys) = columns(rows);
+                self.bind(ids)
+                    .bind(streams)
+                    .bind(types)
+                    .bind(orders)
+                    .bind(fields)
+                    .bind(keys)
+            }
+        }
+    )+};
 }
 
-impl<O> BindOutboxRows for QueryAs<'_, Postgres, O, PgArguments> {
-    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
-        let (ids, streams, types, orders, fields, keys) = columns(rows);
-        self.bind(ids)
-            .bind(streams)
-            .bind(types)
-            .bind(orders)
-            .bind(fields)
-            .bind(keys)
-    }
-}
+impl_bind_outbox_rows!(
+    [] Query<'_, Postgres, PgArguments>,
+    [O] QueryAs<'_, Postgres, O, PgArguments>
+);
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an
 /// `outbox` row, written in the service's code (never built from input). The sweeper keeps
