@@ -1,7 +1,9 @@
 //! A real rolling upgrade across schema versions (SPEC §3.4), under continuous load: the
-//! binaries of the previous release (reading and writing schema version 1 only, built
-//! once by `scripts/previous-release.sh` and cached) and the current ones, replica by
-//! replica, in one consumer group per service, as the README's "Upgrading" runbook says:
+//! binaries of the previous release (`tests/previous-release`: the build this one
+//! replaces, written with schema version 1 here; built once by
+//! `scripts/previous-release.sh` and cached) and the current ones, replica by replica, in
+//! one consumer group per service, on databases the current build migrates further, as
+//! the README's "Upgrading" runbook says:
 //!
 //! 1. both services on the previous release;
 //! 2. the readers upgraded: each service rolled to the current build, still writing 1;
@@ -220,10 +222,11 @@ fn spawn(
             ("CLAIM_MIN_IDLE_MS", "1000".to_owned()),
             ("PENDING_REPUBLISH_AFTER_MS", "3000".to_owned()),
             ("SHUTDOWN_TIMEOUT_MS", "5000".to_owned()),
-            // Unknown to the previous release, which ignores them (and writes 1, unsigned).
+            // The version it writes (the previous release is given 1).
             ("WRITE_SCHEMA_VERSION", writes.to_string()),
-            // The previous release signs nothing: consumers report unsigned entries (the
-            // upgrade's first step), and require signatures only once it is gone.
+            // Consumers report unsigned entries rather than refuse them (the first step
+            // of turning signatures on, SPEC §4.9): a replica may meet what an unsigned
+            // build wrote.
             ("SIGNATURES", "report".to_owned()),
         ],
     )
