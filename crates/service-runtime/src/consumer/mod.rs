@@ -37,26 +37,27 @@
 //! Replicas of a service take turns reading new entries (`turn.rs`), so that a second one
 //! does not split the batches one would read whole.
 //!
-//! Here: the handler contract, the settings and the run loop. A batch from read to ack
+//! Here: the run loop. The handler contract is in `handler.rs`, the settings and a
+//! batch's report in `config.rs`. A batch from read to ack
 //! is in `batch.rs` (what each entry needs decided in `plan.rs`), the database side of it
 //! in `apply.rs`, reading in `read.rs`, reclaiming in `reclaim.rs`, the reading turn in
 //! `turn.rs`, parked events in `park.rs`, and dead letters in [`crate::dead_letters`].
 
 mod apply;
 mod batch;
+mod config;
+mod handler;
 mod park;
 mod plan;
 mod read;
 mod reclaim;
 mod turn;
 
-use std::future::Future;
 use std::time::Duration;
 
-use events::{Envelope, VerifyingKeys};
 use futures::future::BoxFuture;
 use redis::RedisError;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -64,107 +65,12 @@ use crate::backoff::Backoff;
 use crate::dead_letters::DeadLetterStream;
 use crate::keys::StreamKeys;
 use crate::liveness::Heartbeat;
-use crate::outbox::{OutboxRow, RelayQueue};
+use crate::outbox::RelayQueue;
 use crate::redis_conn::RedisConnections;
-use crate::signatures::SignatureMode;
 use crate::stream_reply::RawEntry;
+pub use config::{BatchReport, ConsumerConfig, Verification};
+pub use handler::{ConsumeError, EventHandler, HandleError};
 use turn::ReadTurn;
-
-/// What a service does with events. Called inside the transaction that also records the
-/// events in the inbox; whatever it writes on `tx` commits together with those records.
-pub trait EventHandler: Send + Sync + 'static {
-    /// Applies `events`, all seen for the first time, in stream order, and returns the
-    /// outbox rows it wrote or re-armed ([`outbox::enqueue_all`](crate::outbox::enqueue_all),
-    /// [`outbox::republish`](crate::outbox::republish)): the consumer hands them to the
-    /// relay once the transaction committed. Never called
-    /// twice for one `event_id` with both committing. Meant to be set-based: a few
-    /// statements for the whole slice, not a round trip per event.
-    ///
-    /// An error undoes the whole slice; the consumer then applies its events one at a
-    /// time (slices of one), so that only the failing one is held back. Each event's
-    /// `traceparent` is that of the span consuming it: an event published in answer
-    /// should carry it on (see [`Envelope::caused_by`]).
-    fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[&Envelope],
-    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send;
-
-    /// Events with the same key are applied in stream order, in one transaction; events
-    /// with different keys may be applied concurrently. Choose a key under which two
-    /// events never lock the same rows (the default, the order, suits handlers that only
-    /// touch their order's rows).
-    fn partition_key(&self, envelope: &Envelope) -> String {
-        envelope.order_id.to_string()
-    }
-
-    /// Called instead of [`handle`](Self::handle) when the inbox shows the event was
-    /// applied before (a redelivery or a re-publish), in the same transaction as the
-    /// batch's new events (after `handle`), so an error undoes the batch and it is redone
-    /// one event at a time, as for `handle`. The default does nothing; a service may re-publish what it answered back then, for a
-    /// producer that lost the answer (SPEC §4.6), returning the rows it re-armed.
-    fn on_duplicate(
-        &self,
-        _tx: &mut PgConnection,
-        _envelope: &Envelope,
-    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
-        async { Ok(Vec::new()) }
-    }
-}
-
-/// One handler shared by the consumers of several streams.
-impl<H: EventHandler> EventHandler for std::sync::Arc<H> {
-    fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[&Envelope],
-    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
-        self.as_ref().handle(tx, events)
-    }
-
-    fn partition_key(&self, envelope: &Envelope) -> String {
-        self.as_ref().partition_key(envelope)
-    }
-
-    fn on_duplicate(
-        &self,
-        tx: &mut PgConnection,
-        envelope: &Envelope,
-    ) -> impl Future<Output = Result<Vec<OutboxRow>, HandleError>> + Send {
-        self.as_ref().on_duplicate(tx, envelope)
-    }
-}
-
-/// Why a handler did not apply an event.
-#[derive(Debug, thiserror::Error)]
-pub enum HandleError {
-    /// The database failed: transient, the entry is retried.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// The event can never be applied (e.g. a type this consumer does not expect on this
-    /// stream): it is dead-lettered.
-    #[error("rejected: {0}")]
-    Rejected(String),
-}
-
-/// Why a read or an ack failed. Entries are never lost by it: what was not acked stays
-/// pending.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    /// Redis failed or refused the command.
-    #[error("redis: {0}")]
-    Redis(#[from] RedisError),
-    /// Redis answered something the consumer cannot read.
-    #[error("unexpected reply: {0}")]
-    Reply(String),
-}
-
-impl ConsumeError {
-    /// The group (or the whole stream) is gone: Redis restarted empty or was flushed.
-    pub fn is_missing_group(&self) -> bool {
-        matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
-    }
-}
 
 /// Where a consumer reads in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,57 +99,6 @@ impl<H: EventHandler> Replay for Consumer<H> {
     }
 }
 
-/// Which stream a consumer reads, as whom, and how much at once.
-#[derive(Debug, Clone)]
-pub struct ConsumerConfig {
-    /// Logical stream name, e.g. `order-events`.
-    pub stream: &'static str,
-    /// The consumer group it reads as.
-    pub group: &'static str,
-    /// Unique within the group (SPEC §3.1).
-    pub consumer: String,
-    /// `COUNT` of each read.
-    pub read_count: usize,
-    /// `BLOCK` of each read; also bounds how long shutdown waits for the read.
-    pub block: Duration,
-    /// An entry delivered more often than this is dead-lettered instead of retried.
-    pub max_deliveries: u64,
-    /// Entries idle this long in another consumer's pending list are reclaimed.
-    pub claim_min_idle: Duration,
-    /// How many transactions (and connections) a batch is spread over at most.
-    pub parallelism: usize,
-    /// An entry larger than this (its fields' bytes) is dead-lettered by its id, never
-    /// loaded into the service (SPEC §4.9).
-    pub max_entry_bytes: usize,
-    /// How long an event that loses to contention is retried in place, without spending
-    /// a delivery: the longest another session can hold a lock
-    /// ([`DatabaseBounds::longest_lock_hold`](crate::settings::DatabaseBounds::longest_lock_hold)).
-    pub contention_budget: Duration,
-    /// How long one batch transaction may take, as this process sees it, before it is
-    /// abandoned as an outage: the server ends a session that stops answering, but a
-    /// server that stops answering (a half-open connection) is noticed only by this.
-    pub transaction_deadline: Duration,
-}
-
-/// Counts of what one batch did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchReport {
-    /// Entries read.
-    pub delivered: usize,
-    /// Events whose effect committed now.
-    pub applied: usize,
-    /// Events already in the inbox: acked without a second effect.
-    pub duplicates: usize,
-    /// Unknown event types and entries deleted while pending: acked and skipped.
-    pub skipped: usize,
-    /// Copied to the dead-letter stream and acked.
-    pub dead_lettered: usize,
-    /// Of a newer schema version than this build reads: parked and acked.
-    pub parked: usize,
-    /// Not acked because of a transient failure: they stay pending.
-    pub retry_later: usize,
-}
-
 /// A consumer of one stream in one group.
 pub struct Consumer<H> {
     pool: PgPool,
@@ -261,26 +116,6 @@ pub struct Consumer<H> {
     heartbeat: Heartbeat,
     /// Which signatures it accepts, and what it does with an entry that has none of them.
     verification: Verification,
-}
-
-/// What a consumer accepts as signed (SPEC §4.9): the producer's verifying keys, and what
-/// becomes of an entry they do not verify ([`SignatureMode`]).
-#[derive(Debug, Clone)]
-pub struct Verification {
-    /// What becomes of an entry the keys do not verify.
-    pub mode: SignatureMode,
-    /// The producers' verifying keys.
-    pub keys: VerifyingKeys,
-}
-
-impl Verification {
-    /// Nothing verified.
-    pub fn off() -> Self {
-        Self {
-            mode: SignatureMode::Off,
-            keys: VerifyingKeys::default(),
-        }
-    }
 }
 
 impl<H: EventHandler> Consumer<H> {
