@@ -200,3 +200,75 @@ async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled
         service.stop().await.expect("stops cleanly");
     }
 }
+
+/// One stream's trouble never stalls the service's other stream (SPEC §4.9): a valid but
+/// huge copy of a `PaymentCompleted` (an 8 MiB extra field, signed as payment-service signs)
+/// sits in `payment-events`. shipping-service dead-letters it by its id, unread, in its
+/// own group's dead letters, and keeps shipping the orders around it from both streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_entry_on_one_stream_stalls_neither_of_a_service_s_consumers() {
+    let ctx = TestContext::new();
+    let (orders, payments) = both_services(&ctx, &[]).await;
+    let shipping = shipping_on(&ctx, &ctx.database().await).await;
+    assert_eq!(place_orders(&orders.url(""), 1, 1).await.failed, 0);
+    assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    let (_, paid) = ctx
+        .entries(PAYMENT_EVENTS)
+        .await
+        .into_iter()
+        .find(|(_, f)| {
+            f.iter()
+                .any(|(k, v)| k == "event_type" && v == "PaymentCompleted")
+        })
+        .expect("a PaymentCompleted");
+    let padding = "x".repeat(8 * 1024 * 1024);
+    let mut huge: Vec<(&str, &[u8])> = paid
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    huge.push(("padding", padding.as_bytes()));
+    ctx.xadd(PAYMENT_EVENTS, &huge).await;
+
+    let placed = place_orders(&orders.url(""), 30, 4).await;
+    assert_eq!(placed.failed, 0);
+    let cancelled = &placed.accepted[..5];
+    cancel_every_third(&orders, cancelled).await;
+    assert_invariants(&orders.pool, &payments.pool, QUIET).await;
+    for stream in [PAYMENT_EVENTS, ORDER_EVENTS] {
+        ctx.drained(stream, SHIPPING).await;
+    }
+    let dead = ctx.dead_letters_of(PAYMENT_EVENTS, SHIPPING).await;
+    assert_eq!(dead.len(), 1, "the huge entry, dead-lettered once");
+    let error = dead[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == service_runtime::dead_letters::fields::ERROR)
+        .map(|(_, e)| e.clone())
+        .unwrap_or_default();
+    assert!(error.contains("MAX_ENTRY_BYTES"), "{error}");
+    assert!(
+        dead[0].1.iter().all(|(_, v)| v.len() < 64 * 1024),
+        "no copy of the 8 MiB"
+    );
+    let all = orders_of(&orders.pool).await;
+    let preparing: BTreeSet<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM shipments WHERE status = 'PREPARING'")
+            .fetch_all(&shipping.pool)
+            .await
+            .expect("shipments")
+            .into_iter()
+            .collect();
+    let paid_orders: BTreeSet<Uuid> = all
+        .iter()
+        .filter(|(_, (status, _))| status == "PAID")
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(
+        preparing, paid_orders,
+        "a shipment for each paid order, no other"
+    );
+    assert!(all.values().any(|(status, _)| status == "CANCELLED"));
+    for service in [orders, payments, shipping] {
+        service.stop().await.expect("stops cleanly");
+    }
+}
