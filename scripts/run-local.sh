@@ -34,6 +34,8 @@ bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 keys=${KEYS_DIR:-target/event-keys}
 "$bin/event-keys" "$keys" order-service payment-service
 export SIGNATURES=${SIGNATURES:-require}
+# Both services run this build, so one signature covers a statement's batch of events.
+export SIGNATURE_SCOPE=${SIGNATURE_SCOPE:-batch}
 order_keys=(SIGNING_KEY_FILE="$keys/order-service.key" VERIFYING_KEYS_FILE="$keys/payment-service.pub")
 payment_keys=(SIGNING_KEY_FILE="$keys/payment-service.key" VERIFYING_KEYS_FILE="$keys/order-service.pub")
 

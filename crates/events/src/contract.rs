@@ -163,7 +163,8 @@ fn headers(event_type: EventType, version: SchemaVersion) -> Value {
             fields::PRODUCER: {"const": event_type.producer().as_str()},
             fields::TRACEPARENT: {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context of the producing span"},
             fields::KEY_ID: {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "the producer's signing key: the first 8 bytes of the SHA-256 of its Ed25519 public key, in hex"},
-            fields::SIGNATURE: {"type": "string", "contentEncoding": "base64", "description": "Ed25519 signature over the domain tag and the length-prefixed names and values of event_id, event_type, schema_version, order_id, occurred_at, producer, key_id and payload (crates/events/src/signing.rs); consumers that require signatures dead-letter an entry without a valid one"}
+            fields::SIGNATURE: {"type": "string", "contentEncoding": "base64", "description": "Ed25519 signature over the domain tag and the length-prefixed names and values of event_id, event_type, schema_version, order_id, occurred_at, producer, key_id and payload (crates/events/src/signing.rs); consumers that require signatures dead-letter an entry without a valid one; with signature_proof, the signature is over the batch's hash-tree root instead"},
+            fields::SIGNATURE_PROOF: {"type": "string", "contentEncoding": "base64", "description": "with a batch signature (SIGNATURE_SCOPE=batch): the entry's path to the signed hash-tree root, each step a side byte (L or R) and the sibling's 32-byte SHA-256 (crates/events/src/signature_tree.rs)"}
         },
         "required": [fields::EVENT_ID, fields::EVENT_TYPE, fields::SCHEMA_VERSION,
                      fields::ORDER_ID, fields::OCCURRED_AT, fields::PRODUCER]

@@ -24,6 +24,8 @@ pub mod fields {
     pub const KEY_ID: &str = "key_id";
     /// The producer's signature over the entry's meaningful fields (`signing.rs`).
     pub const SIGNATURE: &str = "signature";
+    /// With a batch signature, the entry's path to the signed root (`signature_tree.rs`).
+    pub const SIGNATURE_PROOF: &str = "signature_proof";
 }
 
 /// The value of the `event_type` field.

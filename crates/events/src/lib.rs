@@ -18,6 +18,7 @@ mod envelope;
 pub mod limits;
 mod money;
 mod payloads;
+mod signature_tree;
 mod signing;
 pub mod streams;
 pub mod text;
@@ -30,6 +31,9 @@ pub use payloads::{
     Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCancelled,
     PaymentCompleted, PaymentFailed, PaymentRefunded,
 };
-pub use signing::{EventSigner, KeyError, SIGNED_FIELDS, Unverified, VerifyingKeys, signed_bytes};
+pub use signature_tree::LEAVES_PER_TREE;
+pub use signing::{
+    EventSigner, KeyError, SIGNED_FIELDS, SignatureScope, Unverified, VerifyingKeys, signed_bytes,
+};
 pub use versions::SchemaVersion;
 pub use writer::EventWriter;

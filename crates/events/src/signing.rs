@@ -12,6 +12,12 @@
 //! (base64). Keys are PEM: a PKCS#8 `PRIVATE KEY` to sign with, and any number of
 //! `PUBLIC KEY` blocks (SPKI) to verify with, so a key is rotated by accepting both for a
 //! while. `openssl genpkey -algorithm ed25519` makes one too.
+//!
+//! What one signature covers is the writer's [`SignatureScope`]: one entry (`entry`, what
+//! every release reads), or the entries one statement writes (`batch`, read from this
+//! release on): the signature is then over the root of a hash tree of their encodings and
+//! each entry carries its path to that root (`signature_tree.rs`), so a producer signs, and
+//! a consumer verifies, once per batch rather than once per entry.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +28,7 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use crate::fields;
+use crate::signature_tree::{self, LEAVES_PER_TREE};
 
 /// The fields a signature covers, in this order (`key_id` included: a signature names
 /// the key that made it).
@@ -38,6 +45,43 @@ pub const SIGNED_FIELDS: [&str; 8] = [
 
 /// What the signed bytes start with: a signature over them means nothing else.
 const DOMAIN: &[u8] = b"order-payment-streams event signature v1\n";
+
+/// What a batch signature signs, followed by its tree's root.
+const TREE_DOMAIN: &[u8] = b"order-payment-streams event batch signature v1\n";
+
+/// What one signature covers (the `SIGNATURE_SCOPE` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureScope {
+    /// Each entry signed on its own: what every release reads.
+    #[default]
+    Entry,
+    /// The entries one statement writes signed once, up to 32 to a hash tree, each entry
+    /// carrying its path to the signed root (`signature_proof`): read from this release
+    /// on, so switched on once every reader runs it, like a new schema version.
+    Batch,
+}
+
+impl fmt::Display for SignatureScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Entry => "entry",
+            Self::Batch => "batch",
+        })
+    }
+}
+
+impl std::str::FromStr for SignatureScope {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "entry" => Ok(Self::Entry),
+            "batch" => Ok(Self::Batch),
+            other => Err(format!(
+                "{other:?} is not a signature scope (entry or batch)"
+            )),
+        }
+    }
+}
 
 /// The DER prefix of an Ed25519 `SubjectPublicKeyInfo`; the 32-byte key follows.
 const SPKI_PREFIX: [u8; 12] = [
@@ -193,8 +237,7 @@ impl EventSigner {
         &self,
         entry: &mut Vec<(K, V)>,
     ) -> Result<(), Unverified> {
-        entry.retain(|(k, _)| k.as_ref() != fields::KEY_ID && k.as_ref() != fields::SIGNATURE);
-        entry.push((fields::KEY_ID.into(), self.key_id.clone().into()));
+        self.relabel(entry);
         match signed_bytes(entry) {
             Ok(bytes) => {
                 let signature = STANDARD.encode(self.key.sign(&bytes).to_bytes());
@@ -206,6 +249,51 @@ impl EventSigner {
                 Err(e)
             }
         }
+    }
+
+    /// Signs `entries` as batches (`SIGNATURE_SCOPE=batch`): one signature per
+    /// [`LEAVES_PER_TREE`] entries, over the root of their hash tree, and each entry its
+    /// `signature_proof`. Replaces any earlier signature; an entry lacking a field the
+    /// signature covers is left unsigned (the error says which) and the rest are signed.
+    pub fn sign_all<K: From<&'static str> + AsRef<str>, V: From<String> + AsRef<[u8]>>(
+        &self,
+        entries: &mut [Vec<(K, V)>],
+    ) -> Result<(), Unverified> {
+        let mut first_error = Ok(());
+        let mut signable: Vec<(&mut Vec<(K, V)>, signature_tree::Hash)> = Vec::new();
+        for entry in entries.iter_mut() {
+            self.relabel(entry);
+            match signed_bytes(entry) {
+                Ok(bytes) => signable.push((entry, signature_tree::leaf(&bytes))),
+                Err(e) => {
+                    entry.pop();
+                    first_error = first_error.and(Err(e));
+                }
+            }
+        }
+        for tree in signable.chunks_mut(LEAVES_PER_TREE) {
+            let leaves: Vec<_> = tree.iter().map(|(_, leaf)| *leaf).collect();
+            let (root, proofs) = signature_tree::build(&leaves);
+            let message = [TREE_DOMAIN, &root].concat();
+            let signature = STANDARD.encode(self.key.sign(&message).to_bytes());
+            for ((entry, _), proof) in tree.iter_mut().zip(proofs) {
+                entry.push((fields::SIGNATURE.into(), signature.clone().into()));
+                let proof = STANDARD.encode(signature_tree::encode(&proof));
+                entry.push((fields::SIGNATURE_PROOF.into(), proof.into()));
+            }
+        }
+        first_error
+    }
+
+    /// Takes any earlier signature off `entry` and names this key in it.
+    fn relabel<K: From<&'static str> + AsRef<str>, V: From<String>>(
+        &self,
+        entry: &mut Vec<(K, V)>,
+    ) {
+        entry.retain(|(k, _)| {
+            ![fields::KEY_ID, fields::SIGNATURE, fields::SIGNATURE_PROOF].contains(&k.as_ref())
+        });
+        entry.push((fields::KEY_ID.into(), self.key_id.clone().into()));
     }
 }
 
@@ -256,7 +344,8 @@ impl VerifyingKeys {
     }
 
     /// [`verify`](Self::verify) of each of `entries`, the signatures checked as one batch
-    /// (about half the arithmetic of one at a time); if the batch does not stand, each is
+    /// (about half the arithmetic of one at a time), each distinct signed message once (the
+    /// entries of one batch signature share theirs); if the batch does not stand, each is
     /// checked alone to tell which.
     pub fn verify_all<K: AsRef<str>, V: AsRef<[u8]>>(
         &self,
@@ -264,23 +353,42 @@ impl VerifyingKeys {
     ) -> Vec<Result<(), Unverified>> {
         let claims: Vec<Result<Claim, Unverified>> =
             entries.iter().map(|entry| self.claim(entry)).collect();
-        let standing: Vec<&Claim> = claims.iter().filter_map(|c| c.as_ref().ok()).collect();
-        let messages: Vec<&[u8]> = standing.iter().map(|c| c.message.as_slice()).collect();
-        let signatures: Vec<Signature> = standing.iter().map(|c| c.signature).collect();
-        let keys: Vec<VerifyingKey> = standing.iter().map(|c| c.key).collect();
-        let batch_stands = standing.len() > 1
-            && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+        // The distinct checks, and which one each standing claim is.
+        let mut distinct: Vec<&Claim> = Vec::new();
+        let mut index: HashMap<(&[u8], [u8; 64]), usize> = HashMap::new();
+        let check_of: Vec<Option<usize>> = claims
+            .iter()
+            .map(|claim| {
+                let claim = claim.as_ref().ok()?;
+                let key = (claim.message.as_slice(), claim.signature.to_bytes());
+                Some(*index.entry(key).or_insert_with(|| {
+                    distinct.push(claim);
+                    distinct.len() - 1
+                }))
+            })
+            .collect();
+        let messages: Vec<&[u8]> = distinct.iter().map(|c| c.message.as_slice()).collect();
+        let signatures: Vec<Signature> = distinct.iter().map(|c| c.signature).collect();
+        let keys: Vec<VerifyingKey> = distinct.iter().map(|c| c.key).collect();
+        let outcomes: Vec<bool> = if distinct.len() > 1
+            && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+        {
+            vec![true; distinct.len()]
+        } else {
+            distinct
+                .iter()
+                .map(|c| c.key.verify(&c.message, &c.signature).is_ok())
+                .collect()
+        };
         claims
             .into_iter()
-            .map(|claim| {
+            .zip(check_of)
+            .map(|(claim, check)| {
                 let claim = claim?;
-                if batch_stands {
-                    return Ok(());
+                match check {
+                    Some(i) if outcomes[i] => Ok(()),
+                    _ => Err(Unverified::BadSignature(claim.key_id)),
                 }
-                claim
-                    .key
-                    .verify(&claim.message, &claim.signature)
-                    .map_err(|_| Unverified::BadSignature(claim.key_id))
             })
             .collect()
     }
@@ -308,8 +416,21 @@ impl VerifyingKeys {
             .ok()
             .and_then(|bytes| Signature::from_slice(&bytes).ok())
             .ok_or_else(|| Unverified::BadSignature(key_id.clone()))?;
+        let bytes = signed_bytes(entry)?;
+        let message = match field(fields::SIGNATURE_PROOF) {
+            None => bytes,
+            Some(proof) => {
+                let proof = STANDARD
+                    .decode(proof)
+                    .map_err(|e| e.to_string())
+                    .and_then(|proof| signature_tree::decode(&proof))
+                    .map_err(|e| Unverified::Malformed(format!("signature_proof: {e}")))?;
+                let root = signature_tree::root(signature_tree::leaf(&bytes), &proof);
+                [TREE_DOMAIN, &root].concat()
+            }
+        };
         Ok(Claim {
-            message: signed_bytes(entry)?,
+            message,
             key_id,
             key,
             signature,
@@ -432,6 +553,94 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_signature_holds_for_each_entry_alone_and_for_nothing_changed() {
+        let (signer, verifying) = keys();
+        let mut batch: Vec<_> = (0..5)
+            .map(|i| {
+                let mut entry = entry();
+                entry[0].1 = format!("01937a2e-5c00-7000-8000-{i:012}");
+                entry
+            })
+            .collect();
+        signer.sign_all(&mut batch).expect("signs");
+        let field = |entry: &[(&str, String)], name: &str| {
+            entry
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let signature = field(&batch[0], fields::SIGNATURE);
+        assert!(
+            batch
+                .iter()
+                .all(|e| field(e, fields::SIGNATURE) == signature)
+        );
+        for entry in &batch {
+            assert_eq!(verifying.verify(entry), Ok(()), "each entry alone");
+        }
+        let set = |entry: &[(&'static str, String)], name: &'static str, value: String| {
+            let mut changed = entry.to_vec();
+            changed.retain(|(k, _)| *k != name);
+            changed.push((name, value));
+            changed
+        };
+        for name in SIGNED_FIELDS {
+            let mut changed = batch[1].clone();
+            for (k, v) in &mut changed {
+                if *k == name {
+                    v.push('x');
+                }
+            }
+            assert!(verifying.verify(&changed).is_err(), "{name} changed");
+        }
+        // A genuine entry of the batch made to name another order.
+        let moved = set(
+            &batch[2],
+            fields::ORDER_ID,
+            "01937a2e-5c00-7000-8000-000000000999".into(),
+        );
+        assert!(matches!(
+            verifying.verify(&moved),
+            Err(Unverified::BadSignature(_))
+        ));
+        // Another entry's path, no path, and a path that is not one.
+        let other_proof = field(&batch[3], fields::SIGNATURE_PROOF).expect("a proof");
+        let swapped = set(&batch[2], fields::SIGNATURE_PROOF, other_proof);
+        assert!(matches!(
+            verifying.verify(&swapped),
+            Err(Unverified::BadSignature(_))
+        ));
+        let mut bare = batch[2].clone();
+        bare.retain(|(k, _)| *k != fields::SIGNATURE_PROOF);
+        assert!(matches!(
+            verifying.verify(&bare),
+            Err(Unverified::BadSignature(_))
+        ));
+        let junk = set(&batch[2], fields::SIGNATURE_PROOF, "not base64!".into());
+        assert!(matches!(
+            verifying.verify(&junk),
+            Err(Unverified::Malformed(_))
+        ));
+        // An entry signed alone, given a proof: the signature is over the entry, not a root.
+        let mut alone = entry();
+        signer.sign(&mut alone).expect("signs");
+        let grafted = set(&alone, fields::SIGNATURE_PROOF, String::new());
+        assert!(matches!(
+            verifying.verify(&grafted),
+            Err(Unverified::BadSignature(_))
+        ));
+        // Read together, the genuine ones stand and each changed one is told.
+        let all: Vec<&[(&str, String)]> = batch
+            .iter()
+            .map(Vec::as_slice)
+            .chain([moved.as_slice(), swapped.as_slice(), alone.as_slice()])
+            .collect();
+        let verdicts = verifying.verify_all(&all);
+        let standing: Vec<bool> = verdicts.iter().map(Result::is_ok).collect();
+        assert_eq!(standing, [true, true, true, true, true, false, false, true]);
+    }
+
+    #[test]
     fn the_encoding_is_length_prefixed_so_fields_cannot_shift() {
         let mut a = entry();
         let mut b = entry();
@@ -471,6 +680,10 @@ mod tests {
     const PINNED_SIGNATURE: &str =
         "b3LKMj97xJRAQz6hmd5w+GtDLU2cciROKwSMtLzEyQlyD8/ba8RnO9f7cleYVdOMXwpYVwdM07yyiGjj3NsGBA==";
 
+    const PINNED_BATCH_SIGNATURE: &str =
+        "OASB14TqAVy8V0NO9Eua3cQsSAIAzwraE7z0jNcz1edpmm0o2U1ajzV1Qm/XfzCoFuf2lOtWpgdNjmVkscfDAg==";
+    const PINNED_BATCH_PROOF: &str = "TKF6cK83D5i2rrjCuFz02e1pzQ5kQHtkNiIxfsoW3hPD";
+
     #[test]
     fn keys_made_by_openssl_are_read() {
         // `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout` (RFC 8410's
@@ -492,6 +705,29 @@ mod tests {
         };
         assert_eq!(field(fields::KEY_ID).as_deref(), Some(PINNED_KEY_ID));
         assert_eq!(field(fields::SIGNATURE).as_deref(), Some(PINNED_SIGNATURE));
+        // And a batch of three: its one signature, and the third entry's path.
+        let mut batch: Vec<_> = (0..3)
+            .map(|i| {
+                let mut entry = entry();
+                entry[0].1 = format!("01937a2e-5c00-7000-8000-{i:012}");
+                entry
+            })
+            .collect();
+        signer.sign_all(&mut batch).expect("signs");
+        let field = |name: &str| {
+            batch[2]
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            field(fields::SIGNATURE).as_deref(),
+            Some(PINNED_BATCH_SIGNATURE)
+        );
+        assert_eq!(
+            field(fields::SIGNATURE_PROOF).as_deref(),
+            Some(PINNED_BATCH_PROOF)
+        );
         assert!(VerifyingKeys::from_pem("").is_err());
         assert!(EventSigner::from_pem(public).is_err());
     }

@@ -1,21 +1,33 @@
 //! How a service writes its events: as which schema version (`versions.rs`), signed with
-//! which key (`signing.rs`).
+//! which key, one entry or one batch to a signature (`signing.rs`).
 
 use std::sync::Arc;
 
-use crate::{Envelope, EventSigner, SchemaVersion};
+use crate::{Envelope, EventSigner, SchemaVersion, SignatureScope};
 
 /// A service's way of writing its events. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventWriter {
     version: SchemaVersion,
     signer: Option<Arc<EventSigner>>,
+    scope: SignatureScope,
 }
 
 impl EventWriter {
-    /// Writes as `version`, signed with `signer` (unsigned without one).
+    /// Writes as `version`, signed with `signer` (unsigned without one), each entry on its
+    /// own.
     pub fn new(version: SchemaVersion, signer: Option<Arc<EventSigner>>) -> Self {
-        Self { version, signer }
+        Self {
+            version,
+            signer,
+            scope: SignatureScope::Entry,
+        }
+    }
+
+    /// The same writer, signing with `scope`.
+    pub fn with_scope(mut self, scope: SignatureScope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Writes as `version`, unsigned: for tests and tools.
@@ -32,8 +44,13 @@ impl EventWriter {
     pub fn with_version(&self, version: SchemaVersion) -> Self {
         Self {
             version,
-            signer: self.signer.clone(),
+            ..self.clone()
         }
+    }
+
+    /// What one of its signatures covers.
+    pub fn scope(&self) -> SignatureScope {
+        self.scope
     }
 
     /// The id of the key it signs with, if it signs.
@@ -43,12 +60,27 @@ impl EventWriter {
 
     /// `envelope`'s stream entry: its fields as [`version`](Self::version), signed.
     pub fn fields(&self, envelope: &Envelope) -> Vec<(&'static str, String)> {
-        let mut fields = envelope.to_fields_as(self.version);
-        if let Some(signer) = &self.signer {
-            let signed = signer.sign(&mut fields);
-            debug_assert!(signed.is_ok(), "to_fields_as writes every signed field");
-        }
-        fields
+        let mut all = self.fields_all(std::slice::from_ref(envelope));
+        all.pop().unwrap_or_default()
+    }
+
+    /// The stream entries of `envelopes`, which one statement writes: each one's fields as
+    /// [`version`](Self::version), signed one by one or, with [`SignatureScope::Batch`],
+    /// as batches.
+    pub fn fields_all(&self, envelopes: &[Envelope]) -> Vec<Vec<(&'static str, String)>> {
+        let mut all: Vec<_> = envelopes
+            .iter()
+            .map(|envelope| envelope.to_fields_as(self.version))
+            .collect();
+        let signed = match (&self.signer, self.scope) {
+            (None, _) => Ok(()),
+            (Some(signer), SignatureScope::Entry) => {
+                all.iter_mut().try_for_each(|fields| signer.sign(fields))
+            }
+            (Some(signer), SignatureScope::Batch) => signer.sign_all(&mut all),
+        };
+        debug_assert!(signed.is_ok(), "to_fields_as writes every signed field");
+        all
     }
 }
 
@@ -82,6 +114,27 @@ mod tests {
         assert_eq!(verifying.verify(&fields), Ok(()));
         let decoded = Envelope::from_fields(fields).expect("decodes");
         assert_eq!(decoded.event_id, envelope.event_id);
+    }
+
+    #[test]
+    fn a_batch_writer_signs_once_per_tree_and_each_entry_verifies() {
+        let (private, public) = EventSigner::generate_pem().expect("a key");
+        let signer = Arc::new(EventSigner::from_pem(&private).expect("reads"));
+        let writer =
+            EventWriter::new(SchemaVersion::NEWEST, Some(signer)).with_scope(SignatureScope::Batch);
+        let envelopes: Vec<Envelope> = (0..40).map(|_| envelope()).collect();
+        let entries = writer.fields_all(&envelopes);
+        let verifying = VerifyingKeys::from_pem(&public).expect("reads");
+        let all: Vec<&[(&str, String)]> = entries.iter().map(Vec::as_slice).collect();
+        assert!(verifying.verify_all(&all).iter().all(Result::is_ok));
+        let signatures: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .flat_map(|e| e.iter().filter(|(k, _)| *k == crate::fields::SIGNATURE))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(signatures.len(), 2, "40 entries: a tree of 32 and one of 8");
+        let one = writer.with_version(SchemaVersion::V1).fields(&envelopes[0]);
+        assert_eq!(verifying.verify(&one), Ok(()), "a batch of one");
     }
 
     #[test]

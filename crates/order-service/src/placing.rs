@@ -9,6 +9,9 @@
 //! database has to). If a group's statement fails, each of its orders is written again on
 //! its own: an order Postgres refuses fails alone, and each request gets its own answer.
 //!
+//! A writer signs its group's events as it writes them, so with `SIGNATURE_SCOPE=batch`
+//! one signature serves the group.
+//!
 //! With an `Idempotency-Key` the key is claimed in the order's own transaction, so a
 //! retried request returns the order of the first and publishes nothing new; such orders
 //! are written one at a time, as that transaction needs.
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, EventWriter, OrderCreated, Producer};
-use service_runtime::outbox::{OutboxRow, RelayQueue};
+use service_runtime::outbox::{self, OutboxRow, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -72,19 +75,9 @@ struct Waiting {
     id: Uuid,
     order: NewOrder,
     pay_by: OffsetDateTime,
-    event: OutboxRow,
+    /// Its `OrderCreated`, in the trace of the request that placed it.
+    event: Envelope,
     outcome: oneshot::Sender<sqlx::Result<Order>>,
-}
-
-impl Waiting {
-    fn row(&self) -> NewOrderRow<'_> {
-        NewOrderRow {
-            id: self.id,
-            order: &self.order,
-            pay_by: self.pay_by,
-            event: &self.event,
-        }
-    }
 }
 
 impl Placing {
@@ -94,7 +87,12 @@ impl Placing {
         let (queue, waiting) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..writers.max(1) {
-            tokio::spawn(write_groups(pool.clone(), relay.clone(), waiting.clone()));
+            tokio::spawn(write_groups(
+                pool.clone(),
+                relay.clone(),
+                terms.writer.clone(),
+                waiting.clone(),
+            ));
         }
         Self {
             pool,
@@ -119,7 +117,7 @@ impl Placing {
     ) -> Result<Placed, PlaceError> {
         let id = Uuid::now_v7();
         let pay_by = pay_by(self.terms.payment_deadline);
-        let event = order_created(id, &order, pay_by, &self.terms.writer);
+        let event = outbox::traced(order_created(id, &order, pay_by));
         let Some(key) = idempotency_key else {
             let (outcome, placed) = oneshot::channel();
             let waiting = Waiting {
@@ -157,6 +155,7 @@ impl Placing {
                 replayed: true,
             });
         }
+        let event = OutboxRow::new(ORDER_EVENTS, &self.terms.writer, &event);
         let row = NewOrderRow {
             id,
             order: &order,
@@ -181,34 +180,27 @@ fn pay_by(deadline: Duration) -> OffsetDateTime {
     due.replace_millisecond(due.millisecond()).unwrap_or(due)
 }
 
-/// The `OrderCreated` outbox row of order `id`, as `writer` writes it.
-fn order_created(
-    id: Uuid,
-    order: &NewOrder,
-    pay_by: OffsetDateTime,
-    writer: &EventWriter,
-) -> OutboxRow {
-    OutboxRow::new(
-        ORDER_EVENTS,
-        writer,
-        &Envelope::new(
-            Producer::OrderService,
-            Event::OrderCreated(OrderCreated {
-                order_id: id,
-                customer_id: order.customer_id.clone(),
-                items: order.items.clone(),
-                total_cents: order.total_cents,
-                currency: order.currency,
-                pay_by: Some(pay_by),
-            }),
-        ),
+/// The `OrderCreated` of order `id`.
+fn order_created(id: Uuid, order: &NewOrder, pay_by: OffsetDateTime) -> Envelope {
+    Envelope::new(
+        Producer::OrderService,
+        Event::OrderCreated(OrderCreated {
+            order_id: id,
+            customer_id: order.customer_id.clone(),
+            items: order.items.clone(),
+            total_cents: order.total_cents,
+            currency: order.currency,
+            pay_by: Some(pay_by),
+        }),
     )
 }
 
-/// One writer: takes every order waiting (once one is), writes them, answers each.
+/// One writer: takes every order waiting (once one is), signs their events as one batch,
+/// writes them, answers each.
 async fn write_groups(
     pool: PgPool,
     relay: RelayQueue,
+    writer: EventWriter,
     waiting: Arc<Mutex<mpsc::Receiver<Waiting>>>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
@@ -216,12 +208,12 @@ async fn write_groups(
         if waiting.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
             return; // every sender is gone
         }
-        match insert(&pool, &group).await {
+        let envelopes: Vec<Envelope> = group.iter().map(|w| w.event.clone()).collect();
+        let events = OutboxRow::new_all(ORDER_EVENTS, &writer, &envelopes);
+        match insert(&pool, &group, &events).await {
             Ok(placed) => {
-                let mut events = Vec::with_capacity(group.len());
                 for (waiting, order) in group.drain(..).zip(placed) {
                     let _ = waiting.outcome.send(Ok(order));
-                    events.push(waiting.event);
                 }
                 relay.hand_over(events);
             }
@@ -232,26 +224,41 @@ async fn write_groups(
             }
             Err(_) => {
                 // Which order was refused, or whether the database failed for all, only
-                // writing each on its own tells; they go concurrently.
-                futures::future::join_all(group.drain(..).map(|waiting| async {
-                    let outcome = insert(&pool, std::slice::from_ref(&waiting))
+                // writing each on its own tells; they go concurrently. Each event's
+                // signature stands alone, batch or not.
+                let alone = group.drain(..).zip(events).map(|(waiting, event)| async {
+                    let events = [event];
+                    let outcome = insert(&pool, std::slice::from_ref(&waiting), &events)
                         .await
                         .and_then(|placed| {
                             placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)
                         });
                     if outcome.is_ok() {
-                        relay.hand_over(vec![waiting.event.clone()]);
+                        relay.hand_over(events.into());
                     }
                     let _ = waiting.outcome.send(outcome);
-                }))
-                .await;
+                });
+                futures::future::join_all(alone).await;
             }
         }
     }
 }
 
-/// Inserts `group` in one statement.
-async fn insert(pool: &PgPool, group: &[Waiting]) -> sqlx::Result<Vec<Order>> {
-    let rows: Vec<NewOrderRow<'_>> = group.iter().map(Waiting::row).collect();
+/// Inserts `group`, with `events` (one each, in order), in one statement.
+async fn insert(
+    pool: &PgPool,
+    group: &[Waiting],
+    events: &[OutboxRow],
+) -> sqlx::Result<Vec<Order>> {
+    let rows: Vec<NewOrderRow<'_>> = group
+        .iter()
+        .zip(events)
+        .map(|(waiting, event)| NewOrderRow {
+            id: waiting.id,
+            order: &waiting.order,
+            pay_by: waiting.pay_by,
+            event,
+        })
+        .collect();
     db::insert_orders_with_events(pool, &rows).await
 }

@@ -88,11 +88,7 @@ impl EventHandler for OrderEvents {
             ledger.apply(event).map_err(rejected)?;
         }
         let settled = ledger.finish();
-        let mut outgoing: Vec<OutboxRow> = settled
-            .published
-            .iter()
-            .map(|answer| OutboxRow::new(PAYMENT_EVENTS, &self.writer, answer))
-            .collect();
+        let mut outgoing = OutboxRow::new_all(PAYMENT_EVENTS, &self.writer, &settled.published);
         db::settle(tx, &settled.settlement, &outgoing).await?;
         if !settled.answered_again.is_empty() {
             let again =

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use events::{EventSigner, EventWriter, SchemaVersion, VerifyingKeys};
+use events::{EventSigner, EventWriter, SchemaVersion, SignatureScope, VerifyingKeys};
 
 /// What a consumer does with an entry that is unsigned, or signed with a key it does not
 /// accept, or whose signature does not match.
@@ -38,6 +38,8 @@ impl SignatureMode {
 pub struct Signatures {
     /// What the consumer does with an entry whose signature does not stand.
     pub mode: SignatureMode,
+    /// What one signature covers: an entry, or the entries one statement writes.
+    pub scope: SignatureScope,
     signer: Option<Arc<EventSigner>>,
     verifying: VerifyingKeys,
 }
@@ -47,6 +49,7 @@ impl Signatures {
     /// `require` (and to `report` if given). The error names the setting.
     pub fn load(
         mode: SignatureMode,
+        scope: SignatureScope,
         signing_key_file: Option<&Path>,
         verifying_keys_file: Option<&Path>,
     ) -> Result<Self, String> {
@@ -74,6 +77,7 @@ impl Signatures {
         };
         Ok(Self {
             mode,
+            scope,
             signer: Some(Arc::new(signer)),
             verifying,
         })
@@ -83,14 +87,15 @@ impl Signatures {
     pub fn off() -> Self {
         Self {
             mode: SignatureMode::Off,
+            scope: SignatureScope::Entry,
             signer: None,
             verifying: VerifyingKeys::default(),
         }
     }
 
-    /// The service's writer: `version`, signed with its key.
+    /// The service's writer: `version`, signed with its key, in its scope.
     pub fn writer(&self, version: SchemaVersion) -> EventWriter {
-        EventWriter::new(version, self.signer.clone())
+        EventWriter::new(version, self.signer.clone()).with_scope(self.scope)
     }
 
     /// The keys the consumer accepts.

@@ -7,9 +7,11 @@
 //!
 //! 1. both services on the previous release;
 //! 2. the readers upgraded: each service rolled to the current build, still writing 1;
-//! 3. the writers switched: each rolled again, writing 2 (`WRITE_SCHEMA_VERSION=2`);
-//! 4. payment-service rolled back: the writers switched back to 1 first, the version-2
-//!    entries drained from `order-events`, then payment-service rolled to the previous
+//! 3. the writers switched: each rolled again, writing 2 (`WRITE_SCHEMA_VERSION=2`) and
+//!    signing in batches (`SIGNATURE_SCOPE=batch`, which the previous release cannot
+//!    verify);
+//! 4. payment-service rolled back: the writers switched back to 1 and to one signature
+//!    per entry first, the version-2 entries drained from `order-events`, then payment-service rolled to the previous
 //!    release.
 //!
 //! Each roll starts the new replica, waits until it is ready, and only then stops the
@@ -222,8 +224,13 @@ fn spawn(
             ("CLAIM_MIN_IDLE_MS", "1000".to_owned()),
             ("PENDING_REPUBLISH_AFTER_MS", "3000".to_owned()),
             ("SHUTDOWN_TIMEOUT_MS", "5000".to_owned()),
-            // The version it writes (the previous release is given 1).
+            // The version it writes (the previous release is given 1), and batch
+            // signatures with version 2: both switched once every reader reads them.
             ("WRITE_SCHEMA_VERSION", writes.to_string()),
+            (
+                "SIGNATURE_SCOPE",
+                if writes >= 2 { "batch" } else { "entry" }.to_owned(),
+            ),
             // Consumers report unsigned entries rather than refuse them (the first step
             // of turning signatures on, SPEC §4.9): a replica may meet what an unsigned
             // build wrote.

@@ -184,3 +184,71 @@ async fn a_consistent_cancellation_not_signed_by_order_service_refunds_nothing()
     wait_for_outcomes(&ctx, 2).await;
     assert_eq!(balance(&app, "kai").await, 100_000, "refunded");
 }
+
+/// SPEC §4.9 with batch signatures: the entries of one order-service statement share a
+/// signature over a hash tree. Each still stands alone: a genuine entry's signature and
+/// path put on another order, or given its
+/// neighbour's path, moves no money and is dead-lettered as forged, while the untouched
+/// entries of the same batch are charged.
+#[tokio::test]
+async fn an_entry_of_a_batch_signature_changed_or_given_another_path_is_forged() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx, &[]).await;
+    let orders: Vec<Envelope> = [300, 400, 500, 600]
+        .map(|cents| created("lea", cents))
+        .into();
+    let mut batch: Vec<Vec<(String, Vec<u8>)>> = orders
+        .iter()
+        .map(|order| {
+            order
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+                .collect()
+        })
+        .collect();
+    testkit::signing::sign_batch_with("order-service", &mut batch);
+    let field = |entry: &[(String, Vec<u8>)], name: &str| {
+        entry
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .expect("the field")
+    };
+    // The third's signature and path, put on an order of 50000 of its own.
+    let mut moved: Vec<(String, Vec<u8>)> = created("lea", 50_000)
+        .to_fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect();
+    for name in ["key_id", "signature", "signature_proof"] {
+        moved.push((name.to_owned(), field(&batch[2], name)));
+    }
+    batch[2] = moved;
+    // The fourth, given the second's path.
+    let path = field(&batch[1], "signature_proof");
+    for (k, v) in &mut batch[3] {
+        if k == "signature_proof" {
+            *v = path.clone();
+        }
+    }
+    for entry in &batch {
+        ctx.xadd_unsigned(ORDER_EVENTS, entry).await;
+    }
+    ctx.drained(ORDER_EVENTS, PAYMENT_SERVICE_GROUP).await;
+
+    assert_eq!(
+        balance(&app, "lea").await,
+        100_000 - 300 - 400,
+        "the untouched two"
+    );
+    assert_eq!(outcomes(&ctx).await.len(), 2, "only they are answered");
+    let dead = ctx.dead_letters(ORDER_EVENTS).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter().all(|(_, fields)| fields
+            .iter()
+            .any(|(k, v)| k == "dlq:error" && v.contains("does not match the entry"))),
+        "{dead:?}"
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use events::{Envelope, EventType, EventWriter};
+use events::{Envelope, EventType, EventWriter, SignatureScope};
 use sqlx::PgConnection;
 use tracing::warn;
 use uuid::Uuid;
@@ -190,7 +190,9 @@ pub async fn republish(
 /// version than it writes (committed before `WRITE_SCHEMA_VERSION` was switched back,
 /// SPEC §3.4: a reader rolled back reads its repeats), or not signed with its key
 /// (committed before signing was turned on, or with a key rotated out since: consumers
-/// that require signatures accept its repeats). The rest go as they were committed, byte
+/// that require signatures accept its repeats), or signed as a batch while it signs each
+/// entry (`SIGNATURE_SCOPE` switched back to `entry`: a reader rolled back to a release
+/// before batch signatures accepts its repeats). The rest go as they were committed, byte
 /// for byte. Rare, so one statement per row rewritten.
 async fn written_as(
     conn: &mut PgConnection,
@@ -202,7 +204,9 @@ async fn written_as(
             .schema_version()
             .is_some_and(|v| v > writer.version().get());
         let unsigned = writer.key_id().is_some_and(|key| row.key_id() != Some(key));
-        if !newer && !unsigned {
+        let batch_signed = writer.scope() == SignatureScope::Entry
+            && row.field(events::fields::SIGNATURE_PROOF).is_some();
+        if !newer && !unsigned && !batch_signed {
             continue;
         }
         match row.envelope() {
@@ -211,7 +215,7 @@ async fn written_as(
                     .schema_version()
                     .and_then(|v| events::SchemaVersion::try_from(v).ok())
                     .map_or(writer.version(), |v| v.min(writer.version()));
-                row.fields = super::flat_fields(&writer.with_version(version), &envelope);
+                row.fields = super::flatten(writer.with_version(version).fields(&envelope));
                 sqlx::query("UPDATE outbox SET fields = $2 WHERE event_id = $1")
                     .bind(row.event_id)
                     .bind(&row.fields)
@@ -242,11 +246,12 @@ pub async fn enqueue_again(
     envelopes: &[Envelope],
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let mut seen = HashSet::new();
-    let rows: Vec<OutboxRow> = envelopes
+    let unique: Vec<Envelope> = envelopes
         .iter()
         .filter(|e| seen.insert(e.event_id))
-        .map(|e| OutboxRow::new(stream, writer, e))
+        .cloned()
         .collect();
+    let rows = OutboxRow::new_all(stream, writer, &unique);
     if rows.is_empty() {
         return Ok(Vec::new());
     }

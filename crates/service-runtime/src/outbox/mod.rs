@@ -104,18 +104,27 @@ impl OutboxRow {
     /// service's `WRITE_SCHEMA_VERSION` and signing key). An event without a
     /// `traceparent` gets the current span's, so its consumer continues the trace.
     pub fn new(stream: &str, writer: &EventWriter, envelope: &Envelope) -> Self {
-        let mut envelope = envelope.clone();
-        if envelope.traceparent.is_none() {
-            envelope.traceparent = crate::telemetry::current_traceparent();
-        }
-        Self {
-            event_id: envelope.event_id,
-            stream: stream.to_owned(),
-            event_type: envelope.event_type().as_str(),
-            order_id: envelope.order_id,
-            partition_key: envelope.order_id.to_string(),
-            fields: flat_fields(writer, &envelope),
-        }
+        let mut rows = Self::new_all(stream, writer, std::slice::from_ref(envelope));
+        rows.pop().expect("a row per envelope")
+    }
+
+    /// The rows for `envelopes`, which one statement writes, in order: as [`new`](Self::new)
+    /// each, but signed as a batch if the writer's `SIGNATURE_SCOPE` says so.
+    pub fn new_all(stream: &str, writer: &EventWriter, envelopes: &[Envelope]) -> Vec<Self> {
+        let envelopes: Vec<Envelope> = envelopes.iter().cloned().map(traced).collect();
+        writer
+            .fields_all(&envelopes)
+            .into_iter()
+            .zip(&envelopes)
+            .map(|(fields, envelope)| Self {
+                event_id: envelope.event_id,
+                stream: stream.to_owned(),
+                event_type: envelope.event_type().as_str(),
+                order_id: envelope.order_id,
+                partition_key: envelope.order_id.to_string(),
+                fields: flatten(fields),
+            })
+            .collect()
     }
 
     /// The row with `key` as its partition key instead of its order's id.
@@ -169,13 +178,21 @@ impl OutboxRow {
     }
 }
 
-/// `envelope`'s stream entry fields as `writer` writes them: name, value, name, value...
-fn flat_fields(writer: &EventWriter, envelope: &Envelope) -> Vec<String> {
-    writer
-        .fields(envelope)
+/// An entry's fields as an outbox row stores them: name, value, name, value...
+fn flatten(fields: Vec<(&'static str, String)>) -> Vec<String> {
+    fields
         .into_iter()
         .flat_map(|(name, value)| [name.to_owned(), value])
         .collect()
+}
+
+/// `envelope`, carrying the current span's trace context unless it has one: what an
+/// event written later, by another task, continues (so its consumer continues the trace).
+pub fn traced(mut envelope: Envelope) -> Envelope {
+    if envelope.traceparent.is_none() {
+        envelope.traceparent = crate::telemetry::current_traceparent();
+    }
+    envelope
 }
 
 /// Adds `envelope` to the outbox, to be published on the logical stream `stream` as
@@ -206,10 +223,7 @@ pub async fn enqueue_all(
     if envelopes.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<OutboxRow> = envelopes
-        .iter()
-        .map(|e| OutboxRow::new(stream, writer, e))
-        .collect();
+    let rows = OutboxRow::new_all(stream, writer, envelopes);
     const QUEUE: &str = concat!(
         "WITH outbox_rows AS (",
         crate::insert_outbox_rows!(),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use events::SchemaVersion;
+use events::{SchemaVersion, SignatureScope};
 
 use crate::signatures::{SignatureMode, Signatures};
 
@@ -173,6 +173,13 @@ pub struct CommonSettings {
     /// signing); `off`: nothing signed or verified.
     #[arg(long, env = "SIGNATURES", value_enum, default_value = "require")]
     pub signatures: SignatureMode,
+    /// What one signature covers: `entry`, each event on its own (what every release
+    /// reads), or `batch`, the events one statement writes, up to 32 to a signature over
+    /// a hash tree (a sixth of the signing and verifying work; read from this release on).
+    /// Like `WRITE_SCHEMA_VERSION`: switch it to `batch` once every replica of every
+    /// reader runs this release or later, and back before rolling a reader back.
+    #[arg(long, env = "SIGNATURE_SCOPE", default_value_t = SignatureScope::Entry)]
+    pub signature_scope: SignatureScope,
     /// Bearer token of the admin API (dead letters, and the service's own admin routes); unset or empty, those
     /// routes answer 404 (see [`admin_token`](Self::admin_token)).
     #[arg(long, env = "ADMIN_TOKEN", value_parser = admin_token)]
@@ -294,6 +301,7 @@ impl CommonSettings {
     pub fn signatures(&self) -> Result<Signatures, String> {
         Signatures::load(
             self.signatures,
+            self.signature_scope,
             self.signing_key_file.as_deref(),
             self.verifying_keys_file.as_deref(),
         )

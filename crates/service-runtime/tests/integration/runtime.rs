@@ -722,6 +722,71 @@ async fn a_row_committed_unsigned_is_asked_again_signed() {
     assert_eq!(ids[0], ids[1], "the same event");
 }
 
+/// SPEC §4.9, a rollback of batch signatures: events committed signed as one batch and
+/// asked again after `SIGNATURE_SCOPE` was switched back to `entry` go out signed each on
+/// its own, without a path, so a reader rolled back to a release before batch signatures
+/// verifies the repeats; the same events, same `event_id`s.
+#[tokio::test]
+async fn rows_signed_as_a_batch_are_asked_again_signed_each_alone() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let (private, public) = events::EventSigner::generate_pem().expect("a key");
+    let signer = Arc::new(events::EventSigner::from_pem(&private).expect("reads"));
+    let writer = EventWriter::new(SchemaVersion::NEWEST, Some(signer));
+    let questions = [event(), event()];
+    let mut tx = pool.begin().await.expect("begins");
+    let batch_writer = writer.clone().with_scope(events::SignatureScope::Batch);
+    let rows = outbox::enqueue_all(&mut tx, STREAM, &batch_writer, &questions)
+        .await
+        .expect("enqueues");
+    tx.commit().await.expect("commits");
+    let has_path = |fields: &[String]| fields.iter().any(|f| f == "signature_proof");
+    assert!(rows.iter().all(|row| has_path(&row.fields)));
+    let relay = relay(&ctx, &pool, Duration::from_secs(1)).await;
+    assert_eq!(relay.relay_once().await.expect("relays"), 2);
+
+    let mut tx = pool.begin().await.expect("begins");
+    let order_ids: Vec<String> = questions.iter().map(|q| q.order_id.to_string()).collect();
+    let again = outbox::republish(
+        &mut tx,
+        &order_ids,
+        None,
+        &Reask::every(Duration::ZERO),
+        &writer,
+    )
+    .await
+    .expect("re-arms");
+    tx.commit().await.expect("commits");
+    assert_eq!(again.len(), 2);
+    assert!(
+        again.iter().all(|row| !has_path(&row.fields)),
+        "signed alone"
+    );
+    assert_eq!(relay.relay_once().await.expect("relays"), 2);
+
+    let keys = events::VerifyingKeys::from_pem(&public).expect("reads");
+    let sent = ctx.entries(STREAM).await;
+    assert_eq!(sent.len(), 4);
+    for (_, fields) in &sent[2..] {
+        assert!(
+            !fields.iter().any(|(k, _)| k == "signature_proof"),
+            "{fields:?}"
+        );
+        assert_eq!(keys.verify(fields), Ok(()));
+    }
+    let ids = |entries: &[(String, Vec<(String, String)>)]| -> std::collections::BTreeSet<String> {
+        entries
+            .iter()
+            .filter_map(|(_, f)| {
+                f.iter()
+                    .find(|(k, _)| k == "event_id")
+                    .map(|(_, v)| v.clone())
+            })
+            .collect()
+    };
+    assert_eq!(ids(&sent[..2]), ids(&sent[2..]), "the same events");
+}
+
 /// SPEC §3.4, a rollback: an event committed as version 2 and asked again after the
 /// service was switched back to writing version 1 goes out as version 1 (its `pay_by`
 /// dropped, as version 1 has none), so a reader rolled back to a build of version 1 reads
