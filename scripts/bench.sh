@@ -45,10 +45,11 @@ run() {
   order_pid=$(pgrep -f "^$bin/order-service" | head -n 1)
   payment_pid=$(pgrep -f "^$bin/payment-service" | head -n 1)
   view_pid=$(pgrep -f "^$bin/flow-view" | head -n 1 || true)
+  redis_pid=$([ "${REDIS_CLUSTER:-0}" = 1 ] || pgrep -x redis-server | head -n 1 || true)
   "$bin/loadgen" --orders-database-url "$POSTGRES_URL/$ORDERS_DB" \
     --reference-database-url "$POSTGRES_URL/postgres" \
     --watch "order-service=$order_pid" --watch "payment-service=$payment_pid" \
-    ${view_pid:+--watch "flow-view=$view_pid"} "$@"
+    ${view_pid:+--watch "flow-view=$view_pid"} ${redis_pid:+--watch "redis=$redis_pid"} "$@"
 }
 export -f run
 export bin

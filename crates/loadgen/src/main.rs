@@ -10,13 +10,15 @@
 //!    from the order database;
 //! 3. runs pgbench with each reference at the same concurrency against the same Postgres
 //!    (a scratch database each), for the reference rates;
-//! 4. reports memory and idle CPU of the service processes it is told to watch;
+//! 4. reports memory and idle CPU of the service processes it is told to watch, and what
+//!    Postgres did per order ([`postgres_counts`]: WAL records and bytes, commits, CPU);
 //! 5. prints the figures, writes them as JSON, and draws the latency CDFs as SVG.
 //!
 //! With `--duration`, it is a soak: `--rate` held that long, and a line per
 //! `--report-every` of what must stay flat (see [`soak`]).
 
 mod plot;
+mod postgres_counts;
 mod reference;
 mod report;
 mod soak;
@@ -109,6 +111,8 @@ fn parse_watch(value: &str) -> Result<(String, u32), String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    // Its own CPU too: the load generator shares the box with what it measures.
+    args.watch.push(("loadgen".to_owned(), std::process::id()));
     if let (Some(duration), Some(rate)) = (args.duration, args.rate) {
         args.orders = (rate * duration as f64).ceil().max(1.0) as u64;
     }
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let cpu_before = report::cpu_now(&args.watch);
+    let counts_before = postgres_counts::sample(&pool).await?;
     let placed = place(&args, &run).await?;
     if placed.accepted.is_empty() {
         bail!(
@@ -141,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let settled = settle(&args, &pool, &placed.accepted).await?;
     let cpu_loaded = report::cpu_now(&args.watch);
+    let counts_after = postgres_counts::sample_after_load(&pool).await?;
     let soak = match soaking {
         Some((stop, windows)) => {
             stop.cancel();
@@ -187,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         created_to_final_ms: Percentiles::of(&settled.latencies_ms),
         final_statuses: settled.statuses,
         references,
+        postgres_per_order: counts_before.per_order(&counts_after, placed.accepted.len() as u64),
         processes,
         soak,
     };

@@ -71,6 +71,8 @@ pub struct Figures {
     pub final_statuses: std::collections::BTreeMap<String, u64>,
     /// The references, in [`crate::reference::REFERENCES`]' order (none if skipped).
     pub references: Vec<ReferenceRate>,
+    /// What Postgres did per order while the system ran (server-wide).
+    pub postgres_per_order: crate::postgres_counts::PerOrder,
     pub processes: Vec<ProcessFigures>,
     /// A soak's windows (empty unless `--duration`).
     pub soak: Vec<crate::soak::Window>,
@@ -118,6 +120,11 @@ impl Figures {
                 batched.ratio
             );
         }
+        let pg = &self.postgres_per_order;
+        println!(
+            "  postgres (all processes) CPU per order {:.2} ms, WAL {:.1} records / {:.0} bytes, {:.2} commits per order",
+            pg.cpu_ms, pg.wal_records, pg.wal_bytes, pg.commits
+        );
         for p in &self.processes {
             let rss = p.rss_mib.map_or("?".to_owned(), |m| format!("{m:.1} MiB"));
             let idle = p

@@ -130,8 +130,7 @@ async fn a_third_service_reads_every_entry_once_and_ships_every_paid_uncancelled
                 .expect("counts")
         }
     };
-    let by_order =
-        "SELECT count(*) FROM outbox WHERE partition_key IS DISTINCT FROM order_id::text";
+    let by_order = "SELECT count(*) FROM outbox WHERE coalesce(partition_key, order_id::text) <> order_id::text";
     let inbox_by_order =
         "SELECT count(*) FROM inbox WHERE partition_key IS DISTINCT FROM order_id::text";
     for db in [&orders.pool, &payments.pool, &shipping.pool] {

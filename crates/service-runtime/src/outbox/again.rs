@@ -139,7 +139,7 @@ pub async fn republish(
                              COALESCE(rearmed_at, created_at) + make_interval(secs => $3))
                         <= now() AS due
              FROM outbox
-             -- A row written before partition keys were stored is its order's.
+             -- A row keyed by its order stores no key (as rows written before keys were).
              WHERE (partition_key = ANY($1) OR (partition_key IS NULL AND order_id = ANY($8)))
                AND ($2::text[] IS NULL OR event_type = ANY($2))
          ), queued AS (

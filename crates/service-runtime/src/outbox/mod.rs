@@ -244,9 +244,11 @@ macro_rules! insert_outbox_rows {
     () => {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each
         // list travels as a JSON array and becomes a `text[]` again here.
+        // A row keyed by its order stores no key (migration 1007).
         "INSERT INTO outbox (event_id, stream, event_type, order_id, fields, partition_key)
          SELECT event_id, stream, event_type, order_id,
-                ARRAY(SELECT jsonb_array_elements_text(fields)), partition_key
+                ARRAY(SELECT jsonb_array_elements_text(fields)),
+                NULLIF(partition_key, order_id::text)
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::text[])
               WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, partition_key, n)
          ORDER BY n"

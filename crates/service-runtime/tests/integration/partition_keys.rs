@@ -1,7 +1,8 @@
 //! Outbox and inbox rows carry a partition key of the service's choosing (runtime
 //! migration 1006). A database of the schema before it migrates without loss: its rows
 //! keep every column, and are still found by their order; rows written after it are
-//! found by their own key, whatever it is.
+//! found by their own key, whatever it is. A row keyed by its order stores no key
+//! (migration 1007): its order's index entry is the only one it needs.
 
 use std::time::Duration;
 
@@ -163,4 +164,64 @@ async fn a_database_from_before_partition_keys_migrates_without_loss() {
         [shipment.event_id]
     );
     assert_eq!(again[0].partition_key, "shipment-7");
+}
+
+/// Migration 1007: a row keyed by its own order (every row the two services write)
+/// stores no partition key, so the partial index `outbox_partition` holds only rows keyed
+/// otherwise; both are found by their key.
+#[tokio::test]
+async fn a_row_keyed_by_its_order_stores_no_key_and_is_found_by_its_order() {
+    let ctx = TestContext::new();
+    let pool = crate::runtime::database(&ctx).await;
+    let writer = EventWriter::unsigned(SchemaVersion::NEWEST);
+    let (by_order, shipment) = (event(), event());
+    let rows = [
+        OutboxRow::new("order-events", &writer, &by_order),
+        OutboxRow::new("shipping-events", &writer, &shipment).keyed_by("shipment-8"),
+    ];
+    let mut tx = pool.begin().await.expect("begins");
+    sqlx::query(concat!(
+        "WITH ",
+        service_runtime::queue_outbox_rows!(),
+        "done AS (SELECT 1) SELECT 1"
+    ))
+    .bind_outbox_rows(&rows.iter().collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await
+    .expect("queued");
+    sqlx::query("DELETE FROM outbox_pending")
+        .execute(&mut *tx)
+        .await
+        .expect("published");
+    tx.commit().await.expect("commits");
+    let stored: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT event_id, partition_key FROM outbox ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("rows");
+    assert_eq!(
+        stored,
+        [
+            (by_order.event_id, None),
+            (shipment.event_id, Some("shipment-8".to_owned()))
+        ]
+    );
+    let indexed: String =
+        sqlx::query_scalar("SELECT pg_get_indexdef('outbox_partition'::regclass)")
+            .fetch_one(&pool)
+            .await
+            .expect("the index");
+    assert!(
+        indexed.ends_with("WHERE (partition_key IS NOT NULL)"),
+        "{indexed}"
+    );
+    let again = republished(&pool, &[by_order.order_id.to_string()]).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].event_id, by_order.event_id);
+    assert_eq!(again[0].partition_key, by_order.order_id.to_string());
+    let again = republished(&pool, &["shipment-8".to_owned()]).await;
+    assert_eq!(
+        again.iter().map(|r| r.event_id).collect::<Vec<_>>(),
+        [shipment.event_id]
+    );
 }
