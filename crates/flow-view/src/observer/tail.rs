@@ -1,8 +1,14 @@
 //! Following a stream without a group: the newest entries first, then each new one as it
-//! comes, each added to the timeline of the order it names.
+//! comes, each added to the timeline of the order it names. Once caught up, at most one
+//! pass per [`PACE`]: a pass costs Redis and the view a few calls however few entries it
+//! brings, and the relays tick the stream on every batch they publish (hundreds a second
+//! under load), so waking on each tick made the view cost the flow more than anything it
+//! shows is worth (docs/performance.md, 2026-12-04).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use service_runtime::RedisConnection;
 use service_runtime::functions::{ObserveFrom, Observed, observe, stream_ends};
@@ -16,6 +22,9 @@ use crate::window::{Step, clip};
 const READ_COUNT: usize = 64;
 /// How long a wait for a stream's next tick blocks.
 const BLOCK: Duration = Duration::from_secs(2);
+/// The least time from one pass over the stream to the next once it is caught up: what
+/// the page lags behind the flow at most, on top of Redis.
+const PACE: Duration = Duration::from_millis(250);
 /// The pause after Redis could not be read.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -35,6 +44,7 @@ pub async fn tail(
     let mut last: Option<String> = None;
     let mut tick = "0-0".to_owned();
     while !stop.is_cancelled() {
+        let pass_started = Instant::now();
         match read_after(&mut commands, &flow, last.as_deref(), initial).await {
             Ok((entries, newest)) => {
                 if let Some(entry) = entries.last() {
@@ -72,6 +82,10 @@ pub async fn tail(
                 Ok(None) => {}
                 Err(e) => shared.redis_failed(&flow.ticks, &e),
             },
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(pass_started + PACE) => {}
         }
     }
 }
