@@ -460,6 +460,17 @@ mod tests {
         .collect()
     }
 
+    /// `n` entries of distinct events.
+    fn entries(n: usize) -> Vec<Vec<(&'static str, String)>> {
+        (0..n)
+            .map(|i| {
+                let mut entry = entry();
+                entry[0].1 = format!("01937a2e-5c00-7000-8000-{i:012}");
+                entry
+            })
+            .collect()
+    }
+
     fn keys() -> (EventSigner, VerifyingKeys) {
         let (private, public) = EventSigner::generate_pem().expect("a key");
         (
@@ -555,13 +566,7 @@ mod tests {
     #[test]
     fn a_batch_signature_holds_for_each_entry_alone_and_for_nothing_changed() {
         let (signer, verifying) = keys();
-        let mut batch: Vec<_> = (0..5)
-            .map(|i| {
-                let mut entry = entry();
-                entry[0].1 = format!("01937a2e-5c00-7000-8000-{i:012}");
-                entry
-            })
-            .collect();
+        let mut batch = entries(5);
         signer.sign_all(&mut batch).expect("signs");
         let field = |entry: &[(&str, String)], name: &str| {
             entry
@@ -706,13 +711,7 @@ mod tests {
         assert_eq!(field(fields::KEY_ID).as_deref(), Some(PINNED_KEY_ID));
         assert_eq!(field(fields::SIGNATURE).as_deref(), Some(PINNED_SIGNATURE));
         // And a batch of three: its one signature, and the third entry's path.
-        let mut batch: Vec<_> = (0..3)
-            .map(|i| {
-                let mut entry = entry();
-                entry[0].1 = format!("01937a2e-5c00-7000-8000-{i:012}");
-                entry
-            })
-            .collect();
+        let mut batch = entries(3);
         signer.sign_all(&mut batch).expect("signs");
         let field = |name: &str| {
             batch[2]
