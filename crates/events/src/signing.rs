@@ -11,7 +11,11 @@
 //! `key_id` (the first 8 bytes of the SHA-256 of the public key, in hex) and `signature`
 //! (base64). Keys are PEM: a PKCS#8 `PRIVATE KEY` to sign with, and any number of
 //! `PUBLIC KEY` blocks (SPKI) to verify with, so a key is rotated by accepting both for a
-//! while. `openssl genpkey -algorithm ed25519` makes one too.
+//! while. `openssl genpkey -algorithm ed25519` makes one too. A `PUBLIC KEY` block may be
+//! bound to the producer it signs for by a line `Producer: <name>` just before it (RFC
+//! 7468's explanatory text, which other tools ignore): an entry naming another `producer`
+//! is then refused whatever its signature, so a consumer of two producers (holding both
+//! keys) still cannot be fed one producer's events signed with the other's key.
 //!
 //! What one signature covers is the writer's [`SignatureScope`]: one entry (`entry`, what
 //! every release reads), or the entries one statement writes (`batch`, read from this
@@ -108,6 +112,12 @@ pub enum Unverified {
     UnknownKey(String),
     #[error("the signature of key {0:?} does not match the entry")]
     BadSignature(String),
+    #[error("signed with key {key_id:?} of {bound}, but the entry names producer {named:?}")]
+    ForeignProducer {
+        key_id: String,
+        bound: String,
+        named: String,
+    },
     #[error("the entry cannot be checked: {0}")]
     Malformed(String),
 }
@@ -144,8 +154,21 @@ fn key_id_of(public_key: &[u8]) -> String {
         .collect()
 }
 
+/// What binds a public key to its producer: a line of explanatory text just before the
+/// block.
+const PRODUCER_LINE: &str = "Producer:";
+
 /// The DER of each PEM block labelled `label` in `text`.
 fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
+    Ok(pem_blocks_bound(text, label)?
+        .into_iter()
+        .map(|(der, _)| der)
+        .collect())
+}
+
+/// The DER of each PEM block labelled `label` in `text`, with the producer named by a
+/// `Producer:` line just before it, if there is one.
+fn pem_blocks_bound(text: &str, label: &str) -> Result<Vec<(Vec<u8>, Option<String>)>, KeyError> {
     let (begin, end) = (
         format!("-----BEGIN {label}-----"),
         format!("-----END {label}-----"),
@@ -161,7 +184,16 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
         let der = STANDARD
             .decode(base64)
             .map_err(|e| KeyError(format!("a {label} block is not base64: {e}")))?;
-        blocks.push(der);
+        let producer = rest[..start]
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .and_then(|line| line.trim().strip_prefix(PRODUCER_LINE))
+            .map(|name| name.trim().to_owned());
+        if producer.as_deref() == Some("") {
+            return Err(KeyError(format!("a `{PRODUCER_LINE}` line without a name")));
+        }
+        blocks.push((der, producer));
         rest = &body[stop + end.len()..];
     }
     Ok(blocks)
@@ -224,6 +256,11 @@ impl EventSigner {
             .copied()
             .collect();
         Ok((pem("PRIVATE KEY", &pkcs8), pem("PUBLIC KEY", &spki)))
+    }
+
+    /// `public_pem` bound to `producer`: the same block, after a `Producer:` line.
+    pub fn bind_to_producer(public_pem: &str, producer: &str) -> String {
+        format!("{PRODUCER_LINE} {producer}\n{public_pem}")
     }
 
     /// The key's id, as entries it signs carry it.
@@ -297,9 +334,10 @@ impl EventSigner {
     }
 }
 
-/// The keys a consumer accepts signatures of, by id.
+/// The keys a consumer accepts signatures of, by id, each with the producer it is bound
+/// to, if it is.
 #[derive(Debug, Clone, Default)]
-pub struct VerifyingKeys(HashMap<String, VerifyingKey>);
+pub struct VerifyingKeys(HashMap<String, (VerifyingKey, Option<String>)>);
 
 /// An entry ready for the curve arithmetic: its key, signature and signed bytes.
 struct Claim {
@@ -310,18 +348,31 @@ struct Claim {
 }
 
 impl VerifyingKeys {
-    /// The keys of every PEM `PUBLIC KEY` block (SPKI, Ed25519) in `text`.
+    /// The keys of every PEM `PUBLIC KEY` block (SPKI, Ed25519) in `text`, each bound to
+    /// the producer a `Producer:` line just before it names.
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
         let mut keys = HashMap::new();
-        for der in pem_blocks(text, "PUBLIC KEY")? {
+        for (der, producer) in pem_blocks_bound(text, "PUBLIC KEY")? {
             let key = VerifyingKey::from_public_key_der(&der)
                 .map_err(|e| KeyError(format!("a PUBLIC KEY that is not an Ed25519 key: {e}")))?;
-            keys.insert(key_id_of(key.as_bytes()), key);
+            keys.insert(key_id_of(key.as_bytes()), (key, producer));
         }
         if keys.is_empty() {
             return Err(KeyError("no PUBLIC KEY block".into()));
         }
         Ok(Self(keys))
+    }
+
+    /// The ids of the keys not bound to a producer, sorted.
+    pub fn unbound_key_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(_, (_, producer))| producer.is_none())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The ids of the keys, sorted.
@@ -407,10 +458,21 @@ impl VerifyingKeys {
             return Err(Unverified::Unsigned);
         };
         let key_id = String::from_utf8_lossy(key_id).into_owned();
-        let key = *self
+        let (key, bound) = self
             .0
             .get(&key_id)
             .ok_or_else(|| Unverified::UnknownKey(key_id.clone()))?;
+        let named = field(fields::PRODUCER).map(String::from_utf8_lossy);
+        if let Some(bound) = bound
+            && named.as_deref() != Some(bound.as_str())
+        {
+            return Err(Unverified::ForeignProducer {
+                key_id,
+                bound: bound.clone(),
+                named: named.unwrap_or_default().into_owned(),
+            });
+        }
+        let key = *key;
         let signature = STANDARD
             .decode(signature)
             .ok()
@@ -754,6 +816,48 @@ mod tests {
             .filter(|l| !l.starts_with("-----"))
             .collect();
         assert!(!shown.contains(&secret[16..32]), "{shown}");
+    }
+
+    #[test]
+    fn a_key_bound_to_a_producer_signs_for_that_producer_only() {
+        let (private, public) = EventSigner::generate_pem().expect("a key");
+        let (other_private, other_public) = EventSigner::generate_pem().expect("a key");
+        let (signer, other) = (
+            EventSigner::from_pem(&private).expect("reads"),
+            EventSigner::from_pem(&other_private).expect("reads"),
+        );
+        // What a consumer of both producers holds: each key bound to its producer.
+        let accepts = [
+            EventSigner::bind_to_producer(&public, "order-service"),
+            EventSigner::bind_to_producer(&other_public, "payment-service"),
+        ]
+        .concat();
+        let verifying = VerifyingKeys::from_pem(&accepts).expect("reads");
+        assert!(verifying.unbound_key_ids().is_empty());
+        let mut genuine = entry();
+        signer.sign(&mut genuine).expect("signs");
+        assert_eq!(verifying.verify(&genuine), Ok(()));
+        // An order-service event signed with payment-service's key: a good signature,
+        // the wrong producer.
+        let mut foreign = entry();
+        other.sign(&mut foreign).expect("signs");
+        assert_eq!(
+            verifying.verify(&foreign),
+            Err(Unverified::ForeignProducer {
+                key_id: other.key_id().to_owned(),
+                bound: "payment-service".into(),
+                named: "order-service".into(),
+            })
+        );
+        // Unbound keys (openssl's, or files before bindings) accept any producer.
+        let unbound = VerifyingKeys::from_pem(&[public, other_public].concat()).expect("reads");
+        assert_eq!(unbound.unbound_key_ids().len(), 2);
+        assert_eq!(unbound.verify(&foreign), Ok(()));
+        assert!(VerifyingKeys::from_pem(&EventSigner::bind_to_producer(
+            "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n",
+            ""
+        ))
+        .is_err());
     }
 
     #[test]

@@ -103,8 +103,62 @@ impl Signatures {
         &self.verifying
     }
 
+    /// Refuses keys a consumer of `streams` streams could be fooled with: reading more than
+    /// one (in this design, more than one producer), every key must be bound to its
+    /// producer (a `Producer:` line before its block), or either producer's key would
+    /// pass on either stream.
+    pub fn check_bound(&self, streams: usize) -> Result<(), String> {
+        let unbound = self.verifying.unbound_key_ids();
+        if self.mode == SignatureMode::Off || streams < 2 || unbound.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "VERIFYING_KEYS_FILE: key(s) {} bound to no producer, and this service reads              {streams} streams, so either producer's key would pass on either; put a line              `Producer: <service>` just before each PUBLIC KEY block (event-keys writes it)",
+            unbound.join(", ")
+        ))
+    }
+
     /// The id of the signing key, if any.
     pub fn key_id(&self) -> Option<&str> {
         self.signer.as_deref().map(EventSigner::key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_keys(accepts: &str) -> Signatures {
+        let dir = std::env::temp_dir().join(format!("signatures-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a folder");
+        let (private, _) = EventSigner::generate_pem().expect("a key");
+        std::fs::write(dir.join("key"), private).expect("writes");
+        std::fs::write(dir.join("accepts"), accepts).expect("writes");
+        Signatures::load(
+            SignatureMode::Require,
+            SignatureScope::Entry,
+            Some(&dir.join("key")),
+            Some(&dir.join("accepts")),
+        )
+        .expect("loads")
+    }
+
+    #[test]
+    fn a_consumer_of_several_streams_needs_each_key_bound_to_its_producer() {
+        let (_, orders) = EventSigner::generate_pem().expect("a key");
+        let (_, payments) = EventSigner::generate_pem().expect("a key");
+        let unbound = with_keys(&[orders.as_str(), &payments].concat());
+        assert_eq!(unbound.check_bound(1), Ok(()), "one stream: one producer");
+        let refused = unbound.check_bound(2).expect_err("refused");
+        assert!(refused.contains("Producer: <service>"), "{refused}");
+        let bound = with_keys(
+            &[
+                EventSigner::bind_to_producer(&orders, "order-service"),
+                EventSigner::bind_to_producer(&payments, "payment-service"),
+            ]
+            .concat(),
+        );
+        assert_eq!(bound.check_bound(2), Ok(()));
+        assert_eq!(Signatures::off().check_bound(2), Ok(()));
     }
 }

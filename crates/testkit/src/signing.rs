@@ -20,6 +20,7 @@ static KEYS: LazyLock<PathBuf> = LazyLock::new(|| {
     let mut public_keys = Vec::new();
     for service in SERVICES {
         let (private, public) = EventSigner::generate_pem().expect("a key pair");
+        let public = EventSigner::bind_to_producer(&public, service);
         std::fs::write(dir.join(format!("{service}.key")), private).expect("writes the key");
         std::fs::write(dir.join(format!("{service}.pub")), &public).expect("writes the key");
         public_keys.push((service, public));

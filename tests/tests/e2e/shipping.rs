@@ -271,3 +271,58 @@ async fn a_huge_entry_on_one_stream_stalls_neither_of_a_service_s_consumers() {
         service.stop().await.expect("stops cleanly");
     }
 }
+
+/// A payment outcome, as payment-service would write it, for a new order.
+fn payment_completed() -> events::Envelope {
+    events::Envelope::new(
+        events::Producer::PaymentService,
+        events::Event::PaymentCompleted(events::PaymentCompleted {
+            payment_id: Uuid::now_v7(),
+            order_id: Uuid::now_v7(),
+            customer_id: "uma".into(),
+            amount_cents: 1200,
+            currency: events::Currency::parse("EUR").expect("valid"),
+        }),
+    )
+}
+
+/// SPEC §4.9 for a consumer of two producers: shipping-service holds both services'
+/// public keys, each bound to its producer (`Producer:` lines). A consistent
+/// `PaymentCompleted` signed with order-service's key, a good signature of a key it
+/// accepts, ships nothing and is dead-lettered as forged; the genuine one beside it ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_outcome_signed_with_the_order_service_key_ships_nothing() {
+    let ctx = TestContext::new();
+    let shipping = shipping_on(&ctx, &ctx.database().await).await;
+    let (forged, genuine) = (payment_completed(), payment_completed());
+    let mut signed_by_orders: Vec<(String, Vec<u8>)> = forged
+        .to_fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect();
+    testkit::signing::sign_with("order-service", &mut signed_by_orders);
+    ctx.xadd_unsigned(PAYMENT_EVENTS, &signed_by_orders).await;
+    ctx.xadd(PAYMENT_EVENTS, &genuine.to_fields()).await;
+    ctx.drained(PAYMENT_EVENTS, SHIPPING).await;
+
+    let shipped: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM shipments")
+        .fetch_all(&shipping.pool)
+        .await
+        .expect("shipments");
+    assert_eq!(
+        shipped,
+        [genuine.order_id],
+        "only the genuine outcome ships"
+    );
+    let dead = ctx.dead_letters_of(PAYMENT_EVENTS, SHIPPING).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]
+            .1
+            .iter()
+            .any(|(k, v)| k == service_runtime::dead_letters::fields::ERROR
+                && v.contains("but the entry names producer")),
+        "{dead:?}"
+    );
+    shipping.stop().await.expect("stops cleanly");
+}

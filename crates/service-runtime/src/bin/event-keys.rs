@@ -16,12 +16,19 @@ fn make(folder: &Path, service: &str) -> Result<bool, String> {
         folder.join(format!("{service}.key")),
         folder.join(format!("{service}.pub")),
     );
+    let in_public = |e: std::io::Error| format!("{}: {e}", public.display());
     if private.exists() && public.exists() {
+        let pem = std::fs::read_to_string(&public).map_err(in_public)?;
+        if !pem.contains("Producer:") {
+            std::fs::write(&public, EventSigner::bind_to_producer(&pem, service))
+                .map_err(in_public)?;
+        }
         return Ok(false);
     }
     let (private_pem, public_pem) = EventSigner::generate_pem().map_err(|e| e.to_string())?;
     write_private(&private, &private_pem).map_err(|e| format!("{}: {e}", private.display()))?;
-    std::fs::write(&public, public_pem).map_err(|e| format!("{}: {e}", public.display()))?;
+    std::fs::write(&public, EventSigner::bind_to_producer(&public_pem, service))
+        .map_err(in_public)?;
     Ok(true)
 }
 

@@ -153,6 +153,7 @@ impl<H: EventHandler> Consumer<H> {
             Unverified::Unsigned => "unsigned",
             Unverified::UnknownKey(_) => "unknown_key",
             Unverified::BadSignature(_) => "bad_signature",
+            Unverified::ForeignProducer { .. } => "foreign_producer",
             Unverified::Malformed(_) => "malformed",
         };
         metrics::counter!(EVENTS_UNVERIFIED, "stream" => self.stream_key.clone(), "reason" => reason)

@@ -125,6 +125,10 @@ pub async fn start<H: EventHandler>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningService> {
     observability::recorder();
+    infra
+        .signatures
+        .check_bound(parts.consumes.len())
+        .map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(parts.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", parts.http_addr))?;
