@@ -166,9 +166,12 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
         .collect())
 }
 
+/// A PEM block's DER, with the producer a `Producer:` line just before it names, if any.
+type BoundBlock = (Vec<u8>, Option<String>);
+
 /// The DER of each PEM block labelled `label` in `text`, with the producer named by a
 /// `Producer:` line just before it, if there is one.
-fn pem_blocks_bound(text: &str, label: &str) -> Result<Vec<(Vec<u8>, Option<String>)>, KeyError> {
+fn pem_blocks_bound(text: &str, label: &str) -> Result<Vec<BoundBlock>, KeyError> {
     let (begin, end) = (
         format!("-----BEGIN {label}-----"),
         format!("-----END {label}-----"),
