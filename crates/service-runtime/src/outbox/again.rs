@@ -204,7 +204,8 @@ async fn written_as(
             .schema_version()
             .is_some_and(|v| v > writer.version().get());
         let unsigned = writer.key_id().is_some_and(|key| row.key_id() != Some(key));
-        let batch_signed = writer.scope() == SignatureScope::Entry
+        let batch_signed = writer.key_id().is_some()
+            && writer.scope() == SignatureScope::Entry
             && row.field(events::fields::SIGNATURE_PROOF).is_some();
         if !newer && !unsigned && !batch_signed {
             continue;
