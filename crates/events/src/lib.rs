@@ -15,6 +15,7 @@
 mod checks;
 pub mod contract;
 mod envelope;
+mod key_files;
 pub mod limits;
 mod money;
 mod payloads;
@@ -26,14 +27,13 @@ mod versions;
 mod writer;
 
 pub use envelope::{DecodeError, Envelope, EventType, Producer, fields};
+pub use key_files::KeyError;
 pub use money::{Currency, InvalidCurrency};
 pub use payloads::{
     Event, FailureReason, OrderCancelled, OrderCreated, OrderItem, PaymentCancelled,
     PaymentCompleted, PaymentFailed, PaymentRefunded,
 };
 pub use signature_tree::LEAVES_PER_TREE;
-pub use signing::{
-    EventSigner, KeyError, SIGNED_FIELDS, SignatureScope, Unverified, VerifyingKeys, signed_bytes,
-};
+pub use signing::{EventSigner, SIGNED_FIELDS, Unverified, VerifyingKeys, signed_bytes};
 pub use versions::SchemaVersion;
-pub use writer::EventWriter;
+pub use writer::{EventWriter, SignatureScope};

@@ -17,7 +17,7 @@
 //! is then refused whatever its signature, so a consumer of two producers (holding both
 //! keys) still cannot be fed one producer's events signed with the other's key.
 //!
-//! What one signature covers is the writer's [`SignatureScope`]: one entry (`entry`, what
+//! What one signature covers is the writer's [`SignatureScope`](crate::SignatureScope): one entry (`entry`, what
 //! every release reads), or the entries one statement writes (`batch`, read from this
 //! release on): the signature is then over the root of a hash tree of their encodings and
 //! each entry carries its path to that root (`signature_tree.rs`), so a producer signs, and
@@ -32,6 +32,10 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
 use crate::fields;
+use crate::key_files::{
+    KeyError, PKCS8_PREFIX, PRODUCER_LINE, SPKI_PREFIX, key_id_of, pem, pem_blocks,
+    pem_blocks_bound,
+};
 use crate::signature_tree::{self, LEAVES_PER_TREE};
 
 /// The fields a signature covers, in this order (`key_id` included: a signature names
@@ -52,56 +56,6 @@ const DOMAIN: &[u8] = b"order-payment-streams event signature v1\n";
 
 /// What a batch signature signs, followed by its tree's root.
 const TREE_DOMAIN: &[u8] = b"order-payment-streams event batch signature v1\n";
-
-/// What one signature covers (the `SIGNATURE_SCOPE` setting).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SignatureScope {
-    /// Each entry signed on its own: what every release reads.
-    #[default]
-    Entry,
-    /// The entries one statement writes signed once, up to 32 to a hash tree, each entry
-    /// carrying its path to the signed root (`signature_proof`): read from this release
-    /// on, so switched on once every reader runs it, like a new schema version.
-    Batch,
-}
-
-impl fmt::Display for SignatureScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Entry => "entry",
-            Self::Batch => "batch",
-        })
-    }
-}
-
-impl std::str::FromStr for SignatureScope {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "entry" => Ok(Self::Entry),
-            "batch" => Ok(Self::Batch),
-            other => Err(format!(
-                "{other:?} is not a signature scope (entry or batch)"
-            )),
-        }
-    }
-}
-
-/// The DER prefix of an Ed25519 `SubjectPublicKeyInfo`; the 32-byte key follows.
-const SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-
-/// The DER prefix of an Ed25519 PKCS#8 v1 `PrivateKeyInfo` (RFC 8410, what `openssl
-/// genpkey` writes); the 32-byte seed follows.
-const PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
-/// A key that could not be read or made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyError(String);
 
 /// Why an entry's signature does not stand.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,75 +97,6 @@ pub fn signed_bytes<K: AsRef<str>, V: AsRef<[u8]>>(
         }
     }
     Ok(out)
-}
-
-/// The id of a public key: the first 8 bytes of its SHA-256, in hex.
-fn key_id_of(public_key: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// What binds a public key to its producer: a line of explanatory text just before the
-/// block.
-const PRODUCER_LINE: &str = "Producer:";
-
-/// The DER of each PEM block labelled `label` in `text`.
-fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, KeyError> {
-    Ok(pem_blocks_bound(text, label)?
-        .into_iter()
-        .map(|(der, _)| der)
-        .collect())
-}
-
-/// A PEM block's DER, with the producer a `Producer:` line just before it names, if any.
-type BoundBlock = (Vec<u8>, Option<String>);
-
-/// The DER of each PEM block labelled `label` in `text`, with the producer named by a
-/// `Producer:` line just before it, if there is one.
-fn pem_blocks_bound(text: &str, label: &str) -> Result<Vec<BoundBlock>, KeyError> {
-    let (begin, end) = (
-        format!("-----BEGIN {label}-----"),
-        format!("-----END {label}-----"),
-    );
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(&begin) {
-        let body = &rest[start + begin.len()..];
-        let stop = body
-            .find(&end)
-            .ok_or_else(|| KeyError(format!("a {label} block without its END line")))?;
-        let base64: String = body[..stop].split_whitespace().collect();
-        let der = STANDARD
-            .decode(base64)
-            .map_err(|e| KeyError(format!("a {label} block is not base64: {e}")))?;
-        let producer = rest[..start]
-            .lines()
-            .rev()
-            .find(|line| !line.trim().is_empty())
-            .and_then(|line| line.trim().strip_prefix(PRODUCER_LINE))
-            .map(|name| name.trim().to_owned());
-        if producer.as_deref() == Some("") {
-            return Err(KeyError(format!("a `{PRODUCER_LINE}` line without a name")));
-        }
-        blocks.push((der, producer));
-        rest = &body[stop + end.len()..];
-    }
-    Ok(blocks)
-}
-
-/// `der` as a PEM block labelled `label`.
-fn pem(label: &str, der: &[u8]) -> String {
-    let base64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in base64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// A service's signing key.

@@ -3,7 +3,43 @@
 
 use std::sync::Arc;
 
-use crate::{Envelope, EventSigner, SchemaVersion, SignatureScope};
+use std::fmt;
+
+use crate::{Envelope, EventSigner, SchemaVersion};
+
+/// What one signature covers (the `SIGNATURE_SCOPE` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureScope {
+    /// Each entry signed on its own: what every release reads.
+    #[default]
+    Entry,
+    /// The entries one statement writes signed once, up to 32 to a hash tree, each entry
+    /// carrying its path to the signed root (`signature_proof`): read from this release
+    /// on, so switched on once every reader runs it, like a new schema version.
+    Batch,
+}
+
+impl fmt::Display for SignatureScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Entry => "entry",
+            Self::Batch => "batch",
+        })
+    }
+}
+
+impl std::str::FromStr for SignatureScope {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "entry" => Ok(Self::Entry),
+            "batch" => Ok(Self::Batch),
+            other => Err(format!(
+                "{other:?} is not a signature scope (entry or batch)"
+            )),
+        }
+    }
+}
 
 /// A service's way of writing its events. Cheap to clone.
 #[derive(Debug, Clone)]
