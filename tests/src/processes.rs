@@ -115,8 +115,14 @@ impl Frozen {
 
     /// Freezes `process` at an instant when one of its Postgres sessions is inside an open
     /// transaction whose last statement matches the regular expression `statement` (so it
-    /// holds that statement's locks), and checks that the transaction is still open once the
-    /// process is stopped; retried until that happens (at most 30 s).
+    /// holds that statement's locks), and checks that the transaction is still open once
+    /// the stop has settled; retried until that happens (at most 30 s).
+    ///
+    /// Settled means the session has waited on the stopped process for [`SETTLED`]
+    /// (`idle in transaction`, the same transaction): a `COMMIT` the process sent just
+    /// before the stop, still in the socket, would have been read and run within
+    /// microseconds. Checked at once instead, such a `COMMIT` could land after the check,
+    /// and the frozen process would hold nothing.
     pub async fn inside_transaction(process: &Process, db: &PgPool, statement: &str) -> Self {
         let pid = process.child.id();
         eventually(
@@ -124,16 +130,48 @@ impl Frozen {
             Duration::from_secs(30),
             || async {
                 let ports = postgres_client_ports(pid);
-                let open = open_transaction(db, &ports, statement).await?;
+                let (backend, started) = open_transaction(db, &ports, statement).await?;
                 let frozen = Self::now(process);
-                // Stopped: is that transaction still open (same backend, same start)?
-                match open_transaction(db, &ports, statement).await {
-                    Ok(still) if still == open => Ok(frozen),
-                    other => Err(format!("it ended before the stop took effect: {other:?}")),
-                }
+                settled_in(db, backend, &started).await?;
+                Ok(frozen)
             },
         )
         .await
+    }
+}
+
+/// How long a session of a stopped process must have waited on it, inside its
+/// transaction, for the stop to count as settled ([`Frozen::inside_transaction`]).
+const SETTLED: Duration = Duration::from_millis(200);
+
+/// Waits (up to 2 s: a statement the process sent before it stopped may still run) until
+/// backend `backend` has been idle in the transaction that started at `started` for
+/// [`SETTLED`]; an error as soon as that transaction ends.
+async fn settled_in(db: &PgPool, backend: i32, started: &str) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let seen: Option<(Option<String>, Option<String>, bool)> = sqlx::query_as(
+            "SELECT xact_start::text, state,
+                    now() - state_change >= make_interval(secs => $2)
+             FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(backend)
+        .bind(SETTLED.as_secs_f64())
+        .fetch_optional(db)
+        .await
+        .map_err(|e| e.to_string())?;
+        match seen {
+            Some((Some(xact), Some(state), settled)) if xact == started => {
+                if state == "idle in transaction" && settled {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("the session is still {state} after 2 s"));
+                }
+            }
+            other => return Err(format!("the transaction ended after the stop: {other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
