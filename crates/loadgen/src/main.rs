@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    postgres_counts::checkpoint(&pool).await;
     let cpu_before = report::cpu_now(&args.watch);
     let counts_before = postgres_counts::sample(&pool).await?;
     let placed = place(&args, &run).await?;
@@ -249,13 +250,20 @@ fn order_body(run: &str, n: u64, customers: u64) -> serde_json::Value {
     })
 }
 
+/// What loadgen reads of a `201 Created` order: its id (the rest is skipped unread).
+#[derive(serde::Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
 /// Places the orders, closed loop (`concurrency` workers) or open loop (`rate`).
 async fn place(args: &Args, run: &str) -> anyhow::Result<Placed> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency as usize)
         .build()?;
-    let url = format!("{}/orders", args.order_url.trim_end_matches('/'));
+    let url = reqwest::Url::parse(&format!("{}/orders", args.order_url.trim_end_matches('/')))
+        .context("--order-url")?;
     let progress = bar(args.orders, "placing", args.quiet);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -270,17 +278,13 @@ async fn place(args: &Args, run: &str) -> anyhow::Result<Placed> {
         );
         async move {
             let sent = Instant::now();
-            let result = http.post(&url).json(&body).send().await;
+            let result = http.post(url).json(&body).send().await;
             let latency = sent.elapsed().as_secs_f64() * 1000.0;
             progress.inc(1);
             match result {
                 Ok(response) if response.status() == 201 => {
-                    let order: serde_json::Value = response.json().await.ok()?;
-                    order["id"]
-                        .as_str()?
-                        .parse::<Uuid>()
-                        .ok()
-                        .map(|id| (id, latency))
+                    let order: Created = response.json().await.ok()?;
+                    Some((order.id, latency))
                 }
                 _ => None,
             }

@@ -3,6 +3,11 @@
 //! (`pg_stat_wal`) and commits (`pg_stat_database`, every database of the server: the two
 //! services' and loadgen's own polls), and the CPU of every `postgres` process.
 //! Server-wide, so nothing else should use the server meanwhile.
+//!
+//! Each measured phase (the system, each reference) starts right after a `CHECKPOINT`
+//! ([`checkpoint`]), so that none pays for another's dirty pages, and all pay alike for
+//! the full-page images Postgres writes to the WAL after a checkpoint. Checkpoints during
+//! the system's run are counted: one is a stall of the disk that shows in the tail.
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ pub struct Sample {
     wal_bytes: f64,
     wal_records: f64,
     commits: f64,
+    checkpoints: f64,
     cpu_seconds: f64,
 }
 
@@ -27,15 +33,18 @@ pub struct PerOrder {
     pub wal_records: f64,
     pub commits: f64,
     pub cpu_ms: f64,
+    /// Checkpoints that began between the two samples (not per order).
+    pub checkpoints: u64,
 }
 
 /// The counters now. Backends report their WAL records and commits when a transaction
 /// ends, at most once a second: take the closing sample a moment after the load.
 pub async fn sample(pool: &PgPool) -> sqlx::Result<Sample> {
-    let (wal_bytes, wal_records, commits): (f64, f64, f64) = sqlx::query_as(
+    let (wal_bytes, wal_records, commits, checkpoints): (f64, f64, f64, f64) = sqlx::query_as(
         "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8,
                 (SELECT wal_records FROM pg_stat_wal)::float8,
-                (SELECT sum(xact_commit) FROM pg_stat_database)::float8",
+                (SELECT sum(xact_commit) FROM pg_stat_database)::float8,
+                (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)::float8",
     )
     .fetch_one(pool)
     .await?;
@@ -43,8 +52,17 @@ pub async fn sample(pool: &PgPool) -> sqlx::Result<Sample> {
         wal_bytes,
         wal_records,
         commits,
+        checkpoints,
         cpu_seconds: postgres_cpu_seconds(),
     })
+}
+
+/// A `CHECKPOINT`, before a measured phase. It needs a superuser (or `pg_checkpoint`);
+/// refused, the phase runs anyway and the output says so.
+pub async fn checkpoint(pool: &PgPool) {
+    if let Err(e) = sqlx::query("CHECKPOINT").execute(pool).await {
+        println!("no CHECKPOINT before the run ({e}): its figures may include another's");
+    }
 }
 
 /// The closing sample: once the backends have reported what they did.
@@ -62,6 +80,7 @@ impl Sample {
             wal_records: per(self.wal_records, later.wal_records),
             commits: per(self.commits, later.commits),
             cpu_ms: per(self.cpu_seconds, later.cpu_seconds) * 1000.0,
+            checkpoints: (later.checkpoints - self.checkpoints).max(0.0) as u64,
         }
     }
 }

@@ -198,7 +198,8 @@ FROM g WHERE o.id = g.id;
 );
 
 /// Runs `reference` with pgbench for `seconds` with `clients` clients, in a scratch
-/// database made for it and dropped after; returns the orders it wrote per second.
+/// database made for it (and checkpointed) and dropped after; returns the orders it wrote
+/// per second.
 pub async fn orders_per_second(
     reference: &Reference,
     admin_url: &str,
@@ -225,6 +226,8 @@ pub async fn orders_per_second(
             sqlx::raw_sql(MINIMAL_SCHEMA).execute(&pool).await?;
         }
     }
+    // As the system's run does: no reference pays for the dirty pages of the phase before.
+    crate::postgres_counts::checkpoint(&pool).await;
     pool.close().await;
 
     let script = std::env::temp_dir().join(format!("loadgen-{}.sql", std::process::id()));

@@ -122,8 +122,8 @@ impl Figures {
         }
         let pg = &self.postgres_per_order;
         println!(
-            "  postgres (all processes) CPU per order {:.2} ms, WAL {:.1} records / {:.0} bytes, {:.2} commits per order",
-            pg.cpu_ms, pg.wal_records, pg.wal_bytes, pg.commits
+            "  postgres (all processes) CPU per order {:.2} ms, WAL {:.1} records / {:.0} bytes, {:.2} commits per order; {} checkpoints during the run",
+            pg.cpu_ms, pg.wal_records, pg.wal_bytes, pg.commits, pg.checkpoints
         );
         for p in &self.processes {
             let rss = p.rss_mib.map_or("?".to_owned(), |m| format!("{m:.1} MiB"));

@@ -19,11 +19,6 @@ use crate::payment_events::PaymentEvents;
 use crate::placing::{Placing, Terms};
 use crate::settings::Settings;
 
-/// Writers of placed orders: each writes one group of orders at a time, so under load
-/// there are always a few statements in flight and the orders arriving meanwhile wait to
-/// form the next groups.
-const WRITERS: usize = 2;
-
 /// How often the expirer looks for orders past their payment deadline: an order expires
 /// at most this late.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,12 +40,7 @@ pub async fn start(
     let routes = http::router(AppState {
         pool: infra.pool.clone(),
         relay: infra.relay_queue.clone(),
-        placing: Placing::start(
-            infra.pool.clone(),
-            infra.relay_queue.clone(),
-            WRITERS,
-            terms,
-        ),
+        placing: Placing::start(infra.pool.clone(), infra.relay_queue.clone(), terms),
         writer: writer.clone(),
     });
     let after = Duration::from_millis(settings.pending_republish_after_ms);

@@ -2,21 +2,25 @@
 //! one statement (transactional outbox), and the relay publishes the event.
 //!
 //! Orders placed at the same moment share that statement, and so its commit: a request
-//! hands its order to a writer, and a writer that is free takes every order waiting (up
-//! to [`MAX_GROUP`]) and inserts them together. A lone request is written at once, so
+//! hands its order to the writer, and the writer, once free, takes every order waiting
+//! (up to [`MAX_GROUP`]) and inserts them together. A lone request is written at once, so
 //! this adds no latency; under load, a round trip and a durable commit, most of what
 //! writing one order costs Postgres, serve many orders (group commit, done before the
 //! database has to). If a group's statement fails, each of its orders is written again on
 //! its own: an order Postgres refuses fails alone, and each request gets its own answer.
 //!
-//! A writer signs its group's events as it writes them, so with `SIGNATURE_SCOPE=batch`
-//! one signature serves the group.
+//! One writer, not several: while it waits for a commit, the orders arriving meanwhile
+//! form the next group. A second writer took them at once instead, in groups half as
+//! big: more statements and commits for the same orders, and less of the box left for
+//! the rest (measured in docs/performance.md, 2026-12-04, "one writer").
+//!
+//! The writer signs its group's events as it writes them, so with
+//! `SIGNATURE_SCOPE=batch` one signature serves the group.
 //!
 //! With an `Idempotency-Key` the key is claimed in the order's own transaction, so a
 //! retried request returns the order of the first and publishes nothing new; such orders
 //! are written one at a time, as that transaction needs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
@@ -24,7 +28,7 @@ use events::{Envelope, Event, EventWriter, OrderCreated, Producer};
 use service_runtime::outbox::{self, OutboxRow, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::{self, NewOrderRow};
@@ -33,7 +37,7 @@ use crate::domain::{NewOrder, Order};
 /// The most orders one statement inserts.
 pub const MAX_GROUP: usize = 64;
 
-/// Orders waiting for a writer at most; a request beyond waits to hand its order over.
+/// Orders waiting for the writer at most; a request beyond waits to hand its order over.
 const QUEUE: usize = 1024;
 
 /// A placed order, and whether it was placed by an earlier request with the same key.
@@ -52,7 +56,7 @@ pub enum PlaceError {
     Database(#[from] sqlx::Error),
 }
 
-/// Places orders. Clones share the writers, which stop when the last clone is dropped.
+/// Places orders. Clones share the writer, which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Placing {
     pool: PgPool,
@@ -70,7 +74,7 @@ pub struct Terms {
     pub writer: EventWriter,
 }
 
-/// An order handed to the writers, and where its outcome goes.
+/// An order handed to the writer, and where its outcome goes.
 struct Waiting {
     id: Uuid,
     order: NewOrder,
@@ -81,19 +85,16 @@ struct Waiting {
 }
 
 impl Placing {
-    /// Starts `writers` writers on `pool` (at least one), each writing one group at a
-    /// time; each group's events go to the relay once it commits.
-    pub fn start(pool: PgPool, relay: RelayQueue, writers: usize, terms: Terms) -> Self {
+    /// Starts the writer on `pool`, writing one group at a time; each group's events go
+    /// to the relay once it commits.
+    pub fn start(pool: PgPool, relay: RelayQueue, terms: Terms) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        let waiting = Arc::new(Mutex::new(waiting));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(write_groups(
-                pool.clone(),
-                relay.clone(),
-                terms.writer.clone(),
-                waiting.clone(),
-            ));
-        }
+        tokio::spawn(write_groups(
+            pool.clone(),
+            relay.clone(),
+            terms.writer.clone(),
+            waiting,
+        ));
         Self {
             pool,
             relay,
@@ -102,7 +103,7 @@ impl Placing {
         }
     }
 
-    /// How many orders wait for a writer.
+    /// How many orders wait for the writer.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
     }
@@ -127,7 +128,7 @@ impl Placing {
                 event,
                 outcome,
             };
-            // The writers are gone only when the service is shutting down.
+            // The writer is gone only when the service is shutting down.
             self.queue
                 .send(waiting)
                 .await
@@ -195,17 +196,17 @@ fn order_created(id: Uuid, order: &NewOrder, pay_by: OffsetDateTime) -> Envelope
     )
 }
 
-/// One writer: takes every order waiting (once one is), signs their events as one batch,
+/// The writer: takes every order waiting (once one is), signs their events as one batch,
 /// writes them, answers each.
 async fn write_groups(
     pool: PgPool,
     relay: RelayQueue,
     writer: EventWriter,
-    waiting: Arc<Mutex<mpsc::Receiver<Waiting>>>,
+    mut waiting: mpsc::Receiver<Waiting>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     loop {
-        if waiting.lock().await.recv_many(&mut group, MAX_GROUP).await == 0 {
+        if waiting.recv_many(&mut group, MAX_GROUP).await == 0 {
             return; // every sender is gone
         }
         let envelopes: Vec<Envelope> = group.iter().map(|w| w.event.clone()).collect();

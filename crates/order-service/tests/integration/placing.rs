@@ -104,7 +104,7 @@ async fn queue_behind_a_blocked_insert(
 async fn orders_placed_at_the_same_moment_share_one_statement() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, terms());
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), terms());
     let blocker = block_inserts(&app.database_url).await;
     let customers: Vec<String> = (0..10).map(|n| format!("customer-{n}")).collect();
     let (first, rest) = queue_behind_a_blocked_insert(
@@ -151,7 +151,7 @@ async fn orders_placed_at_the_same_moment_share_one_statement() {
 async fn an_order_postgres_refuses_fails_alone_and_the_rest_of_its_group_is_placed() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), 1, terms());
+    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), terms());
     let blocker = block_inserts(&app.database_url).await;
     // A negative total passes no validation of the API; here it reaches Postgres, whose
     // CHECK refuses it and so the whole group's statement.
