@@ -429,6 +429,37 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
 }
 
 #[tokio::test]
+async fn the_marks_of_several_hand_overs_are_written_together() {
+    let ctx = TestContext::new();
+    let pool = database(&ctx).await;
+    let queue = RelayQueue::default();
+    let relay = claiming_relay(&ctx, &pool, &queue).await;
+    for _ in 0..3 {
+        queue.hand_over(enqueue(&pool, &event()).await);
+        assert_eq!(relay.publish_handed_over().await.expect("publishes"), 1);
+    }
+    published(
+        &ctx,
+        3,
+        "each hand-over on the stream at once",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(unpublished(&pool).await, 3, "no mark written per hand-over");
+    assert_eq!(
+        relay.mark_published().await.expect("marks"),
+        3,
+        "one statement"
+    );
+    assert_eq!(unpublished(&pool).await, 0);
+    assert_eq!(
+        relay.mark_published().await.expect("marks"),
+        0,
+        "nothing twice"
+    );
+}
+
+#[tokio::test]
 async fn the_relay_queue_is_bounded_and_what_it_turns_away_is_published_by_the_poll() {
     let ctx = TestContext::new();
     let pool = database(&ctx).await;
@@ -451,6 +482,10 @@ async fn the_relay_queue_is_bounded_and_what_it_turns_away_is_published_by_the_p
         relay.publish_handed_over().await.expect("publishes"),
         outbox::QUEUE_LIMIT,
         "memory holds at most QUEUE_LIMIT rows"
+    );
+    assert_eq!(
+        relay.mark_published().await.expect("marks"),
+        outbox::QUEUE_LIMIT
     );
     assert_eq!(unpublished(&pool).await, 50, "the rest wait in the table");
     assert_eq!(relay.relay_once().await.expect("relays"), 50);
