@@ -32,7 +32,7 @@ use crate::backoff::Backoff;
 use crate::keys::StreamKeys;
 use crate::liveness::Heartbeat;
 use crate::observability::EVENTS_PUBLISHED;
-use crate::outbox::RelayQueue;
+use crate::outbox::{QUEUE_LIMIT, RelayQueue};
 use crate::redis_conn::RedisConnection;
 
 /// How long the mark of a published handed-over row may wait for the marks of those
@@ -261,12 +261,22 @@ impl OutboxRelay {
         loop {
             let pass = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.queue.ready() => self.publish_handed_over().await.map(|published| {
-                    if published > 0 && !marks_armed {
-                        marks_due.as_mut().reset(tokio::time::Instant::now() + MARK_EVERY);
-                        marks_armed = true;
+                () = self.queue.ready() => match self.publish_handed_over().await {
+                    Ok(0) => Ok(()),
+                    // As many marks waiting as the queue holds rows: written now, so
+                    // what waits in memory stays bounded however fast rows come.
+                    Ok(_) if self.lock_unmarked().len() >= QUEUE_LIMIT => {
+                        self.mark_published().await.map(drop)
                     }
-                }),
+                    Ok(_) => {
+                        if !marks_armed {
+                            marks_due.as_mut().reset(tokio::time::Instant::now() + MARK_EVERY);
+                            marks_armed = true;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 () = &mut marks_due, if marks_armed => {
                     marks_armed = false;
                     self.mark_published().await.map(drop)
