@@ -118,7 +118,7 @@ impl Frozen {
     /// holds that statement's locks), and checks that the transaction is still open once
     /// the stop has settled; retried until that happens (at most 30 s).
     ///
-    /// Settled means the session has waited on the stopped process for 200 ms (`SETTLED`)
+    /// Settled means the session has waited on the stopped process for the `SETTLED` interval
     /// (`idle in transaction`, the same transaction): a `COMMIT` the process sent just
     /// before the stop, still in the socket, would have been read and run within
     /// microseconds. Checked at once instead, such a `COMMIT` could land after the check,
