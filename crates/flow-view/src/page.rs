@@ -173,6 +173,9 @@ fn stream_table(stream: &StreamState) -> Markup {
                 }
             }
         }
+        @if stream.skips > 0 {
+            p.muted { "Behind the stream " (stream.skips) " times: skipped to the newest entries (a pass reads a few hundred)" }
+        }
         @if stream.oversized_seen > 0 {
             p.warn { (stream.oversized_seen) " entries too big to show (dead-lettered by their consumer)" }
         }

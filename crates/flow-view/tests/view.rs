@@ -192,6 +192,65 @@ async fn a_huge_entry_and_a_dead_letter_are_shown_not_read_whole() {
     view.stop().await;
 }
 
+/// The calls of `command` Redis ran since its statistics were reset (those a function ran
+/// included).
+async fn calls_of(redis: &RedisConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis.clone())
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn far_behind_it_reads_the_newest_entries_not_every_one_and_says_so() {
+    let redis = PrivateRedis::start().await;
+    let conn = RedisConnection::connect_for_commands(&redis.url())
+        .await
+        .expect("connects");
+    let view = view_of(&redis).await;
+    let order = |n: usize| format!("o-{n:05}");
+    xadd(
+        &conn,
+        "order-events",
+        &[("event_type", "OrderCreated"), ("order_id", &order(0))],
+    )
+    .await;
+    page_showing(&view, &order(0)).await;
+
+    // 5,000 entries at once: far more than a pass reads.
+    run(&conn, &["CONFIG", "RESETSTAT"]).await;
+    const BURST: usize = 5000;
+    let mut pipe = redis::pipe();
+    for n in 1..=BURST {
+        pipe.cmd("XADD")
+            .arg("order-events")
+            .arg("*")
+            .arg(&[("event_type", "OrderCreated"), ("order_id", &order(n))])
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut conn.clone())
+        .await
+        .expect("XADD");
+    let page = page_showing(&view, &order(BURST)).await;
+
+    // Every entry read would be 5,000 / 64 = 79 ranges at least.
+    let ranges = calls_of(&conn, "xrange").await + calls_of(&conn, "xrevrange").await;
+    assert!(ranges < 30, "{ranges} ranges read");
+    assert!(page.contains("skipped to the newest"), "{page}");
+    let newest: Vec<_> = (view.shared.view().window.newest(30))
+        .map(|t| t.order_id.clone())
+        .collect();
+    let expected: Vec<_> = (BURST - 29..=BURST).rev().map(order).collect();
+    assert_eq!(newest, expected, "the newest orders, none missing");
+    view.stop().await;
+}
+
 /// The peak resident memory of process `pid`, in KiB (`VmHWM`).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc");

@@ -139,6 +139,8 @@ pub enum ObserveFrom {
     After(String),
     /// The newest entries, newest first.
     Newest,
+    /// The entries before this id, newest first.
+    Before(String),
 }
 
 /// One entry as an observer reads it: its fields, or only its size when it is over the
@@ -185,6 +187,7 @@ pub async fn observe(
         ObserveFrom::After(id) if id == "-" => ("forward", "-".to_owned()),
         ObserveFrom::After(id) => ("forward", format!("({id}")),
         ObserveFrom::Newest => ("backward", "+".to_owned()),
+        ObserveFrom::Before(id) => ("backward", format!("({id}")),
     };
     let raw: Vec<(String, Vec<Vec<u8>>)> = BOUNDED_RANGE
         .on(&[stream])

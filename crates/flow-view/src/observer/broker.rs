@@ -58,6 +58,9 @@ pub struct StreamState {
     pub recent_dead_letters: Vec<DeadLetter>,
     /// Entries over the view's read limit, seen since it started.
     pub oversized_seen: u64,
+    /// Passes that read the newest entries and skipped older ones (more had come than
+    /// a pass reads), since it started.
+    pub skips: u64,
 }
 
 /// An entry a consumer holds: `XPENDING`'s extended form.
@@ -88,6 +91,7 @@ pub async fn watch_broker(
                     if let Some(stream) = view.stream_mut(flow.logical) {
                         *stream = StreamState {
                             oversized_seen: stream.oversized_seen,
+                            skips: stream.skips,
                             ..state
                         };
                     }

@@ -4,6 +4,12 @@
 //! brings, and the relays tick the stream on every batch they publish (hundreds a second
 //! under load), so waking on each tick made the view cost the flow more than anything it
 //! shows is worth (docs/performance.md, 2026-12-04).
+//!
+//! A pass reads at most [`MOST_PER_PASS`] entries more than one page: when more came
+//! since the last, it reads the newest and skips the rest, and the page says so. Each
+//! entry costs Redis and the view the same whether the page will show it or not, and at
+//! thousands of orders a second reading every one cost the flow about a tenth of its rate
+//! for orders the window drops at once (docs/performance.md, 2026-12-05, later).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Flow, MAX_ENTRY_BYTES, Shared, View};
 use crate::window::{Step, clip};
 
-/// Entries read per call while catching up.
+/// Entries read per call.
 const READ_COUNT: usize = 64;
+/// The most of the newest entries a pass reads once a page did not bring all that came.
+const MOST_PER_PASS: usize = 256;
 /// How long a wait for a stream's next tick blocks.
 const BLOCK: Duration = Duration::from_secs(2);
 /// The least time from one pass over the stream to the next once it is caught up: what
@@ -46,7 +54,11 @@ pub async fn tail(
     while !stop.is_cancelled() {
         let pass_started = Instant::now();
         match read_after(&mut commands, &flow, last.as_deref(), initial).await {
-            Ok((entries, newest)) => {
+            Ok(Pass {
+                entries,
+                skipped,
+                newest,
+            }) => {
                 if let Some(entry) = entries.last() {
                     last = Some(entry.id().to_owned());
                 }
@@ -59,12 +71,12 @@ pub async fn tail(
                     for entry in &entries {
                         record(&mut view, &flow, entry);
                     }
+                    if let Some(stream) = view.stream_mut(flow.logical).filter(|_| skipped) {
+                        stream.skips += 1;
+                    }
                     view.redis_error = None;
                     drop(view);
                     shared.changed();
-                }
-                if entries.len() == READ_COUNT {
-                    continue;
                 }
             }
             Err(e) => {
@@ -90,28 +102,73 @@ pub async fn tail(
     }
 }
 
-/// The entries after `last` (the newest `initial`, oldest first, before the first read),
-/// and the id of the stream's newest entry (`None`: empty or gone).
+/// What a pass read.
+struct Pass {
+    /// The entries read, oldest first.
+    entries: Vec<Observed>,
+    /// Whether entries between them were skipped (more came than a pass reads).
+    skipped: bool,
+    /// The id of the stream's newest entry (`None`: empty or gone).
+    newest: Option<String>,
+}
+
+/// The entries after `last` (the newest `initial` before the first read): a page of
+/// them, and if more came, the newest [`MOST_PER_PASS`] of the rest.
 async fn read_after(
     redis: &mut RedisConnection,
     flow: &Flow,
     last: Option<&str>,
     initial: usize,
-) -> redis::RedisResult<(Vec<Observed>, Option<String>)> {
-    let entries = match last {
+) -> redis::RedisResult<Pass> {
+    let (entries, skipped) = match last {
         Some(id) => {
             let from = ObserveFrom::After(id.to_owned());
-            observe(redis, &flow.key, &from, READ_COUNT, MAX_ENTRY_BYTES).await?
+            let mut entries = observe(redis, &flow.key, &from, READ_COUNT, MAX_ENTRY_BYTES).await?;
+            let mut skipped = false;
+            if let Some(read) = entries.last().filter(|_| entries.len() == READ_COUNT) {
+                let (newest, gap) = newest_after(redis, flow, read.id()).await?;
+                entries.extend(newest);
+                skipped = gap;
+            }
+            (entries, skipped)
         }
         None => {
             let from = ObserveFrom::Newest;
             let mut newest = observe(redis, &flow.key, &from, initial, MAX_ENTRY_BYTES).await?;
             newest.reverse();
-            newest
+            (newest, false)
         }
     };
     let ends = stream_ends(redis, &flow.key).await?;
-    Ok((entries, ends.map(|(_, newest)| newest)))
+    Ok(Pass {
+        entries,
+        skipped,
+        newest: ends.map(|(_, newest)| newest),
+    })
+}
+
+/// The entries after `read`, oldest first, read from the newest back: all of them, or the
+/// newest [`MOST_PER_PASS`] (and `true`: older ones were left).
+async fn newest_after(
+    redis: &mut RedisConnection,
+    flow: &Flow,
+    read: &str,
+) -> redis::RedisResult<(Vec<Observed>, bool)> {
+    let mut newest: Vec<Observed> = Vec::new();
+    let mut from = ObserveFrom::Newest;
+    loop {
+        let page = observe(redis, &flow.key, &from, READ_COUNT, MAX_ENTRY_BYTES).await?;
+        let before = newest.len();
+        newest.extend(page.into_iter().take_while(|e| entry_id_less(read, e.id())));
+        let reached_read = newest.len() - before < READ_COUNT;
+        if reached_read || newest.len() >= MOST_PER_PASS {
+            newest.reverse();
+            return Ok((newest, !reached_read));
+        }
+        if let Some(oldest) = newest.last() {
+            from = ObserveFrom::Before(oldest.id().to_owned());
+        }
+    }
 }
 
 /// Waits at most [`BLOCK`] for a tick after `after`; the newest tick's id if one came.
