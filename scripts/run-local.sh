@@ -12,6 +12,7 @@
 #   PAYMENT_REPLICAS  payment-service processes      (default 1; more listen on :8082, :8083, ...)
 #   KEYS_DIR      the services' event signing keys, made at first start (default target/event-keys)
 #   FLOW_VIEW     0 to run without the flow view                          (default 1)
+#   RANDOM_PAGE_COST  the databases' planner cost of a random page read     (default 1.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,10 @@ payments_db=${PAYMENTS_DB:-payments}
 for db in "$orders_db" "$payments_db"; do
   exists=$(psql "$postgres_url/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
+  # Planner costs for a working set in memory (README, Deployment): with the default
+  # random_page_cost of 4, each consumer batch of a hundred orders hash-joins whole
+  # tables until they hold about 100,000 rows (docs/performance.md, 2026-12-05, later).
+  psql "$postgres_url/postgres" -qc "ALTER DATABASE $db SET random_page_cost = ${RANDOM_PAGE_COST:-1.1}"
 done
 
 cargo build --profile "$profile" --bin order-service --bin payment-service --bin event-keys --bin flow-view

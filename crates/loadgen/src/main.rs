@@ -157,11 +157,13 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let mut references = Vec::new();
+    let random_page_cost = reference::random_page_cost(&pool).await?;
     if args.pgbench_seconds > 0 {
         for reference in &reference::REFERENCES {
             let rate = reference::orders_per_second(
                 reference,
                 &args.reference_database_url,
+                random_page_cost,
                 args.concurrency,
                 args.pgbench_seconds,
             )
@@ -194,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         created_to_final_ms: Percentiles::of(&settled.latencies_ms),
         final_statuses: settled.statuses,
         references,
+        random_page_cost,
         postgres_per_order: counts_before.per_order(&counts_after, placed.accepted.len() as u64),
         processes,
         soak,

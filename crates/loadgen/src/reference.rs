@@ -197,12 +197,23 @@ FROM g WHERE o.id = g.id;
 "#
 );
 
+/// The planner's cost of a random page read in `system`'s database: what the references
+/// are planned with too, so that no side is planned for a disk the other is not.
+pub async fn random_page_cost(system: &sqlx::PgPool) -> anyhow::Result<f64> {
+    let cost: String = sqlx::query_scalar("SHOW random_page_cost")
+        .fetch_one(system)
+        .await?;
+    cost.parse()
+        .with_context(|| format!("random_page_cost {cost:?}"))
+}
+
 /// Runs `reference` with pgbench for `seconds` with `clients` clients, in a scratch
-/// database made for it (and checkpointed) and dropped after; returns the orders it wrote
-/// per second.
+/// database made for it (planned with `random_page_cost`, and checkpointed) and dropped
+/// after; returns the orders it wrote per second.
 pub async fn orders_per_second(
     reference: &Reference,
     admin_url: &str,
+    random_page_cost: f64,
     clients: u64,
     seconds: u64,
 ) -> anyhow::Result<f64> {
@@ -214,6 +225,8 @@ pub async fn orders_per_second(
     admin
         .execute(format!("CREATE DATABASE {DATABASE}").as_str().into_sql())
         .await?;
+    let planner = format!("ALTER DATABASE {DATABASE} SET random_page_cost = {random_page_cost}");
+    admin.execute(planner.as_str().into_sql()).await?;
     let url = with_database(admin_url, DATABASE);
     let pool = sqlx::PgPool::connect(&url).await?;
     match reference.schema {
@@ -285,7 +298,7 @@ trait IntoSql {
 }
 
 impl IntoSql for &str {
-    /// Statements built from the constant database name only.
+    /// Statements built from the constant database name and numbers only.
     fn into_sql(self) -> sqlx::AssertSqlSafe<String> {
         sqlx::AssertSqlSafe(self.to_owned())
     }

@@ -71,6 +71,9 @@ pub struct Figures {
     pub final_statuses: std::collections::BTreeMap<String, u64>,
     /// The references, in [`crate::reference::REFERENCES`]' order (none if skipped).
     pub references: Vec<ReferenceRate>,
+    /// The planner's cost of a random page read in the system's database, and so in the
+    /// references' (`random_page_cost`).
+    pub random_page_cost: f64,
     /// What Postgres did per order while the system ran (server-wide).
     pub postgres_per_order: crate::postgres_counts::PerOrder,
     pub processes: Vec<ProcessFigures>,
@@ -106,7 +109,10 @@ impl Figures {
         row("created -> final", &self.created_to_final_ms);
         println!("  final states           {:?}", self.final_statuses);
         if !self.references.is_empty() {
-            println!("  references (pgbench, same concurrency, same Postgres), orders/s:");
+            println!(
+                "  references (pgbench, same concurrency, same Postgres, random_page_cost {}), orders/s:",
+                self.random_page_cost
+            );
         }
         for r in &self.references {
             println!(
