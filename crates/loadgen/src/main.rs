@@ -17,6 +17,7 @@
 //! With `--duration`, it is a soak: `--rate` held that long, and a line per
 //! `--report-every` of what must stay flat (see [`soak`]).
 
+mod client;
 mod plot;
 mod postgres_counts;
 mod reference;
@@ -29,7 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::Parser;
+use hyper::StatusCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::PgPool;
@@ -245,13 +248,18 @@ struct Placed {
 /// A small order (1 to 4 EUR) from one of `customers` customers of this run. With a
 /// customer per 200 orders (50 at least), each with the default credit of 1000 EUR,
 /// every order can be paid.
-fn order_body(run: &str, n: u64, customers: u64) -> serde_json::Value {
+fn order_body(run: &str, n: u64, customers: u64) -> Bytes {
     json!({
         "customer_id": format!("bench-{run}-{}", n % customers),
         "currency": "EUR",
         "items": [{"sku": "bench", "quantity": 1, "unit_price_cents": 100 + n % 300}],
     })
+    .to_string()
+    .into()
 }
+
+/// How long a `POST /orders` may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What loadgen reads of a `201 Created` order: its id (the rest is skipped unread).
 #[derive(serde::Deserialize)]
@@ -261,32 +269,26 @@ struct Created {
 
 /// Places the orders, closed loop (`concurrency` workers) or open loop (`rate`).
 async fn place(args: &Args, run: &str) -> anyhow::Result<Placed> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(args.concurrency as usize)
-        .build()?;
-    let url = reqwest::Url::parse(&format!("{}/orders", args.order_url.trim_end_matches('/')))
-        .context("--order-url")?;
+    let orders = Arc::new(client::Orders::new(&args.order_url)?);
     let progress = bar(args.orders, "placing", args.quiet);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let (run, placing) = (run.to_owned(), progress.clone());
     let customers = (args.orders / 200).max(50);
     let one = move |n: u64| {
-        let (http, url, body, progress) = (
-            http.clone(),
-            url.clone(),
+        let (orders, body, progress) = (
+            orders.clone(),
             order_body(&run, n, customers),
             placing.clone(),
         );
         async move {
             let sent = Instant::now();
-            let result = http.post(url).json(&body).send().await;
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, orders.post(body)).await;
             let latency = sent.elapsed().as_secs_f64() * 1000.0;
             progress.inc(1);
             match result {
-                Ok(response) if response.status() == 201 => {
-                    let order: Created = response.json().await.ok()?;
+                Ok(Ok((StatusCode::CREATED, answer))) => {
+                    let order: Created = serde_json::from_slice(&answer).ok()?;
                     Some((order.id, latency))
                 }
                 _ => None,
