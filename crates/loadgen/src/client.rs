@@ -3,8 +3,14 @@
 //! beyond that (no URL to parse, no redirects, no per-request timer of its own): loadgen
 //! shares the box with what it measures, and every microsecond it spends is one the
 //! system does not get (docs/performance.md, 2026-12-05, later).
+//!
+//! The server closes a keep-alive connection idle for `HTTP_HEADER_READ_TIMEOUT_MS` (10 s
+//! by default), and a request sent as it does is lost. So a connection idle for
+//! [`REUSE_WITHIN`] is not used again, and a request the connection could not even start
+//! to send goes on another.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -15,11 +21,16 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// How long an idle connection may wait to be used again: well within the server's
+/// default keep-alive of 10 s.
+const REUSE_WITHIN: Duration = Duration::from_secs(5);
+
 /// `POST /orders` of one order-service.
 pub struct Orders {
     /// `host:port`, to connect to and to name in `Host`.
     authority: String,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Idle connections, each with the moment it became idle; the last is the newest.
+    idle: Mutex<Vec<(Instant, SendRequest<Full<Bytes>>)>>,
 }
 
 impl Orders {
@@ -42,37 +53,46 @@ impl Orders {
 
     /// Posts `body` as an order: the answer's status and body.
     pub async fn post(&self, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
-        let mut sender = self.ready_connection().await?;
-        let request = Request::post("/orders")
+        let mut request = Request::post("/orders")
             .header(HOST, &self.authority)
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(sender);
-        Ok((status, body))
+        loop {
+            let mut sender = self.ready_connection().await?;
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.into_body().collect().await?.to_bytes();
+                    self.lock_idle().push((Instant::now(), sender));
+                    return Ok((status, body));
+                }
+                // Not sent at all: the connection was closing. On another one.
+                Err(mut unsent) => match unsent.take_message() {
+                    Some(back) => request = back,
+                    None => return Err(unsent.into_error().into()),
+                },
+            }
+        }
     }
 
-    /// An idle connection that can take a request (one the server closed is dropped), or
-    /// a new one.
+    /// The newest idle connection that can take a request (older ones, and one the server
+    /// closed, are dropped), or a new one.
     async fn ready_connection(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         loop {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .pop();
-            let Some(mut sender) = idle else {
+            let idle = self.lock_idle().pop();
+            let Some((since, mut sender)) = idle else {
                 return self.connect().await;
             };
-            if sender.ready().await.is_ok() {
+            if since.elapsed() < REUSE_WITHIN && sender.ready().await.is_ok() {
                 return Ok(sender);
             }
         }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, SendRequest<Full<Bytes>>)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
