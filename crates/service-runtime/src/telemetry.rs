@@ -105,12 +105,17 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
         .with_filter(filter.and(summarise.clone()))
     });
     // Spans carry their fields; source locations, thread ids and busy/idle timing per
-    // poll are left out: they cost on every request and event and say little here.
+    // poll are left out: they cost on every request and event and say little here. Nor
+    // is a span's OpenTelemetry context made the thread's current one each time its
+    // future is polled: nothing in these processes reads it (trace context is taken from
+    // the span itself, `traceparent_of`), and it was a sixth of what tracing cost
+    // order-service (docs/performance.md, 2026-12-05, later).
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_filter(LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
         .with(logs)

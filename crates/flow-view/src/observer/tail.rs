@@ -106,7 +106,8 @@ pub async fn tail(
 struct Pass {
     /// The entries read, oldest first.
     entries: Vec<Observed>,
-    /// Whether entries between them were skipped (more came than a pass reads).
+    /// Whether the pass stopped at [`MOST_PER_PASS`] before the entries it had read, so
+    /// that some between them may be left unread.
     skipped: bool,
     /// The id of the stream's newest entry (`None`: empty or gone).
     newest: Option<String>,
@@ -148,7 +149,7 @@ async fn read_after(
 }
 
 /// The entries after `read`, oldest first, read from the newest back: all of them, or the
-/// newest [`MOST_PER_PASS`] (and `true`: older ones were left).
+/// newest [`MOST_PER_PASS`] (and `true`: older ones may be left).
 async fn newest_after(
     redis: &mut RedisConnection,
     flow: &Flow,
