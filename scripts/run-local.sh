@@ -26,7 +26,7 @@ payments_db=${PAYMENTS_DB:-payments}
 for db in "$orders_db" "$payments_db"; do
   exists=$(psql "$postgres_url/postgres" -Atc "SELECT 1 FROM pg_database WHERE datname = '$db'")
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
-  # Planner costs for a working set in memory (README, Deployment): with the default
+  # Planner costs for a working set in memory (README, Run it): with the default
   # random_page_cost of 4, each consumer batch of a hundred orders hash-joins whole
   # tables until they hold about 100,000 rows (docs/performance.md, 2026-12-05, later).
   psql "$postgres_url/postgres" -qc "ALTER DATABASE $db SET random_page_cost = ${RANDOM_PAGE_COST:-1.1}"
