@@ -28,7 +28,7 @@ for db in "$orders_db" "$payments_db"; do
   [ "$exists" = 1 ] || psql "$postgres_url/postgres" -qc "CREATE DATABASE $db"
   # Planner costs for a working set in memory (README, Run it): with the default
   # random_page_cost of 4, each consumer batch of a hundred orders hash-joins whole
-  # tables until they hold about 100,000 rows (docs/performance.md, 2026-12-05, later).
+  # tables, still at 30,000 orders (docs/performance.md, 2026-12-05, later).
   psql "$postgres_url/postgres" -qc "ALTER DATABASE $db SET random_page_cost = ${RANDOM_PAGE_COST:-1.1}"
 done
 

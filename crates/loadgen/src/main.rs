@@ -304,6 +304,11 @@ async fn place(args: &Args, run: &str) -> anyhow::Result<Placed> {
             for n in 0..args.orders {
                 ticks.tick().await;
                 tasks.spawn(one(n));
+                // A finished task keeps its whole future's memory until it is joined:
+                // joined as they finish, a soak holds only the requests in flight.
+                while let Some(done) = tasks.try_join_next() {
+                    outcomes.push(done?);
+                }
             }
             outcomes.extend(tasks.join_all().await);
         }
