@@ -58,8 +58,8 @@ pub struct StreamState {
     pub recent_dead_letters: Vec<DeadLetter>,
     /// Entries over the view's read limit, seen since it started.
     pub oversized_seen: u64,
-    /// Passes that read the newest entries and skipped older ones (more had come than
-    /// a pass reads), since it started.
+    /// Passes that stopped at the newest entries a pass reads and may have left older
+    /// ones unread (more had come), since it started.
     pub skips: u64,
 }
 
