@@ -9,10 +9,13 @@
 //! database has to). If a group's statement fails, each of its orders is written again on
 //! its own: an order Postgres refuses fails alone, and each request gets its own answer.
 //!
-//! One writer, not several: while it waits for a commit, the orders arriving meanwhile
-//! form the next group. A second writer took them at once instead, in groups half as
-//! big: more statements and commits for the same orders, and less of the box left for
-//! the rest (measured in docs/performance.md, 2026-12-04, "one writer").
+//! One writer, with two statements at most: while a group is written, the orders arriving
+//! meanwhile form the next group, which starts once it is as big as the one being
+//! written, or when that one is done. Under load most of a group's time is the wait for
+//! its commit to be flushed, and the next group's statement executes meanwhile. Two
+//! writers taking orders at once instead wrote groups half as big: more statements and
+//! commits for the same orders, and less of the box for the rest (docs/performance.md,
+//! 2026-12-04, "one writer"; 2026-12-05, "overlapping groups").
 //!
 //! The writer signs its group's events as it writes them, so with
 //! `SIGNATURE_SCOPE=batch` one signature serves the group.
@@ -25,6 +28,8 @@ use std::time::Duration;
 
 use events::streams::ORDER_EVENTS;
 use events::{Envelope, Event, EventWriter, OrderCreated, Producer};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use service_runtime::outbox::{self, OutboxRow, RelayQueue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -36,6 +41,9 @@ use crate::domain::{NewOrder, Order};
 
 /// The most orders one statement inserts.
 pub const MAX_GROUP: usize = 64;
+
+/// Group statements running at once at most.
+const RUNNING: usize = 2;
 
 /// Orders waiting for the writer at most; a request beyond waits to hand its order over.
 const QUEUE: usize = 1024;
@@ -196,53 +204,95 @@ fn order_created(id: Uuid, order: &NewOrder, pay_by: OffsetDateTime) -> Envelope
     )
 }
 
-/// The writer: takes every order waiting (once one is), signs their events as one batch,
-/// writes them, answers each.
+/// The writer: gathers the orders waiting into groups and writes each group in one
+/// statement, at most [`RUNNING`] at once (see [`starts`]); while that many are being
+/// written, orders wait in the queue.
 async fn write_groups(
     pool: PgPool,
     relay: RelayQueue,
     writer: EventWriter,
     mut waiting: mpsc::Receiver<Waiting>,
 ) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
+    // The groups being written, each giving back its size once its requests are answered.
+    let mut running = FuturesUnordered::new();
+    let mut running_sizes: Vec<usize> = Vec::with_capacity(RUNNING);
+    let mut next = Vec::with_capacity(MAX_GROUP);
+    let mut open = true;
     loop {
-        if waiting.recv_many(&mut group, MAX_GROUP).await == 0 {
-            return; // every sender is gone
+        let room = MAX_GROUP - next.len();
+        let taking = open && room > 0 && running_sizes.len() < RUNNING;
+        tokio::select! {
+            biased;
+            Some(size) = running.next() => {
+                if let Some(i) = running_sizes.iter().position(|&s| s == size) {
+                    running_sizes.swap_remove(i);
+                }
+            }
+            received = waiting.recv_many(&mut next, room), if taking => {
+                open = received > 0; // 0: every sender is gone
+            }
+            else => return, // nothing being written, nothing more to take
         }
-        let envelopes: Vec<Envelope> = group.iter().map(|w| w.event.clone()).collect();
-        let events = OutboxRow::new_all(ORDER_EVENTS, &writer, &envelopes);
-        match insert(&pool, &group, &events).await {
-            Ok(placed) => {
-                for (waiting, order) in group.drain(..).zip(placed) {
-                    let _ = waiting.outcome.send(Ok(order));
-                }
-                relay.hand_over(events);
-            }
-            Err(error) if group.len() == 1 => {
-                if let Some(waiting) = group.pop() {
-                    let _ = waiting.outcome.send(Err(error));
-                }
-            }
-            Err(_) => {
-                // Which order was refused, or whether the database failed for all, only
-                // writing each on its own tells; they go concurrently. Each event's
-                // signature stands alone, batch or not.
-                let alone = group.drain(..).zip(events).map(|(waiting, event)| async {
-                    let events = [event];
-                    let outcome = insert(&pool, std::slice::from_ref(&waiting), &events)
-                        .await
-                        .and_then(|placed| {
-                            placed.into_iter().next().ok_or(sqlx::Error::RowNotFound)
-                        });
-                    if outcome.is_ok() {
-                        relay.hand_over(events.into());
-                    }
-                    let _ = waiting.outcome.send(outcome);
-                });
-                futures::future::join_all(alone).await;
-            }
+        if starts(&running_sizes, next.len()) {
+            let group = std::mem::replace(&mut next, Vec::with_capacity(MAX_GROUP));
+            running_sizes.push(group.len());
+            running.push(write_group(&pool, &relay, &writer, group));
         }
     }
+}
+
+/// Whether a group of `waiting` orders starts while groups of `running` sizes are being
+/// written: at once if none is, else once it holds as many orders as the smallest of
+/// them, while fewer than [`RUNNING`] are. So a second statement executes while the
+/// first waits for its commit to be flushed, and groups are no smaller for it.
+fn starts(running: &[usize], waiting: usize) -> bool {
+    match running.iter().min() {
+        None => waiting > 0,
+        Some(&smallest) => running.len() < RUNNING && waiting >= smallest,
+    }
+}
+
+/// Signs the group's events as one batch, writes the group, answers each of its requests;
+/// returns its size.
+async fn write_group(
+    pool: &PgPool,
+    relay: &RelayQueue,
+    writer: &EventWriter,
+    mut group: Vec<Waiting>,
+) -> usize {
+    let size = group.len();
+    let envelopes: Vec<Envelope> = group.iter().map(|w| w.event.clone()).collect();
+    let events = OutboxRow::new_all(ORDER_EVENTS, writer, &envelopes);
+    match insert(pool, &group, &events).await {
+        Ok(placed) => {
+            for (waiting, order) in group.drain(..).zip(placed) {
+                let _ = waiting.outcome.send(Ok(order));
+            }
+            relay.hand_over(events);
+        }
+        Err(error) if size == 1 => {
+            if let Some(waiting) = group.pop() {
+                let _ = waiting.outcome.send(Err(error));
+            }
+        }
+        Err(_) => {
+            // Which order was refused, or whether the database failed for all, only
+            // writing each on its own tells; they go concurrently. Each event's
+            // signature stands alone, batch or not.
+            let alone = group.drain(..).zip(events).map(|(waiting, event)| async {
+                let events = [event];
+                let outcome = insert(pool, std::slice::from_ref(&waiting), &events)
+                    .await
+                    .and_then(|placed| placed.into_iter().next().ok_or(sqlx::Error::RowNotFound));
+                if outcome.is_ok() {
+                    relay.hand_over(events.into());
+                }
+                let _ = waiting.outcome.send(outcome);
+            });
+            futures::future::join_all(alone).await;
+        }
+    }
+    size
 }
 
 /// Inserts `group`, with `events` (one each, in order), in one statement.
@@ -262,4 +312,27 @@ async fn insert(
         })
         .collect();
     db::insert_orders_with_events(pool, &rows).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_starts_at_once_when_none_is_being_written() {
+        assert!(starts(&[], 1));
+        assert!(!starts(&[], 0));
+    }
+
+    #[test]
+    fn a_second_group_starts_once_it_is_as_big_as_the_one_being_written() {
+        assert!(!starts(&[10], 9));
+        assert!(starts(&[10], 10));
+        assert!(starts(&[10], 64));
+    }
+
+    #[test]
+    fn no_more_than_two_groups_are_written_at_once() {
+        assert!(!starts(&[3, 3], MAX_GROUP));
+    }
 }

@@ -1,5 +1,6 @@
-//! Placing orders in groups: orders placed at the same moment share one statement, and
-//! an order Postgres refuses fails alone.
+//! Placing orders in groups: orders placed at the same moment share one statement, a
+//! second group is written while the first waits, and an order Postgres refuses fails
+//! alone.
 
 use std::time::Duration;
 
@@ -19,6 +20,13 @@ fn terms() -> Terms {
         payment_deadline: Duration::from_secs(900),
         writer: EventWriter::unsigned(SchemaVersion::NEWEST),
     }
+}
+
+/// A writer on a pool of its own: two blocked statements hold two connections, and the
+/// test's pool stays free to watch them.
+async fn start_placing(database_url: &str) -> Placing {
+    let pool = sqlx::PgPool::connect(database_url).await.expect("connects");
+    Placing::start(pool, RelayQueue::default(), terms())
 }
 
 fn order(customer: &str, total_cents: i64) -> NewOrder {
@@ -53,41 +61,33 @@ fn place_in_background(
     tokio::spawn(async move { placing.place(order, None).await })
 }
 
-/// One writer, kept busy by a blocked insert, while `orders` are handed to it: they
-/// wait, and form the next group. Returns the handles of the blocked order and of those.
-async fn queue_behind_a_blocked_insert(
-    placing: &Placing,
-    pool: &sqlx::PgPool,
-    orders: Vec<NewOrder>,
-) -> (
-    JoinHandle<Result<Placed, PlaceError>>,
-    Vec<JoinHandle<Result<Placed, PlaceError>>>,
-) {
-    let first = place_in_background(placing, order("first", 100));
+/// Waits until `count` of the writer's inserts wait for the lock (the service's own jobs
+/// may wait for it too).
+async fn until_blocked(pool: &sqlx::PgPool, count: i64) {
     eventually(
-        "the writer's insert to wait for the lock",
+        &format!("{count} inserts to wait for the lock"),
         Duration::from_secs(5),
         || async {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND query LIKE '%INSERT INTO orders%'",
             )
             .fetch_one(pool)
             .await
             .map_err(|e| e.to_string())?;
-            (waiting == 1)
+            (waiting == count)
                 .then_some(())
                 .ok_or(format!("{waiting} waiting"))
         },
     )
     .await;
-    let count = orders.len();
-    let rest = orders
-        .into_iter()
-        .map(|o| place_in_background(placing, o))
-        .collect();
+}
+
+/// Waits until `count` orders wait in the writer's queue.
+async fn until_queued(placing: &Placing, count: usize) {
     eventually(
-        "the orders to wait for the writer",
+        &format!("{count} orders to wait for the writer"),
         Duration::from_secs(5),
         || async {
             let queued = placing.queued();
@@ -97,17 +97,73 @@ async fn queue_behind_a_blocked_insert(
         },
     )
     .await;
-    (first, rest)
+}
+
+/// The writer, kept busy by two blocked inserts (one order each), while `orders` are
+/// handed to it: they wait, and form the next group. Returns the handles of the blocked
+/// orders and of those.
+async fn queue_behind_blocked_inserts(
+    placing: &Placing,
+    pool: &sqlx::PgPool,
+    orders: Vec<NewOrder>,
+) -> (
+    Vec<JoinHandle<Result<Placed, PlaceError>>>,
+    Vec<JoinHandle<Result<Placed, PlaceError>>>,
+) {
+    let first = place_in_background(placing, order("first", 100));
+    until_blocked(pool, 1).await;
+    let second = place_in_background(placing, order("second", 100));
+    until_blocked(pool, 2).await;
+    let count = orders.len();
+    let rest = orders
+        .into_iter()
+        .map(|o| place_in_background(placing, o))
+        .collect();
+    until_queued(placing, count).await;
+    (vec![first, second], rest)
+}
+
+async fn all_placed(handles: Vec<JoinHandle<Result<Placed, PlaceError>>>) -> Vec<Placed> {
+    let mut placed = Vec::new();
+    for handle in handles {
+        placed.push(handle.await.expect("joins").expect("placed"));
+    }
+    placed
+}
+
+#[tokio::test]
+async fn a_second_group_is_written_while_the_first_waits_and_a_third_waits_for_them() {
+    let ctx = TestContext::new();
+    let app = spawn(&ctx).await;
+    let placing = start_placing(&app.database_url).await;
+    let blocker = block_inserts(&app.database_url).await;
+    let first = place_in_background(&placing, order("first", 100));
+    until_blocked(&app.pool, 1).await;
+
+    // As big as the group being written (one order): its statement starts at once.
+    let second = place_in_background(&placing, order("second", 100));
+    until_blocked(&app.pool, 2).await;
+    // Two statements are running: the next order waits for one of them.
+    let third = place_in_background(&placing, order("third", 100));
+    until_queued(&placing, 1).await;
+    drop(blocker);
+
+    let placed = all_placed(vec![first, second, third]).await;
+    let customers: Vec<&str> = placed
+        .iter()
+        .map(|p| p.order.customer_id.as_str())
+        .collect();
+    assert_eq!(customers, ["first", "second", "third"]);
 }
 
 #[tokio::test]
 async fn orders_placed_at_the_same_moment_share_one_statement() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), terms());
+    let placing = start_placing(&app.database_url).await;
     let blocker = block_inserts(&app.database_url).await;
     let customers: Vec<String> = (0..10).map(|n| format!("customer-{n}")).collect();
-    let (first, rest) = queue_behind_a_blocked_insert(
+    let (blocked, rest) = queue_behind_blocked_inserts(
         &placing,
         &app.pool,
         customers.iter().map(|c| order(c, 100)).collect(),
@@ -115,10 +171,9 @@ async fn orders_placed_at_the_same_moment_share_one_statement() {
     .await;
     drop(blocker);
 
-    first.await.expect("joins").expect("placed");
+    all_placed(blocked).await;
     let mut ids = Vec::new();
-    for (handle, customer) in rest.into_iter().zip(&customers) {
-        let placed = handle.await.expect("joins").expect("placed");
+    for (placed, customer) in all_placed(rest).await.into_iter().zip(&customers) {
         assert_eq!(
             &placed.order.customer_id, customer,
             "each request gets its own order"
@@ -151,15 +206,15 @@ async fn orders_placed_at_the_same_moment_share_one_statement() {
 async fn an_order_postgres_refuses_fails_alone_and_the_rest_of_its_group_is_placed() {
     let ctx = TestContext::new();
     let app = spawn(&ctx).await;
-    let placing = Placing::start(app.pool.clone(), RelayQueue::default(), terms());
+    let placing = start_placing(&app.database_url).await;
     let blocker = block_inserts(&app.database_url).await;
     // A negative total passes no validation of the API; here it reaches Postgres, whose
     // CHECK refuses it and so the whole group's statement.
     let orders = vec![order("good-1", 100), order("bad", -1), order("good-2", 100)];
-    let (first, rest) = queue_behind_a_blocked_insert(&placing, &app.pool, orders).await;
+    let (blocked, rest) = queue_behind_blocked_inserts(&placing, &app.pool, orders).await;
     drop(blocker);
 
-    first.await.expect("joins").expect("placed");
+    all_placed(blocked).await;
     let outcomes: Vec<_> = futures::future::join_all(rest)
         .await
         .into_iter()
@@ -176,10 +231,10 @@ async fn an_order_postgres_refuses_fails_alone_and_the_rest_of_its_group_is_plac
             .fetch_all(&app.pool)
             .await
             .expect("reads orders");
-    assert_eq!(stored, ["first", "good-1", "good-2"]);
+    assert_eq!(stored, ["first", "good-1", "good-2", "second"]);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&app.pool)
         .await
         .expect("counts");
-    assert_eq!(events, 3, "no event for the refused order");
+    assert_eq!(events, 4, "no event for the refused order");
 }
