@@ -20,9 +20,10 @@ pub(crate) struct RawEntry {
 pub(crate) fn parse_autoclaim_reply(reply: Value) -> Result<(String, usize), String> {
     match reply {
         Value::Array(parts) if parts.len() >= 2 => {
-            let next = String::from_utf8_lossy(&bytes(&parts[0])).into_owned();
-            match &parts[1] {
-                Value::Array(ids) => Ok((next, ids.len())),
+            let mut parts = parts.into_iter();
+            let next = parts.next().map(text).unwrap_or_default();
+            match parts.next() {
+                Some(Value::Array(ids)) => Ok((next, ids.len())),
                 other => Err(format!("unexpected claimed ids: {other:?}")),
             }
         }
@@ -44,34 +45,39 @@ fn parse_entry(entry: Value) -> Result<RawEntry, String> {
     };
     let mut parts = parts.into_iter();
     let id = match parts.next() {
-        Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
-        Some(Value::SimpleString(id)) => id,
+        Some(id @ (Value::BulkString(_) | Value::SimpleString(_))) => text(id),
         other => return Err(format!("expected an entry id, got {other:?}")),
     };
     let fields = match parts.next() {
         None | Some(Value::Nil) => None,
-        Some(Value::Array(flat)) => Some(
-            flat.chunks(2)
-                .map(|pair| {
-                    (
-                        String::from_utf8_lossy(&bytes(&pair[0])).into_owned(),
-                        bytes(pair.get(1).unwrap_or(&Value::Nil)),
-                    )
-                })
-                .collect(),
-        ),
+        Some(Value::Array(flat)) => {
+            // The reply's buffers are moved into the entry, not copied.
+            let mut flat = flat.into_iter();
+            let mut fields = Vec::with_capacity(flat.len().div_ceil(2));
+            while let Some(name) = flat.next() {
+                let value = flat.next().unwrap_or(Value::Nil);
+                fields.push((text(name), bytes(value)));
+            }
+            Some(fields)
+        }
         Some(other) => return Err(format!("expected the fields of {id}, got {other:?}")),
     };
     Ok(RawEntry { id, fields })
 }
 
-fn bytes(value: &Value) -> Vec<u8> {
+fn bytes(value: Value) -> Vec<u8> {
     match value {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::BulkString(b) => b,
+        Value::SimpleString(s) => s.into_bytes(),
         Value::Int(i) => i.to_string().into_bytes(),
         _ => Vec::new(),
     }
+}
+
+/// The value as text; bytes that are not UTF-8 are replaced.
+fn text(value: Value) -> String {
+    String::from_utf8(bytes(value))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
