@@ -243,13 +243,13 @@ pub async fn enqueue_all(
 macro_rules! insert_outbox_rows {
     () => {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each
-        // list travels as a JSON array and becomes a `text[]` again here.
+        // list travels as the text of a JSON array and becomes a `text[]` again here.
         // A row keyed by its order stores no key (migration 1007).
         "INSERT INTO outbox (event_id, stream, event_type, order_id, fields, partition_key)
          SELECT event_id, stream, event_type, order_id,
-                ARRAY(SELECT jsonb_array_elements_text(fields)),
+                ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)),
                 NULLIF(partition_key, order_id::text)
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::text[])
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[])
               WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, partition_key, n)
          ORDER BY n"
     };
@@ -287,7 +287,7 @@ type Columns = (
     Vec<String>,
     Vec<&'static str>,
     Vec<Uuid>,
-    Vec<serde_json::Value>,
+    Vec<String>,
     Vec<String>,
 );
 
@@ -297,7 +297,11 @@ fn columns(rows: &[&OutboxRow]) -> Columns {
         rows.iter().map(|r| r.stream.clone()).collect(),
         rows.iter().map(|r| r.event_type).collect(),
         rows.iter().map(|r| r.order_id).collect(),
-        rows.iter().map(|r| serde_json::json!(r.fields)).collect(),
+        // Written as JSON text at once, not built as a `serde_json::Value` first (a
+        // string per field). A list of strings always serialises.
+        rows.iter()
+            .map(|r| serde_json::to_string(&r.fields).unwrap_or_default())
+            .collect(),
         rows.iter().map(|r| r.partition_key.clone()).collect(),
     )
 }
