@@ -253,20 +253,25 @@ async fn requests_carry_a_request_id() {
 }
 
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the real binary exports its spans over
-/// OTLP/HTTP: a stand-in collector receives them (at the latest when SIGTERM flushes).
+/// OTLP/HTTP: a stand-in collector receives them (at the latest when SIGTERM flushes),
+/// in the caller's trace, which the event carries on as it does without an exporter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    let received = Arc::new(AtomicUsize::new(0));
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_trace_bytes: Vec<u8> = (0..32)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&caller_trace[i..i + 2], 16).expect("hex"))
+        .collect();
+    let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
     let collector = axum::Router::new().route(
         "/v1/traces",
         axum::routing::post({
             let received = received.clone();
             move |body: axum::body::Bytes| async move {
                 if !body.is_empty() {
-                    received.fetch_add(1, Ordering::SeqCst);
+                    received.lock().expect("not poisoned").push(body.to_vec());
                 }
                 (
                     [("content-type", "application/x-protobuf")],
@@ -295,14 +300,28 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
     e2e::ready(&process).await;
     let response = reqwest::Client::new()
         .post(format!("{}/orders", process.base_url))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-b7ad6b7169203331-01"),
+        )
         .json(&order_body(4))
         .send()
         .await
         .expect("answers");
     assert_eq!(response.status(), 201);
+    let created = last_on(&ctx, ORDER_EVENTS).await;
+    assert_eq!(
+        created.traceparent.as_deref().and_then(trace_id),
+        Some(caller_trace),
+        "OrderCreated carries the caller's trace"
+    );
     e2e::terminate(&mut process, Duration::from_secs(15)).await;
+    let received = received.lock().expect("not poisoned");
+    assert!(!received.is_empty(), "the collector received no spans");
     assert!(
-        received.load(Ordering::SeqCst) > 0,
-        "the collector received no spans"
+        received
+            .iter()
+            .any(|body| body.windows(16).any(|w| w == caller_trace_bytes)),
+        "no exported span is in the caller's trace"
     );
 }
