@@ -112,11 +112,11 @@ pub fn init(config: &TelemetryConfig) -> Telemetry {
         }
         .with_filter(filter.and(summarise.clone()))
     });
-    // Exported spans carry their fields; source locations, thread ids and busy/idle timing per
-    // poll are left out: they cost on every request and event and say little here. Nor
-    // is a span's OpenTelemetry context made the thread's current one each time its
-    // future is polled: nothing in these processes reads it (trace context is taken from
-    // the span itself, `traceparent_of`), and it was a sixth of what tracing cost
+    // Exported spans carry their fields; source locations, thread ids and busy/idle
+    // timing per poll are left out: they cost on every request and event and say little
+    // here. Nor is a span's OpenTelemetry context made the thread's current one each time
+    // its future is polled: nothing in these processes reads it (trace context is taken
+    // from the span itself, `traceparent_of`), and it was a sixth of what tracing cost
     // order-service (docs/performance.md, 2026-12-05, later).
     let exported = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
