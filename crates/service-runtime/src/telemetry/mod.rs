@@ -10,7 +10,7 @@
 //!   stores it with the event, the consumer makes it the parent of the span that handles
 //!   the event, so one trace runs POST -> payment -> status update (SPEC §8). With
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP/HTTP; without it no
-//!   exporter runs, and only ids are made and propagated ([`trace_ids`]).
+//!   exporter runs, and only ids are made and propagated (`telemetry/trace_ids.rs`).
 
 mod trace_ids;
 
