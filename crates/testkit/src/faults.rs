@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::ports::free_port;
 use crate::waiting::eventually;
 
 /// Waits until the Redis at `url` answers `PING`.
@@ -24,14 +25,6 @@ pub(crate) async fn answers(url: &str, what: &str) {
         },
     )
     .await;
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 /// A Redis server of one test's own, for what must not touch the shared one: `FLUSHALL`,

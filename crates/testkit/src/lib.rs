@@ -1,8 +1,9 @@
 //! Test harness: real Postgres and real Redis, isolated per test.
 //!
 //! [`backends`](mod@backends) finds the servers, [`context`] gives each test its slice of them,
-//! [`spawned`] starts services in-process, [`waiting`] waits with a deadline, and
-//! [`faults`] breaks things for one test only, [`cluster`] gives one test a Redis Cluster
+//! [`spawned`] starts services in-process, [`waiting`] waits with a deadline,
+//! [`faults`] breaks things for one test only, [`ports`] gives its servers ports no
+//! outgoing connection takes, [`cluster`] gives one test a Redis Cluster
 //! to fail over, kill and reshard, and [`tls`] gives one test servers that speak TLS with
 //! certificates it generates. [`browser`] drives a headless `chromium` for tests of a
 //! page.
@@ -21,6 +22,7 @@ pub mod browser;
 pub mod cluster;
 pub mod context;
 pub mod faults;
+pub mod ports;
 pub mod signing;
 pub mod spawned;
 pub mod tls;
@@ -29,7 +31,8 @@ pub mod waiting;
 pub use backends::{Backends, backends, with_database};
 pub use cluster::{ClusterOptions, RedisCluster};
 pub use context::TestContext;
-pub use faults::{FaultProxy, PrivateRedis, free_port, host_port};
+pub use faults::{FaultProxy, PrivateRedis, host_port};
+pub use ports::free_port;
 pub use spawned::Spawned;
 pub use tls::{TestCertificates, TlsPostgres, TlsRedis};
 pub use waiting::eventually;

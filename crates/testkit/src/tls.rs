@@ -9,7 +9,8 @@ use std::time::Duration;
 use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::faults::{answers, free_port};
+use crate::faults::answers;
+use crate::ports::free_port;
 use crate::waiting::eventually;
 
 /// A certificate authority and a server certificate it signed for `127.0.0.1` and

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::faults::free_port;
+use crate::ports::{cluster_port, free_port};
 use crate::tls::TestCertificates;
 
 mod changes;
@@ -258,15 +258,5 @@ impl Drop for RedisCluster {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A free port whose cluster bus port (+10000) is free too (so below 55536).
-fn cluster_port() -> u16 {
-    loop {
-        let port = free_port();
-        if port < 55_536 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
     }
 }
