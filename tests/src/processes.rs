@@ -1,5 +1,6 @@
 //! The services as processes of their own: started, awaited, stopped, frozen.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use testkit::{eventually, free_port};
 pub struct Process {
     pub child: Child,
     pub base_url: String,
+    /// Where its standard error goes (a panic, a configuration it refused, a port it could
+    /// not bind), shown when it exits before it is ready.
+    stderr: PathBuf,
 }
 
 impl Drop for Process {
@@ -17,6 +21,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 
@@ -33,6 +38,10 @@ pub fn start_logging_process(binary: &str, env: &[(&str, String)], log: &std::fs
 
 fn spawn_process(binary: &str, env: &[(&str, String)], stdout: Stdio) -> Process {
     let port = free_port();
+    let stderr = std::env::temp_dir().join(format!(
+        "e2e-{}-{port}.stderr",
+        uuid::Uuid::new_v4().simple()
+    ));
     let service = ["order-service", "payment-service"]
         .into_iter()
         .find(|service| binary.ends_with(service));
@@ -47,28 +56,33 @@ fn spawn_process(binary: &str, env: &[(&str, String)], stdout: Stdio) -> Process
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(stdout)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("a file for its standard error"))
         .spawn()
         .expect("the binary starts");
     Process {
         child,
         base_url: format!("http://127.0.0.1:{port}"),
+        stderr,
     }
 }
 
-/// Waits until the process answers `/health/ready` with 200.
-pub async fn ready(process: &Process) {
+/// Waits until the process answers `/health/ready` with 200; fails at once, with what it
+/// wrote to its standard error, if it exits first.
+pub async fn ready(process: &mut Process) {
     let url = format!("{}/health/ready", process.base_url);
-    eventually(
-        "the process to be ready",
-        Duration::from_secs(20),
-        || async {
+    eventually("the process to be ready", Duration::from_secs(20), || {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            let stderr = std::fs::read_to_string(&process.stderr).unwrap_or_default();
+            panic!("the process exited ({status}) before it was ready; its stderr:\n{stderr}");
+        }
+        let url = url.clone();
+        async move {
             match reqwest::get(&url).await {
                 Ok(response) if response.status() == 200 => Ok(()),
                 other => Err(format!("{other:?}")),
             }
-        },
-    )
+        }
+    })
     .await;
 }
 

@@ -469,8 +469,8 @@ async fn real_binaries_killed_with_sigkill_under_load_lose_nothing() {
     };
     let mut orders = start_orders();
     let mut payments = start_payments();
-    ready(&orders).await;
-    ready(&payments).await;
+    ready(&mut orders).await;
+    ready(&mut payments).await;
 
     let mut accepted = 0;
     for round in 0..4 {
@@ -489,10 +489,10 @@ async fn real_binaries_killed_with_sigkill_under_load_lose_nothing() {
         accepted += load.await.expect("load ran").accepted.len();
         if round % 2 == 1 {
             orders = start_orders();
-            ready(&orders).await;
+            ready(&mut orders).await;
         }
         payments = start_payments();
-        ready(&payments).await;
+        ready(&mut payments).await;
     }
     assert!(accepted > 0);
 

@@ -61,7 +61,7 @@ impl Replicated {
             let process = system.process(Service::Payments, name);
             system.payments.push(process);
         }
-        for process in system.orders.iter().chain(&system.payments) {
+        for process in system.orders.iter_mut().chain(&mut system.payments) {
             ready(process).await;
         }
         system
@@ -376,18 +376,18 @@ async fn a_long_redis_outage_logs_a_line_per_cause_per_interval() {
         ];
         e2e::start_logging_process(binary, &env, &log)
     };
-    let orders = start(
+    let mut orders = start(
         env!("CARGO_BIN_EXE_chaos-order-service"),
         &orders_db,
         "orders",
     );
-    let payments = start(
+    let mut payments = start(
         env!("CARGO_BIN_EXE_chaos-payment-service"),
         &payments_db,
         "payments",
     );
-    ready(&orders).await;
-    ready(&payments).await;
+    ready(&mut orders).await;
+    ready(&mut payments).await;
 
     redis.kill();
     // Orders keep coming through the outage, 2 a second.

@@ -30,7 +30,7 @@ async fn memory_a_burst_of_requests_took_is_given_back_once_it_is_over() {
         ("STREAM_NAMESPACE", ctx.namespace().to_owned()),
     ];
     let mut orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
-    ready(&orders).await;
+    ready(&mut orders).await;
     let pid = orders.child.id();
     // Warm up: connections, prepared statements and buffers of ordinary load.
     assert_eq!(place_orders(&orders.base_url, 50, 4).await.failed, 0);
@@ -79,8 +79,8 @@ async fn max_connections_sending_huge_headers_keep_memory_far_under_the_limit() 
         ("HTTP_MAX_CONNECTIONS", CONNECTIONS.to_string()),
         ("HTTP_HEADER_READ_TIMEOUT_MS", "60000".to_owned()),
     ];
-    let orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
-    ready(&orders).await;
+    let mut orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
+    ready(&mut orders).await;
     let pid = orders.child.id();
     let addr = orders.base_url.trim_start_matches("http://").to_owned();
 
@@ -133,8 +133,8 @@ async fn huge_entries_are_dead_lettered_unread_and_memory_stays_bounded() {
             ("READ_BLOCK_MS", "200".to_owned()),
         ]
     };
-    let orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env(&orders_db));
-    ready(&orders).await;
+    let mut orders = start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env(&orders_db));
+    ready(&mut orders).await;
     assert_eq!(place_orders(&orders.base_url, 1, 1).await.failed, 0);
     // The relay publishes after the commit that answered the POST: wait for the entry.
     let (_, genuine) = eventually(
@@ -160,11 +160,11 @@ async fn huge_entries_are_dead_lettered_unread_and_memory_stays_bounded() {
     }
     drop(padding);
 
-    let payments = start_process(
+    let mut payments = start_process(
         env!("CARGO_BIN_EXE_chaos-payment-service"),
         &env(&payments_db),
     );
-    ready(&payments).await;
+    ready(&mut payments).await;
     let placed = place_orders(&orders.base_url, 20, 4).await;
     assert_eq!(placed.failed, 0);
     let (orders_pool, payments_pool) = (

@@ -297,7 +297,7 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
         ),
     ];
     let mut process = e2e::start_process(env!("CARGO_BIN_EXE_chaos-order-service"), &env);
-    e2e::ready(&process).await;
+    e2e::ready(&mut process).await;
     let response = reqwest::Client::new()
         .post(format!("{}/orders", process.base_url))
         .header(

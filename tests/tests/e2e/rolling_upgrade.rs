@@ -103,8 +103,8 @@ impl Rollout {
             targets: Arc::default(),
             started: 2,
         };
-        ready(&rollout.orders).await;
-        ready(&rollout.payments).await;
+        ready(&mut rollout.orders).await;
+        ready(&mut rollout.payments).await;
         let first = rollout.orders.base_url.clone();
         rollout.targets_are(&[&first]);
         rollout
@@ -121,9 +121,9 @@ impl Rollout {
             Service::Orders => self.orders_db.clone(),
             Service::Payments => self.payments_db.clone(),
         };
-        let next = spawn(&self.ctx, &self.previous, service, build, &db, self.started);
+        let mut next = spawn(&self.ctx, &self.previous, service, build, &db, self.started);
         self.started += 1;
-        ready(&next).await;
+        ready(&mut next).await;
         let mut old = match service {
             Service::Orders => {
                 let (old_url, new_url) = (self.orders.base_url.clone(), next.base_url.clone());
