@@ -18,7 +18,8 @@
 //! them; a lost mark only means a repeat. So handed-over rows are marked together, at
 //! most [`MARK_EVERY`] after their publish, in one statement for every hand-over
 //! published meanwhile: under moderate load a hand-over holds a few rows, and a mark per
-//! hand-over was a statement for every two or three orders.
+//! hand-over was a statement for every two or three orders. Marks waiting in memory are
+//! bounded: once as many wait as the queue may hold rows, they are written at once.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -111,7 +112,9 @@ impl OutboxRelay {
     }
 
     /// Publishes the rows handed over since the last call; [`mark_published`](Self::mark_published)
-    /// marks them. Returns how many. If Redis fails they are dropped from memory, still
+    /// marks them, or this call does once as many marks wait as the queue may hold rows
+    /// ([`QUEUE_LIMIT`]), so what waits in memory stays bounded however fast rows come.
+    /// Returns how many rows. If Redis fails they are dropped from memory, still
     /// unpublished in the table, for the poll.
     pub async fn publish_handed_over(&self) -> Result<usize, RelayError> {
         let rows = self.queue.take();
@@ -129,9 +132,15 @@ impl OutboxRelay {
         self.tick(&mut pipe, rows.iter().map(|row| row.stream.as_str()));
         pipe.exec_async(&mut self.redis.clone()).await?;
         self.count_published(rows.iter().map(|row| (row.stream.as_str(), row.event_type)));
-        self.lock_unmarked()
-            .extend(rows.iter().map(|row| row.event_id));
+        let waiting = {
+            let mut unmarked = self.lock_unmarked();
+            unmarked.extend(rows.iter().map(|row| row.event_id));
+            unmarked.len()
+        };
         debug!(published = rows.len(), "handed-over outbox rows published");
+        if waiting >= QUEUE_LIMIT {
+            self.mark_published().await?;
+        }
         Ok(rows.len())
     }
 
@@ -263,11 +272,6 @@ impl OutboxRelay {
                 () = shutdown.cancelled() => break,
                 () = self.queue.ready() => match self.publish_handed_over().await {
                     Ok(0) => Ok(()),
-                    // As many marks waiting as the queue holds rows: written now, so
-                    // what waits in memory stays bounded however fast rows come.
-                    Ok(_) if self.lock_unmarked().len() >= QUEUE_LIMIT => {
-                        self.mark_published().await.map(drop)
-                    }
                     Ok(_) => {
                         if !marks_armed {
                             marks_due.as_mut().reset(tokio::time::Instant::now() + MARK_EVERY);
