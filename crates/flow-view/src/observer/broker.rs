@@ -12,7 +12,7 @@ use service_runtime::functions::{ObserveFrom, Observed, observe};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Flow, MAX_ENTRY_BYTES, Shared};
+use super::{Flow, MAX_ENTRY_BYTES, Shared, entry_id_order};
 use crate::window::{Step, Window, clip};
 
 /// Pending entries looked at per group and round; consumers and dead letters shown.
@@ -229,22 +229,10 @@ async fn read_stream_state(
         });
     }
     // The newest of every group's, newest first.
-    recent_dead_letters.sort_by(|a: &DeadLetter, b| newest_first(&a.id, &b.id));
+    recent_dead_letters.sort_by_key(|letter| std::cmp::Reverse(entry_id_order(&letter.id)));
     recent_dead_letters.truncate(DEAD_LETTERS_SHOWN);
     state.recent_dead_letters = recent_dead_letters;
     Ok((state, pending_entries))
-}
-
-/// Orders entry ids `ms-seq` newest first.
-fn newest_first(a: &str, b: &str) -> std::cmp::Ordering {
-    let parse = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(b).cmp(&parse(a))
 }
 
 fn dead_letter(entry: &Observed) -> DeadLetter {

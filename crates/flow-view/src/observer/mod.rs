@@ -28,6 +28,13 @@ pub use tail::tail;
 /// The most bytes of one entry the view reads; a bigger one is shown by its size.
 const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
+/// A stream entry id (`<ms>-<seq>`) as what it sorts by; a part that is not a number
+/// counts as 0.
+fn entry_id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// A stream of the flow and its keys.
 #[derive(Debug, Clone)]
 pub struct Flow {

@@ -21,7 +21,7 @@ use service_runtime::functions::{ObserveFrom, Observed, observe, stream_ends};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::{Flow, MAX_ENTRY_BYTES, Shared, View};
+use super::{Flow, MAX_ENTRY_BYTES, Shared, View, entry_id_order};
 use crate::window::{Step, clip};
 
 /// Entries read per call.
@@ -201,14 +201,7 @@ fn recreated(seen: &str, newest: Option<&str>) -> bool {
 
 /// Whether stream entry id `a` is older than `b`.
 fn entry_id_less(a: &str, b: &str) -> bool {
-    let parse = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (
-            ms.parse::<u64>().unwrap_or(0),
-            seq.parse::<u64>().unwrap_or(0),
-        )
-    };
-    parse(a) < parse(b)
+    entry_id_order(a) < entry_id_order(b)
 }
 
 /// Adds what one entry says to the timeline of the order it names.
