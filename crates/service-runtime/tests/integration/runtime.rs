@@ -428,6 +428,81 @@ async fn handed_over_rows_redis_refused_are_published_by_the_poll_once_it_is_bac
     claimed_once_redis_is_back(&ctx, &relay, 3).await;
 }
 
+/// SPEC §4.9, an outage of minutes: rows keep committing and being handed over while Redis
+/// is gone for two minutes; the relay neither stops nor stalls (every row is on the
+/// stream soon after Redis is back: at least once, as §4.1 promises) and leaves nothing
+/// unmarked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rides_out_a_redis_outage_of_two_minutes_and_publishes_every_row() {
+    const OUTAGE: Duration = Duration::from_secs(120);
+    let mut redis = PrivateRedis::start().await;
+    let ctx = TestContext::with_redis(&redis.url());
+    let pool = database(&ctx).await;
+    let queue = RelayQueue::default();
+    let relay = relay_with(
+        &ctx,
+        &pool,
+        (Duration::from_millis(200), Duration::from_secs(1)),
+        &queue,
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    redis.kill();
+    let (ends, mut pace) = (
+        tokio::time::Instant::now() + OUTAGE,
+        tokio::time::interval(Duration::from_millis(100)),
+    );
+    let mut committed = 0;
+    while tokio::time::Instant::now() < ends {
+        pace.tick().await;
+        queue.hand_over(enqueue(&pool, &event()).await);
+        committed += 1;
+    }
+    assert!(
+        !running.is_finished(),
+        "the relay stopped during the outage"
+    );
+    assert_eq!(unpublished(&pool).await, committed as i64, "nothing marked");
+
+    redis.restart().await;
+    eventually(
+        "every row of the outage on the stream",
+        Duration::from_secs(30),
+        || async {
+            let entries = ctx.entries(STREAM).await;
+            let distinct: std::collections::HashSet<&str> = entries
+                .iter()
+                .flat_map(|(_, fields)| fields.iter())
+                .filter(|(name, _)| name == "event_id")
+                .map(|(_, id)| id.as_str())
+                .collect();
+            match distinct.len() {
+                n if n == committed => Ok(()),
+                n => Err(format!(
+                    "{n} of {committed} rows ({} entries)",
+                    entries.len()
+                )),
+            }
+        },
+    )
+    .await;
+    eventually(
+        "every row marked published",
+        Duration::from_secs(10),
+        || async {
+            match unpublished(&pool).await {
+                0 => Ok(()),
+                n => Err(format!("{n} unpublished")),
+            }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    running.await.expect("relay stops");
+}
+
 #[tokio::test]
 async fn the_marks_of_several_hand_overs_are_written_together() {
     let ctx = TestContext::new();
