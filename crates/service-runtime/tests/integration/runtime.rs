@@ -297,6 +297,17 @@ async fn unpublished(pool: &PgPool) -> i64 {
         .expect("counts")
 }
 
+/// Waits (up to `within`) until every outbox row is marked published.
+async fn all_marked(pool: &PgPool, within: Duration) {
+    eventually("every row marked published", within, || async {
+        match unpublished(pool).await {
+            0 => Ok(()),
+            n => Err(format!("{n} unpublished")),
+        }
+    })
+    .await;
+}
+
 /// How many entries `ctx`'s stream holds, within `deadline`, once it holds `n`.
 async fn published(ctx: &TestContext, n: usize, what: &str, deadline: Duration) {
     eventually(what, deadline, || async {
@@ -350,17 +361,7 @@ async fn the_relay_publishes_what_its_process_hands_over_without_claiming_it() {
         Duration::from_secs(3),
     )
     .await;
-    eventually(
-        "the rows marked published",
-        Duration::from_secs(3),
-        || async {
-            match unpublished(&pool).await {
-                0 => Ok(()),
-                n => Err(format!("{n} unpublished")),
-            }
-        },
-    )
-    .await;
+    all_marked(&pool, Duration::from_secs(3)).await;
     shutdown.cancel();
     running.await.expect("relay stops");
 
@@ -488,17 +489,7 @@ async fn a_relay_rides_out_a_redis_outage_of_two_minutes_and_publishes_every_row
         },
     )
     .await;
-    eventually(
-        "every row marked published",
-        Duration::from_secs(10),
-        || async {
-            match unpublished(&pool).await {
-                0 => Ok(()),
-                n => Err(format!("{n} unpublished")),
-            }
-        },
-    )
-    .await;
+    all_marked(&pool, Duration::from_secs(10)).await;
     shutdown.cancel();
     running.await.expect("relay stops");
 }
