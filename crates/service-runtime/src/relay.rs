@@ -10,8 +10,15 @@
 //!   locks and marks, in one statement (`FOR UPDATE SKIP LOCKED`, so replicas share the
 //!   work), unpublished rows older than `claim_after`, `XADD`s them in one pipeline, and
 //!   commits the marks only then. Those are rows whose writer died before handing them
-//!   over, or whose publish or mark failed: left younger than `claim_after`, a row is its
-//!   writer's to publish, so the two paths rarely publish one row twice.
+//!   over, or whose publish or mark failed.
+//!
+//! The two never race for a row: a handed-over row is published from memory only while
+//! younger than half of `claim_after` (and marked within [`MARK_EVERY`] of its publish),
+//! and claimed only once older than `claim_after`. A row that waited in memory longer (its
+//! relay was busy, or Redis was down: after an outage the queue holds what was handed over
+//! during the last retry's wait) is left to the poll, so it is published once, not by both
+//! (SPEC §4.9: at most about 1.5 entries per event after an outage). A repeat then comes
+//! only from a publish Redis wrote without its answer arriving.
 //!
 //! A row is marked published by deleting its entry in `outbox_pending` (see
 //! [`crate::outbox`]). If Redis fails, the rows stay unpublished and the poll retries
@@ -114,10 +121,11 @@ impl OutboxRelay {
     /// Publishes the rows handed over since the last call; [`mark_published`](Self::mark_published)
     /// marks them, or this call does once as many marks wait as the queue may hold rows
     /// ([`QUEUE_LIMIT`]), so what waits in memory stays bounded however fast rows come.
-    /// Returns how many rows. If Redis fails they are dropped from memory, still
-    /// unpublished in the table, for the poll.
+    /// Returns how many rows. Rows handed over more than half of `claim_after` ago are
+    /// left to the poll (module docs); if Redis fails the rows are dropped from memory,
+    /// still unpublished in the table, for the poll too.
     pub async fn publish_handed_over(&self) -> Result<usize, RelayError> {
-        let rows = self.queue.take();
+        let rows = self.queue.take_younger_than(self.claim_after / 2);
         if rows.is_empty() {
             return Ok(0);
         }

@@ -23,7 +23,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use events::{Envelope, EventType, EventWriter};
 use sqlx::postgres::PgArguments;
@@ -43,13 +43,15 @@ pub const QUEUE_LIMIT: usize = 10_000;
 /// This process's line to its relay. After committing a transaction that added or
 /// re-armed outbox rows, [`hand_over`](Self::hand_over) them: the relay publishes them
 /// without reading them back. It never blocks. Rows never handed over (their writer died
-/// first) or that could not be published are found by the relay's poll.
+/// first), that could not be published, or that waited in memory until the poll could
+/// claim them (see [`crate::relay`]) are found by the relay's poll.
 #[derive(Debug, Clone, Default)]
 pub struct RelayQueue(Arc<QueueInner>);
 
 #[derive(Debug, Default)]
 struct QueueInner {
-    rows: Mutex<Vec<OutboxRow>>,
+    /// Each row with the moment it was handed over.
+    rows: Mutex<Vec<(Instant, OutboxRow)>>,
     ready: Notify,
 }
 
@@ -60,17 +62,27 @@ impl RelayQueue {
         if rows.is_empty() {
             return;
         }
+        let now = Instant::now();
         {
             let mut queued = self.0.rows.lock().unwrap_or_else(|e| e.into_inner());
             let room = QUEUE_LIMIT.saturating_sub(queued.len());
-            queued.extend(rows.into_iter().take(room));
+            queued.extend(rows.into_iter().take(room).map(|row| (now, row)));
         }
         self.0.ready.notify_one();
     }
 
-    /// Takes every row handed over so far.
-    pub(crate) fn take(&self) -> Vec<OutboxRow> {
-        std::mem::take(&mut *self.0.rows.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Takes every row handed over so far: returns those handed over at most `max_age`
+    /// ago and drops the older ones, which are the relay's poll's to publish by then
+    /// (they are still unpublished in the table).
+    pub(crate) fn take_younger_than(&self, max_age: Duration) -> Vec<OutboxRow> {
+        let queued = std::mem::take(&mut *self.0.rows.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = Instant::now();
+        queued
+            .into_iter()
+            .filter_map(|(handed_over, row)| {
+                (now.saturating_duration_since(handed_over) <= max_age).then_some(row)
+            })
+            .collect()
     }
 
     /// Waits until rows are handed over (or returns at once for rows handed over while
