@@ -255,13 +255,14 @@ pub async fn enqueue_all(
 macro_rules! insert_outbox_rows {
     () => {
         // A field list per row: Postgres arrays of arrays must be rectangular, so each
-        // list travels as the text of a JSON array and becomes a `text[]` again here.
+        // list travels in a composite of its own (`FieldList`, migration 1008), which
+        // `unnest` expands into its one column, the `text[]`.
         // A row keyed by its order stores no key (migration 1007).
         "INSERT INTO outbox (event_id, stream, event_type, order_id, fields, partition_key)
-         SELECT event_id, stream, event_type, order_id,
-                ARRAY(SELECT jsonb_array_elements_text(fields::jsonb)),
+         SELECT event_id, stream, event_type, order_id, fields,
                 NULLIF(partition_key, order_id::text)
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[])
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+                     $5::outbox_field_list[], $6::text[])
               WITH ORDINALITY AS t(event_id, stream, event_type, order_id, fields, partition_key, n)
          ORDER BY n"
     };
@@ -288,41 +289,66 @@ macro_rules! queue_outbox_rows {
 /// Binds outbox rows as `$1` to `$6` of a statement written with [`queue_outbox_rows!`]
 /// or [`insert_outbox_rows!`](crate::insert_outbox_rows): bind them first, then the
 /// statement's own.
-pub trait BindOutboxRows {
+pub trait BindOutboxRows<'q> {
     /// The query with `rows` bound, in the order given.
-    fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self;
+    fn bind_outbox_rows(self, rows: &[&'q OutboxRow]) -> Self;
+}
+
+/// One row's field list as [`insert_outbox_rows!`] binds it: a composite
+/// `outbox_field_list` (migration 1008) holding the `text[]`, sent in binary; an array
+/// of them holds lists of any lengths, and `unnest` gives back each `text[]`.
+struct FieldList<'a>(&'a [String]);
+
+impl sqlx::Type<Postgres> for FieldList<'_> {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_name("outbox_field_list")
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for FieldList<'_> {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::array_of("outbox_field_list")
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for FieldList<'_> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        let mut record = sqlx::postgres::types::PgRecordEncoder::new(buf);
+        record.encode(self.0)?;
+        record.finish();
+        Ok(sqlx::encode::IsNull::No)
+    }
 }
 
 /// The columns of `rows`, as the six binds of [`insert_outbox_rows!`] take them.
-type Columns = (
+type Columns<'a> = (
     Vec<Uuid>,
-    Vec<String>,
+    Vec<&'a str>,
     Vec<&'static str>,
     Vec<Uuid>,
-    Vec<String>,
-    Vec<String>,
+    Vec<FieldList<'a>>,
+    Vec<&'a str>,
 );
 
-fn columns(rows: &[&OutboxRow]) -> Columns {
+fn columns<'a>(rows: &[&'a OutboxRow]) -> Columns<'a> {
     (
         rows.iter().map(|r| r.event_id).collect(),
-        rows.iter().map(|r| r.stream.clone()).collect(),
+        rows.iter().map(|r| r.stream.as_str()).collect(),
         rows.iter().map(|r| r.event_type).collect(),
         rows.iter().map(|r| r.order_id).collect(),
-        // Written as JSON text at once, not built as a `serde_json::Value` first (a
-        // string per field). A list of strings always serialises.
-        rows.iter()
-            .map(|r| serde_json::to_string(&r.fields).unwrap_or_default())
-            .collect(),
-        rows.iter().map(|r| r.partition_key.clone()).collect(),
+        rows.iter().map(|r| FieldList(&r.fields)).collect(),
+        rows.iter().map(|r| r.partition_key.as_str()).collect(),
     )
 }
 
 /// The same six binds for each kind of query (`bind` is each one's own, not a trait's).
 macro_rules! impl_bind_outbox_rows {
     ($([$($generic:ident)?] $query:ty),+) => {$(
-        impl<$($generic)?> BindOutboxRows for $query {
-            fn bind_outbox_rows(self, rows: &[&OutboxRow]) -> Self {
+        impl<'q, $($generic)?> BindOutboxRows<'q> for $query {
+            fn bind_outbox_rows(self, rows: &[&'q OutboxRow]) -> Self {
                 let (ids, streams, types, orders, fields, keys) = columns(rows);
                 self.bind(ids)
                     .bind(streams)
@@ -336,8 +362,8 @@ macro_rules! impl_bind_outbox_rows {
 }
 
 impl_bind_outbox_rows!(
-    [] Query<'_, Postgres, PgArguments>,
-    [O] QueryAs<'_, Postgres, O, PgArguments>
+    [] Query<'q, Postgres, PgArguments>,
+    [O] QueryAs<'q, Postgres, O, PgArguments>
 );
 
 /// Which outbox rows still wait for their answer (SPEC §4.6): a SQL condition on an

@@ -225,3 +225,44 @@ async fn a_row_keyed_by_its_order_stores_no_key_and_is_found_by_its_order() {
         [shipment.event_id]
     );
 }
+
+/// Migration 1008: the rows of one statement carry field lists of any lengths and any
+/// text (each in a composite of its own, not a rectangular array), stored byte for byte.
+#[tokio::test]
+async fn field_lists_of_any_length_and_text_are_stored_byte_for_byte() {
+    let ctx = TestContext::new();
+    let pool = crate::runtime::database(&ctx).await;
+    let writer = EventWriter::unsigned(SchemaVersion::NEWEST);
+    let awkward = [
+        "",
+        "NULL",
+        "a \"quoted\", {braced} \\ value",
+        "line\nbreak\ttab",
+        "ünïcödé ✓",
+    ];
+    let mut rows: Vec<OutboxRow> = (0..3)
+        .map(|_| OutboxRow::new("order-events", &writer, &event()))
+        .collect();
+    rows[0].fields = Vec::new();
+    rows[1].fields = awkward.iter().map(|s| (*s).to_owned()).collect();
+    rows[2]
+        .fields
+        .extend(awkward.iter().map(|s| (*s).to_owned()));
+    sqlx::query(concat!(
+        "WITH ",
+        service_runtime::queue_outbox_rows!(),
+        "done AS (SELECT 1) SELECT 1"
+    ))
+    .bind_outbox_rows(&rows.iter().collect::<Vec<_>>())
+    .execute(&pool)
+    .await
+    .expect("queued");
+    let stored: Vec<Vec<String>> = sqlx::query_scalar("SELECT fields FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+    assert_eq!(
+        stored,
+        rows.iter().map(|r| r.fields.clone()).collect::<Vec<_>>()
+    );
+}
