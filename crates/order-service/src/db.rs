@@ -1,6 +1,7 @@
 //! Every query of the order database, one function each. Functions that take a
 //! `&mut PgConnection` run inside the caller's transaction.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -44,14 +45,16 @@ pub struct NewOrderRow<'a> {
 
 /// Inserts new `PENDING` orders together with their deadlines and `OrderCreated` outbox
 /// rows, in one statement: all or none, without a transaction's extra round trips.
-/// Returns the orders as stored, in the order given.
+/// Returns the orders as stored, in the order given: what the database decides (status,
+/// timestamps) comes back from it; the rest is what was written, not read back (the
+/// items' JSON would be printed by Postgres and parsed here again for nothing).
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
 pub async fn insert_orders_with_events<'c>(
     conn: impl sqlx::PgExecutor<'c>,
     orders: &[NewOrderRow<'_>],
 ) -> sqlx::Result<Vec<Order>> {
     /// The `OrderCreated` rows queued (`$1`-`$6`), then the orders (`$7`-`$12`) with their
-    /// deadlines, in one statement that returns them as stored.
+    /// deadlines, in one statement that returns what the database set.
     const INSERT: &str = concat!(
         "WITH ",
         service_runtime::queue_outbox_rows!(),
@@ -59,21 +62,16 @@ pub async fn insert_orders_with_events<'c>(
              SELECT * FROM unnest($7::uuid[], $8::text[], $9::jsonb[], $10::bigint[], $11::text[],
                                   $12::timestamptz[])
                  AS g(id, customer_id, items, total_cents, currency, pay_by)
-         ), o AS (
-             INSERT INTO orders (id, customer_id, items, total_cents, currency)
-             SELECT id, customer_id, items, total_cents, currency FROM given
-             RETURNING *
          ), d AS (
              INSERT INTO order_deadlines (order_id, pay_by)
              SELECT id, pay_by FROM given
-             RETURNING order_id, pay_by
          )
-         SELECT ",
-        order_columns!(),
-        " FROM o JOIN d ON d.order_id = o.id"
+         INSERT INTO orders (id, customer_id, items, total_cents, currency)
+         SELECT id, customer_id, items, total_cents, currency FROM given
+         RETURNING id, status, created_at, updated_at"
     );
     let events: Vec<&OutboxRow> = orders.iter().map(|o| o.event).collect();
-    let mut placed: Vec<Order> = sqlx::query_as(INSERT)
+    let stored: Vec<(Uuid, String, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(INSERT)
         .bind_outbox_rows(&events)
         .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
         .bind(
@@ -103,9 +101,32 @@ pub async fn insert_orders_with_events<'c>(
         .bind(orders.iter().map(|o| o.pay_by).collect::<Vec<_>>())
         .fetch_all(conn)
         .await?;
-    let position = |order: &Order| orders.iter().position(|o| o.id == order.id);
-    placed.sort_by_key(position);
-    Ok(placed)
+    let mut stored: BTreeMap<Uuid, (String, OffsetDateTime, OffsetDateTime)> = stored
+        .into_iter()
+        .map(|(id, status, created_at, updated_at)| (id, (status, created_at, updated_at)))
+        .collect();
+    orders
+        .iter()
+        .map(|row| {
+            let (status, created_at, updated_at) =
+                stored.remove(&row.id).ok_or(sqlx::Error::RowNotFound)?;
+            Ok(Order {
+                id: row.id,
+                customer_id: row.order.customer_id.clone(),
+                items: row.order.items.clone(),
+                total_cents: row.order.total_cents,
+                currency: row.order.currency.as_str().to_owned(),
+                status: OrderStatus::try_from(status).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                payment_id: None,
+                failure_reason: None,
+                refunded_at: None,
+                cancellation_confirmed_at: None,
+                pay_by: Some(row.pay_by),
+                created_at,
+                updated_at,
+            })
+        })
+        .collect()
 }
 
 /// The order with id `id`, if any.
@@ -141,13 +162,15 @@ pub async fn lock_orders(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<
 }
 
 /// Writes back the status, payment id, failure reason, refund and confirmation times of
-/// `orders` (locked by [`lock_orders`]), in one statement. Returns them as stored.
+/// `orders` (locked by [`lock_orders`]), in one statement, and sets their `updated_at`
+/// to the time it wrote (the transaction's, `now()`), the one column the database
+/// decides: nothing else is read back.
 #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
-pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::Result<Vec<Order>> {
+pub async fn update_orders(conn: &mut PgConnection, orders: &mut [Order]) -> sqlx::Result<()> {
     if orders.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    sqlx::query_as(concat!(
+    let updated_at: OffsetDateTime = sqlx::query_scalar(
         "WITH o AS (
              UPDATE orders o
              SET status = t.status, payment_id = t.payment_id,
@@ -157,12 +180,9 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
                          $6::timestamptz[])
                   AS t(id, status, payment_id, failure_reason, refunded_at, confirmed_at)
              WHERE o.id = t.id
-             RETURNING o.*
          )
-         SELECT ",
-        order_columns!(),
-        " FROM o LEFT JOIN order_deadlines d ON d.order_id = o.id"
-    ))
+         SELECT now()",
+    )
     .bind(orders.iter().map(|o| o.id).collect::<Vec<_>>())
     .bind(orders.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
     .bind(orders.iter().map(|o| o.payment_id).collect::<Vec<_>>())
@@ -179,8 +199,12 @@ pub async fn update_orders(conn: &mut PgConnection, orders: &[Order]) -> sqlx::R
             .map(|o| o.cancellation_confirmed_at)
             .collect::<Vec<_>>(),
     )
-    .fetch_all(conn)
-    .await
+    .fetch_one(conn)
+    .await?;
+    for order in orders {
+        order.updated_at = updated_at;
+    }
+    Ok(())
 }
 
 /// Moves the order to `status`, recording the payment id and failure reason if given.

@@ -92,14 +92,13 @@ impl EventHandler for PaymentEvents {
                 }
             }
         }
-        let changed: Vec<Order> = orders
+        let mut changed: Vec<Order> = orders
             .into_values()
             .filter(|order| changed.contains(&order.id))
             .collect();
-        for order in db::update_orders(tx, &changed).await? {
-            if decided.contains(&order.id) {
-                orders::record_time_to_final(&order);
-            }
+        db::update_orders(tx, &mut changed).await?;
+        for order in changed.iter().filter(|order| decided.contains(&order.id)) {
+            orders::record_time_to_final(order);
         }
         Ok(outbox::enqueue_all(tx, ORDER_EVENTS, &self.writer, &expired).await?)
     }

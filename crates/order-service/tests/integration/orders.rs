@@ -45,6 +45,7 @@ async fn placing_an_order_commits_it_with_its_event_and_the_relay_publishes_it()
 
     let (status, fetched) = app.get_json(&location).await;
     assert_eq!((status, &fetched["customer_id"]), (200, &json!("alice")));
+    assert_eq!(fetched, order, "the order answered is the order as stored");
 
     let (stored_type, stored_order): (String, Uuid) =
         sqlx::query_as("SELECT event_type, order_id FROM outbox")
