@@ -296,8 +296,13 @@ pub trait BindOutboxRows<'q> {
 
 /// One row's field list as [`insert_outbox_rows!`] binds it: a composite
 /// `outbox_field_list` (migration 1008) holding the `text[]`, sent in binary; an array
-/// of them holds lists of any lengths, and `unnest` gives back each `text[]`.
-struct FieldList<'a>(&'a [String]);
+/// of them holds lists of any lengths, and `unnest` gives back each `text[]`. Encoded as
+/// a record by sqlx's derive; its type named by hand (`derive(Type)` would also decode,
+/// which a borrowed list cannot).
+#[derive(sqlx::Encode)]
+struct FieldList<'a> {
+    list: &'a [String],
+}
 
 impl sqlx::Type<Postgres> for FieldList<'_> {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
@@ -308,18 +313,6 @@ impl sqlx::Type<Postgres> for FieldList<'_> {
 impl sqlx::postgres::PgHasArrayType for FieldList<'_> {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
         sqlx::postgres::PgTypeInfo::array_of("outbox_field_list")
-    }
-}
-
-impl sqlx::Encode<'_, Postgres> for FieldList<'_> {
-    fn encode_by_ref(
-        &self,
-        buf: &mut sqlx::postgres::PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        let mut record = sqlx::postgres::types::PgRecordEncoder::new(buf);
-        record.encode(self.0)?;
-        record.finish();
-        Ok(sqlx::encode::IsNull::No)
     }
 }
 
@@ -339,7 +332,7 @@ fn columns<'a>(rows: &[&'a OutboxRow]) -> Columns<'a> {
         rows.iter().map(|r| r.stream.as_str()).collect(),
         rows.iter().map(|r| r.event_type).collect(),
         rows.iter().map(|r| r.order_id).collect(),
-        rows.iter().map(|r| FieldList(&r.fields)).collect(),
+        rows.iter().map(|r| FieldList { list: &r.fields }).collect(),
         rows.iter().map(|r| r.partition_key.as_str()).collect(),
     )
 }
