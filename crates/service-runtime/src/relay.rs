@@ -18,7 +18,7 @@
 //! relay was busy, or Redis was down: after an outage the queue holds what was handed over
 //! during the last retry's wait) is left to the poll, so it is published once, not by both
 //! (SPEC §4.9: at most about 1.5 entries per event after an outage). A repeat then comes
-//! only from a publish Redis wrote without its answer arriving.
+//! only from a publish or a mark whose outcome was lost (a timeout, a crash).
 //!
 //! A row is marked published by deleting its entry in `outbox_pending` (see
 //! [`crate::outbox`]). If Redis fails, the rows stay unpublished and the poll retries
